@@ -1,0 +1,567 @@
+//! The claim, commit, read, consume and unblock algorithm over one segment.
+//!
+//! The functions here are generic over [`LogMemory`] and [`Word`] so that the
+//! very same code runs on memory-mapped segments and, under `--cfg loom`, on
+//! a loom-checked buffer (see the tests at the bottom). The invariants they
+//! rely on are listed in [`crate::store::layout`].
+
+use std::sync::atomic::Ordering::{self, AcqRel, Acquire, Relaxed, SeqCst};
+
+use crate::store::frame::{self, HeaderFault};
+use crate::store::layout::{
+    align_frame, FLAG_NOT_COMPLETE, FLAG_PADDING, FRAME_HEADER_LEN, PADDING_MIN_LEN,
+    SEGMENT_HEADER_LEN,
+};
+
+/// An atomic 64-bit word: the std type on mapped memory, loom's in the model.
+pub trait Word {
+    /// Atomic load.
+    fn load(&self, o: Ordering) -> u64;
+    /// Atomic store.
+    fn store(&self, v: u64, o: Ordering);
+    /// Atomic compare-and-exchange.
+    fn cas(&self, cur: u64, new: u64, s: Ordering, f: Ordering) -> Result<u64, u64>;
+}
+
+impl Word for std::sync::atomic::AtomicU64 {
+    #[inline]
+    fn load(&self, o: Ordering) -> u64 {
+        std::sync::atomic::AtomicU64::load(self, o)
+    }
+    #[inline]
+    fn store(&self, v: u64, o: Ordering) {
+        std::sync::atomic::AtomicU64::store(self, v, o)
+    }
+    #[inline]
+    fn cas(&self, cur: u64, new: u64, s: Ordering, f: Ordering) -> Result<u64, u64> {
+        self.compare_exchange(cur, new, s, f)
+    }
+}
+
+#[cfg(loom)]
+impl Word for loom::sync::atomic::AtomicU64 {
+    fn load(&self, o: Ordering) -> u64 {
+        loom::sync::atomic::AtomicU64::load(self, o)
+    }
+    fn store(&self, v: u64, o: Ordering) {
+        loom::sync::atomic::AtomicU64::store(self, v, o)
+    }
+    fn cas(&self, cur: u64, new: u64, s: Ordering, f: Ordering) -> Result<u64, u64> {
+        self.compare_exchange(cur, new, s, f)
+    }
+}
+
+/// The bytes of one segment, addressed by offset within the segment.
+pub trait LogMemory {
+    /// The atomic word type of this memory.
+    type W: Word;
+    /// word0 of the frame at `off` (8-aligned, `off + 8 <= size`).
+    fn word0(&self, off: u64) -> &Self::W;
+    /// word1 of the frame at `off` (`off + 16 <= size`).
+    fn word1(&self, off: u64) -> &Self::W;
+    /// Copies `src` to `off`.
+    ///
+    /// # Safety
+    /// The caller owns `[off, off + src.len())` through a successful claim and
+    /// has not committed it yet; the range lies inside the segment.
+    unsafe fn write(&self, off: u64, src: &[u8]);
+    /// Calls `f` with the `len` bytes at `off`.
+    ///
+    /// # Safety
+    /// The range lies inside a committed frame, observed through an acquire
+    /// load of its word0, and inside the segment.
+    unsafe fn read<R>(&self, off: u64, len: usize, f: impl FnOnce(&[u8]) -> R) -> R;
+}
+
+/// Segment geometry: the mapping between positions and (segment, offset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    shift: u32,
+}
+
+impl Geometry {
+    /// Geometry for `segment_size`, which must be a power of two.
+    pub fn new(segment_size: u64) -> Geometry {
+        debug_assert!(segment_size.is_power_of_two());
+        Geometry {
+            shift: segment_size.trailing_zeros(),
+        }
+    }
+    /// Segment size in bytes.
+    #[inline]
+    pub fn size(self) -> u64 {
+        1u64 << self.shift
+    }
+    /// Segment index holding `pos`.
+    #[inline]
+    pub fn segment_of(self, pos: u64) -> u64 {
+        pos >> self.shift
+    }
+    /// Offset of `pos` inside its segment.
+    #[inline]
+    pub fn offset_of(self, pos: u64) -> u64 {
+        pos & (self.size() - 1)
+    }
+    /// Position of byte 0 of segment `seg`.
+    #[inline]
+    pub fn base_of(self, seg: u64) -> u64 {
+        seg << self.shift
+    }
+    /// Position of the first frame of segment `seg`.
+    #[inline]
+    pub fn first_position(self, seg: u64) -> u64 {
+        (seg << self.shift) + SEGMENT_HEADER_LEN
+    }
+    /// Position after a frame of `aligned` bytes at `pos`, skipping the next segment's header.
+    #[inline]
+    pub fn advance(self, pos: u64, aligned: u64) -> u64 {
+        let n = pos + aligned;
+        if self.offset_of(n) == 0 {
+            n + SEGMENT_HEADER_LEN
+        } else {
+            n
+        }
+    }
+    /// Largest payload that fits in one segment.
+    pub fn max_payload(self) -> u64 {
+        self.size() - SEGMENT_HEADER_LEN - FRAME_HEADER_LEN
+    }
+}
+
+/// Outcome of one claim attempt at the tail.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClaimStep {
+    /// The frame at the tail is ours; `pending` is its word0.
+    Claimed {
+        /// word0 as written by the claim.
+        pending: u64,
+    },
+    /// Someone else moved first; reload the tail and retry.
+    Retry,
+    /// The frame does not fit in what is left of this segment.
+    NeedRoll,
+    /// The header at the tail is corrupt.
+    Corrupt(HeaderFault),
+}
+
+/// Moves `tail` past the (non-zero) frame `w0` at `t`, on behalf of whoever claimed it.
+#[inline]
+pub fn help_advance<W: Word>(tail: &W, geo: Geometry, t: u64, w0: u64) -> Result<(), HeaderFault> {
+    let (len, _) = frame::decode_word0(w0)?;
+    let aligned = align_frame(u64::from(len));
+    let remaining = geo.size() - geo.offset_of(t);
+    if aligned < PADDING_MIN_LEN || aligned > remaining {
+        return Err(HeaderFault::Length);
+    }
+    let _ = tail.cas(t, geo.advance(t, aligned), AcqRel, Relaxed);
+    Ok(())
+}
+
+/// Tries to claim a frame of `frame_len` bytes at tail position `t` in `mem`.
+///
+/// On success the frame is pending, owned by `pid`, and `tail` has moved past it.
+pub fn try_claim<M: LogMemory>(
+    mem: &M,
+    tail: &M::W,
+    geo: Geometry,
+    t: u64,
+    frame_len: u32,
+    pid: u32,
+) -> ClaimStep {
+    let off = geo.offset_of(t);
+    let w0 = mem.word0(off);
+    let cur = w0.load(Acquire);
+    if cur != 0 {
+        return match help_advance(tail, geo, t, cur) {
+            Ok(()) => ClaimStep::Retry,
+            Err(f) => ClaimStep::Corrupt(f),
+        };
+    }
+    let aligned = align_frame(u64::from(frame_len));
+    if aligned > geo.size() - off {
+        return ClaimStep::NeedRoll;
+    }
+    let pending = frame::pending_word0(frame_len);
+    if w0.cas(0, pending, AcqRel, Acquire).is_err() {
+        return ClaimStep::Retry;
+    }
+    mem.word1(off).store(u64::from(pid), Relaxed);
+    let _ = tail.cas(t, geo.advance(t, aligned), AcqRel, Relaxed);
+    ClaimStep::Claimed { pending }
+}
+
+/// Writes a padding frame from tail position `t` to the end of its segment and
+/// moves the tail into the next segment. The caller has made sure the next
+/// segment exists (invariant 5).
+pub fn pad_to_end<M: LogMemory>(mem: &M, tail: &M::W, geo: Geometry, t: u64) {
+    let off = geo.offset_of(t);
+    let remaining = geo.size() - off;
+    let w = frame::padding_word0(remaining as u32);
+    let _ = mem.word0(off).cas(0, w, AcqRel, Acquire);
+    let cur = mem.word0(off).load(Acquire);
+    let _ = help_advance(tail, geo, t, cur);
+}
+
+/// Publishes a claimed frame. Returns false if an unblocker turned it into padding first.
+///
+/// # Safety
+/// `off` is a frame this caller claimed with `pending`, and `payload` fits in it.
+pub unsafe fn commit<M: LogMemory>(
+    mem: &M,
+    off: u64,
+    pending: u64,
+    flags: u16,
+    epoch: u32,
+    payload_len: usize,
+    crc: u32,
+) -> bool {
+    let len = (FRAME_HEADER_LEN + payload_len as u64) as u32;
+    debug_assert_eq!(pending, frame::pending_word0(len));
+    mem.word1(off).store(frame::data_word1(epoch, crc), Relaxed);
+    mem.word0(off)
+        .cas(pending, frame::encode_word0(len, flags), SeqCst, Relaxed)
+        .is_ok()
+}
+
+/// What a reader finds at a position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameView {
+    /// Nothing written yet.
+    Empty,
+    /// Claimed but not committed.
+    Pending {
+        /// word0 as found.
+        word0: u64,
+        /// The claiming process, 0 if not yet recorded.
+        owner_pid: u32,
+    },
+    /// Padding of `aligned` bytes.
+    Padding {
+        /// Bytes to skip.
+        aligned: u64,
+    },
+    /// A committed data or metadata frame.
+    Data {
+        /// Frame length (header and payload).
+        len: u32,
+        /// Committed flags.
+        flags: u16,
+        /// Epoch the frame was written under.
+        epoch: u32,
+        /// Stored CRC32C.
+        crc: u32,
+    },
+    /// The header is not valid.
+    Corrupt(HeaderFault),
+}
+
+impl FrameView {
+    /// The aligned size of a complete frame, if this is one.
+    pub fn aligned_len(&self) -> Option<u64> {
+        match *self {
+            FrameView::Padding { aligned } => Some(aligned),
+            FrameView::Data { len, .. } => Some(align_frame(u64::from(len))),
+            _ => None,
+        }
+    }
+}
+
+/// Reads the frame header at `off` with acquire ordering and validates it.
+#[inline]
+pub fn view<M: LogMemory>(mem: &M, geo: Geometry, off: u64) -> FrameView {
+    let w = mem.word0(off).load(Acquire);
+    if w == 0 {
+        return FrameView::Empty;
+    }
+    let (len, flags) = match frame::decode_word0(w) {
+        Ok(v) => v,
+        Err(f) => return FrameView::Corrupt(f),
+    };
+    let aligned = align_frame(u64::from(len));
+    let remaining = geo.size() - off;
+    if aligned > remaining || u64::from(len) < PADDING_MIN_LEN {
+        return FrameView::Corrupt(HeaderFault::Length);
+    }
+    if flags & FLAG_NOT_COMPLETE != 0 {
+        let owner_pid = mem.word1(off).load(Relaxed) as u32;
+        return FrameView::Pending { word0: w, owner_pid };
+    }
+    if flags & FLAG_PADDING != 0 {
+        return FrameView::Padding { aligned };
+    }
+    if u64::from(len) < FRAME_HEADER_LEN {
+        return FrameView::Corrupt(HeaderFault::Length);
+    }
+    let w1 = mem.word1(off).load(Relaxed);
+    FrameView::Data {
+        len,
+        flags,
+        epoch: w1 as u32,
+        crc: (w1 >> 32) as u32,
+    }
+}
+
+/// Turns a stuck pending frame into padding. Returns true if this call did it.
+pub fn unblock<M: LogMemory>(mem: &M, off: u64, pending: u64) -> bool {
+    let len = pending as u32;
+    mem.word0(off)
+        .cas(pending, frame::padding_word0(len), AcqRel, Relaxed)
+        .is_ok()
+}
+
+/// Verifies the CRC of a data frame and hands its payload to `f`.
+///
+/// # Safety
+/// `v` was returned by [`view`] for `off` in `mem` and is `FrameView::Data`.
+pub unsafe fn read_payload<M: LogMemory, R>(
+    mem: &M,
+    off: u64,
+    v: FrameView,
+    f: impl FnOnce(&[u8]) -> R,
+) -> Result<R, ()> {
+    let FrameView::Data {
+        len,
+        flags,
+        epoch,
+        crc,
+    } = v
+    else {
+        return Err(());
+    };
+    let plen = (u64::from(len) - FRAME_HEADER_LEN) as usize;
+    // SAFETY: forwarded from the caller: a committed frame inside the segment.
+    unsafe {
+        mem.read(off + FRAME_HEADER_LEN, plen, |p| {
+            if frame::frame_crc(len, flags, epoch, p) == crc {
+                Ok(f(p))
+            } else {
+                Err(())
+            }
+        })
+    }
+}
+
+/// Moves a shared cursor from `cur` to `next`. True if this caller won the frame at `cur`.
+#[inline]
+pub fn consume<W: Word>(cursor: &W, cur: u64, next: u64) -> bool {
+    cursor.cas(cur, next, AcqRel, Relaxed).is_ok()
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! Loom model of the shared-memory algorithm: the same functions as the
+    //! mapped segments use, on a small buffer whose payload words are loom
+    //! cells, so that a missing happens-before shows up as a data race.
+    use super::*;
+    use loom::cell::UnsafeCell;
+    use loom::sync::atomic::AtomicU64;
+    use loom::sync::Arc;
+
+    const SEG: u64 = 256;
+
+    struct Mem {
+        w0: Vec<AtomicU64>,
+        w1: Vec<AtomicU64>,
+        cells: Vec<UnsafeCell<u64>>,
+    }
+
+    impl Mem {
+        fn new() -> Mem {
+            let n = (SEG / 8) as usize;
+            Mem {
+                w0: (0..n).map(|_| AtomicU64::new(0)).collect(),
+                w1: (0..n).map(|_| AtomicU64::new(0)).collect(),
+                cells: (0..n).map(|_| UnsafeCell::new(0)).collect(),
+            }
+        }
+    }
+
+    impl LogMemory for Mem {
+        type W = AtomicU64;
+        fn word0(&self, off: u64) -> &AtomicU64 {
+            &self.w0[(off / 8) as usize]
+        }
+        fn word1(&self, off: u64) -> &AtomicU64 {
+            &self.w1[(off / 8) as usize]
+        }
+        unsafe fn write(&self, off: u64, src: &[u8]) {
+            for (i, chunk) in src.chunks(8).enumerate() {
+                let mut b = [0u8; 8];
+                b[..chunk.len()].copy_from_slice(chunk);
+                self.cells[(off / 8) as usize + i].with_mut(|p| unsafe { *p = u64::from_le_bytes(b) });
+            }
+        }
+        unsafe fn read<R>(&self, off: u64, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+            let mut out = Vec::new();
+            for i in 0..len.div_ceil(8) {
+                let v = self.cells[(off / 8) as usize + i].with(|p| unsafe { *p });
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            out.truncate(len);
+            f(&out)
+        }
+    }
+
+    fn geo() -> Geometry {
+        Geometry::new(SEG)
+    }
+
+    /// Appends one 8-byte message; returns its position.
+    fn append(mem: &Mem, tail: &AtomicU64, pid: u32, msg: u64) -> u64 {
+        let payload = msg.to_le_bytes();
+        let len = (FRAME_HEADER_LEN + 8) as u32;
+        loop {
+            let t = tail.load(Acquire);
+            match try_claim(mem, tail, geo(), t, len, pid) {
+                ClaimStep::Claimed { pending } => {
+                    let off = geo().offset_of(t);
+                    unsafe { mem.write(off + FRAME_HEADER_LEN, &payload) };
+                    let crc = frame::frame_crc(len, 0, 1, &payload);
+                    if unsafe { commit(mem, off, pending, 0, 1, 8, crc) } {
+                        return t;
+                    }
+                }
+                ClaimStep::Retry => loom::thread::yield_now(),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// Reads the message at `pos` if it is committed; None if not yet.
+    fn read_at(mem: &Mem, pos: u64) -> Option<(u64, Option<u64>)> {
+        let off = geo().offset_of(pos);
+        match view(mem, geo(), off) {
+            FrameView::Empty | FrameView::Pending { .. } => None,
+            FrameView::Padding { aligned } => Some((geo().advance(pos, aligned), None)),
+            v @ FrameView::Data { len, .. } => {
+                let msg = unsafe {
+                    read_payload(mem, off, v, |p| u64::from_le_bytes(p.try_into().unwrap()))
+                }
+                .expect("crc must match on a committed frame");
+                Some((geo().advance(pos, align_frame(u64::from(len))), Some(msg)))
+            }
+            FrameView::Corrupt(f) => panic!("corrupt {f:?}"),
+        }
+    }
+
+    #[test]
+    fn two_writers_one_tailer_see_every_message_once() {
+        loom::model(|| {
+            let mem = Arc::new(Mem::new());
+            let tail = Arc::new(AtomicU64::new(SEGMENT_HEADER_LEN));
+            let ws: Vec<_> = (1..=2u64)
+                .map(|i| {
+                    let (mem, tail) = (mem.clone(), tail.clone());
+                    loom::thread::spawn(move || append(&mem, &tail, i as u32, i * 100))
+                })
+                .collect();
+            // A tailer reading concurrently must only ever see complete messages.
+            let mut pos = SEGMENT_HEADER_LEN;
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                if let Some((next, Some(m))) = read_at(&mem, pos) {
+                    seen.push(m);
+                    pos = next;
+                }
+            }
+            let ids: Vec<u64> = ws.into_iter().map(|h| h.join().unwrap()).collect();
+            assert_ne!(ids[0], ids[1]);
+            while let Some((next, m)) = read_at(&mem, pos) {
+                seen.extend(m);
+                pos = next;
+            }
+            seen.sort();
+            assert_eq!(seen, vec![100, 200]);
+            assert_eq!(tail.load(Acquire), SEGMENT_HEADER_LEN + 48);
+        });
+    }
+
+    #[test]
+    fn competing_consumers_get_each_message_exactly_once() {
+        loom::model(|| {
+            let mem = Arc::new(Mem::new());
+            let tail = AtomicU64::new(SEGMENT_HEADER_LEN);
+            append(&mem, &tail, 1, 7);
+            let cursor = Arc::new(AtomicU64::new(SEGMENT_HEADER_LEN));
+            let w = {
+                let mem = mem.clone();
+                loom::thread::spawn(move || {
+                    let tail = AtomicU64::new(SEGMENT_HEADER_LEN + 24);
+                    append(&mem, &tail, 2, 8);
+                })
+            };
+            let cs: Vec<_> = (0..2)
+                .map(|_| {
+                    let (mem, cursor) = (mem.clone(), cursor.clone());
+                    loom::thread::spawn(move || {
+                        let mut got = Vec::new();
+                        for _ in 0..2 {
+                            let cur = cursor.load(Acquire);
+                            if let Some((next, Some(m))) = read_at(&mem, cur) {
+                                if consume(&*cursor, cur, next) {
+                                    got.push(m);
+                                }
+                            }
+                        }
+                        got
+                    })
+                })
+                .collect();
+            w.join().unwrap();
+            let mut all: Vec<u64> = cs.into_iter().flat_map(|h| h.join().unwrap()).collect();
+            // Drain what the consumers did not get to.
+            loop {
+                let cur = cursor.load(Acquire);
+                match read_at(&mem, cur) {
+                    Some((next, Some(m))) => {
+                        assert!(consume(&*cursor, cur, next));
+                        all.push(m);
+                    }
+                    _ => break,
+                }
+            }
+            all.sort();
+            assert_eq!(all, vec![7, 8], "each message exactly once");
+        });
+    }
+
+    #[test]
+    fn commit_and_unblock_race_resolves_once() {
+        loom::model(|| {
+            let mem = Arc::new(Mem::new());
+            let tail = Arc::new(AtomicU64::new(SEGMENT_HEADER_LEN));
+            let t0 = SEGMENT_HEADER_LEN;
+            let len = (FRAME_HEADER_LEN + 8) as u32;
+            let ClaimStep::Claimed { pending } = try_claim(&*mem, &*tail, geo(), t0, len, 9) else {
+                panic!("claim must succeed on an empty log");
+            };
+            // The "stuck" writer commits while an unblocker gives up on it.
+            let writer = {
+                let (mem, tail) = (mem.clone(), tail.clone());
+                loom::thread::spawn(move || {
+                    let payload = 42u64.to_le_bytes();
+                    unsafe { mem.write(geo().offset_of(t0) + FRAME_HEADER_LEN, &payload) };
+                    let crc = frame::frame_crc(len, 0, 1, &payload);
+                    if unsafe { commit(&*mem, geo().offset_of(t0), pending, 0, 1, 8, crc) } {
+                        t0
+                    } else {
+                        append(&mem, &tail, 9, 42) // stolen: write it again
+                    }
+                })
+            };
+            let stolen = unblock(&*mem, geo().offset_of(t0), pending);
+            let id = writer.join().unwrap();
+            assert_eq!(stolen, id != t0);
+            // The message is readable exactly once, at `id`.
+            let mut pos = t0;
+            let mut seen = Vec::new();
+            while let Some((next, m)) = read_at(&mem, pos) {
+                if let Some(m) = m {
+                    seen.push((pos, m));
+                }
+                pos = next;
+            }
+            assert_eq!(seen, vec![(id, 42)]);
+        });
+    }
+}

@@ -1,0 +1,248 @@
+//! Every constant of the on-disk format, in one place.
+//!
+//! `docs/format.md` describes the same layout for humans; the two must agree.
+//!
+//! # Files of a queue directory
+//!
+//! | file | content |
+//! |---|---|
+//! | [`CONTROL_FILE`] | the control file, [`CONTROL_SIZE`] bytes, mapped shared by every process |
+//! | `{index:020}.seg` ([`SEGMENT_SUFFIX`]) | segment `index`, exactly `segment_size` bytes, preallocated |
+//!
+//! # Positions and message ids
+//!
+//! The log is a sequence of bytes addressed by a 64-bit *position*. Segment `k`
+//! holds positions `[k * segment_size, (k + 1) * segment_size)`; the first
+//! [`SEGMENT_HEADER_LEN`] bytes of every segment are its header, so the first
+//! frame of segment `k` sits at `k * segment_size + SEGMENT_HEADER_LEN`.
+//! A message id **is** the position of its frame. Ids are therefore stable,
+//! strictly increasing, identical on byte-identical replicas, and a reader
+//! seeks to one in O(1): `segment = id >> log2(segment_size)`,
+//! `offset = id & (segment_size - 1)`.
+//!
+//! # Frame layout (all integers little-endian, frames 8-byte aligned)
+//!
+//! ```text
+//! offset  size  field
+//! 0       8     word0 (atomic):  frame_length:u32 | flags:u16 << 32 | check:u16 << 48
+//! 8       8     word1:           epoch:u32 | crc32c:u32 << 32   (committed data frame)
+//!                                owner_pid:u32                  (while NOT_COMPLETE)
+//! 16      n     payload (data frames only)
+//! ```
+//!
+//! * `frame_length` counts header and payload, not the alignment padding; the
+//!   next frame starts at `align8(frame_length)`.
+//! * `check` is the low 16 bits of CRC32C over the first six bytes of word0
+//!   (length and flags), so word0 validates itself in one atomic load. A
+//!   padding frame consists of word0 only and is trusted through `check`.
+//! * `crc32c` covers `frame_length`, `flags` (as committed), `epoch` and the
+//!   payload.
+//!
+//! # Concurrency invariants of the shared layout
+//!
+//! These hold for every process mapping the queue, and are exercised by the
+//! loom model in `store::frame_ops` and the multi-process tests:
+//!
+//! 1. **Zero means unwritten.** Segments are created zero-filled and a word0
+//!    never returns to zero. Positions are never reused.
+//! 2. **Header-first claim.** A writer claims position `t` (the value of
+//!    `tail`) by CAS of word0 at `t` from 0 to `NOT_COMPLETE|length`. Only
+//!    then is `tail` moved from `t` to `t + align8(length)`, by the claimer or
+//!    by any other writer that finds word0 at `tail` non-zero (helping).
+//!    Hence *every position below `tail` has a non-zero word0 whose length is
+//!    known*, and a writer killed at any instruction never hides where the
+//!    next frame starts.
+//! 3. **Publication.** The claimer writes payload and word1 with plain stores,
+//!    then CASes word0 from its pending value to the committed value with
+//!    release ordering. A reader that loads a committed word0 with acquire
+//!    ordering sees the complete frame.
+//! 4. **Exactly one resolution.** A pending word0 is resolved once: either the
+//!    writer's commit CAS or an unblocker's CAS to `PADDING` wins. An
+//!    unblocker acts only when the owner pid is dead or the configured
+//!    recovery timeout has passed. A writer whose commit CAS loses writes its
+//!    message again at a new position, so nothing acknowledged is lost.
+//! 5. **Segment roll.** A writer that does not fit first makes sure the next
+//!    segment file exists (created under a temporary name, preallocated, then
+//!    linked into place), and only then writes a padding frame to the end of
+//!    the current segment. A reader therefore never follows padding into a
+//!    segment that does not exist.
+//! 6. **Consumption.** A consumer group's cursor moves from a committed frame
+//!    to the next by CAS; the process whose CAS succeeds owns that message.
+//!    Frames are immutable once committed, so the owner may read the payload
+//!    after the CAS for as long as it holds the segment mapping.
+//! 7. **Wake-ups.** A writer commits (SeqCst CAS) and then loads `waiters`
+//!    (SeqCst); a sleeper increments `waiters`, issues a SeqCst fence, and
+//!    re-checks before `FUTEX_WAIT` on `notify_seq`. One of the two always
+//!    sees the other, so no wake-up is lost; the futex word is shared, never
+//!    `FUTEX_PRIVATE`.
+
+/// Name of the control file inside a queue directory.
+pub const CONTROL_FILE: &str = "control.rq";
+/// Suffix of segment files; the stem is the segment index as 20 decimal digits.
+pub const SEGMENT_SUFFIX: &str = ".seg";
+/// Suffix of a segment being created, before it is linked into place.
+pub const SEGMENT_TMP_SUFFIX: &str = ".seg.tmp";
+
+/// Magic number at offset 0 of the control file (`b"RPLQCTRL"`).
+pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"RPLQCTRL");
+/// Magic number at offset 0 of every segment file (`b"RPLQSEGM"`).
+pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"RPLQSEGM");
+/// Version of the on-disk format; bumped on any incompatible change.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Size of the control file in bytes.
+pub const CONTROL_SIZE: usize = 64 * 1024;
+/// Size of the header at the start of every segment.
+pub const SEGMENT_HEADER_LEN: u64 = 64;
+/// Size of a data frame header (word0 and word1).
+pub const FRAME_HEADER_LEN: u64 = 16;
+/// Alignment of every frame.
+pub const FRAME_ALIGN: u64 = 8;
+/// Smallest frame: a padding frame is word0 alone.
+pub const PADDING_MIN_LEN: u64 = 8;
+
+/// Smallest allowed segment size.
+pub const MIN_SEGMENT_SIZE: u64 = 4096;
+/// Largest allowed segment size (frame lengths are `u32`).
+pub const MAX_SEGMENT_SIZE: u64 = 1 << 30;
+/// Default segment size.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
+
+/// Frame flag: claimed, not yet committed. Readers wait at such a frame.
+pub const FLAG_NOT_COMPLETE: u16 = 0x1;
+/// Frame flag: padding; readers skip `frame_length` bytes.
+pub const FLAG_PADDING: u16 = 0x2;
+/// Frame flag: metadata frame, written by repliq itself, not delivered to applications.
+pub const FLAG_METADATA: u16 = 0x4;
+/// Every flag bit this version knows. Others make a frame corrupt.
+pub const FLAGS_KNOWN: u16 = FLAG_NOT_COMPLETE | FLAG_PADDING | FLAG_METADATA;
+
+// ---- segment header (offsets within a segment file) ----
+
+/// Segment header: magic (u64).
+pub const SEG_MAGIC_OFF: usize = 0;
+/// Segment header: format version (u32).
+pub const SEG_VERSION_OFF: usize = 8;
+/// Segment header: header length (u32), always [`SEGMENT_HEADER_LEN`].
+pub const SEG_HEADER_LEN_OFF: usize = 12;
+/// Segment header: segment index (u64).
+pub const SEG_INDEX_OFF: usize = 16;
+/// Segment header: segment size (u64).
+pub const SEG_SIZE_OFF: usize = 24;
+/// Segment header: queue id (u64), equal to the control file's.
+pub const SEG_QUEUE_ID_OFF: usize = 32;
+
+// ---- control file (byte offsets). Hot words sit on their own 128-byte line. ----
+
+/// Control: magic (u64).
+pub const CTL_MAGIC_OFF: usize = 0;
+/// Control: format version (u32).
+pub const CTL_VERSION_OFF: usize = 8;
+/// Control: control file size (u32).
+pub const CTL_SIZE_OFF: usize = 12;
+/// Control: segment size in bytes (u64, a power of two).
+pub const CTL_SEGMENT_SIZE_OFF: usize = 16;
+/// Control: capacity in messages (u64).
+pub const CTL_CAPACITY_OFF: usize = 24;
+/// Control: durability (u32: 0 none, 1 batch, 2 always).
+pub const CTL_DURABILITY_OFF: usize = 32;
+/// Control: recovery timeout for stuck writers in milliseconds (u32).
+pub const CTL_RECOVERY_TIMEOUT_OFF: usize = 36;
+/// Control: random queue id (u64), also stamped into each segment.
+pub const CTL_QUEUE_ID_OFF: usize = 40;
+/// Control: creation time, Unix nanoseconds (u64).
+pub const CTL_CREATED_OFF: usize = 48;
+
+/// Control: `tail`, the write position (atomic u64). Next frame is claimed here.
+pub const CTL_TAIL_OFF: usize = 128;
+/// Control: `committed`, a position below which every frame is complete (atomic u64, advanced lazily).
+pub const CTL_COMMITTED_OFF: usize = 136;
+/// Control: messages reserved by writers, i.e. appended plus in flight (atomic u64).
+pub const CTL_RESERVED_OFF: usize = 256;
+/// Control: futex word bumped by writers when sleepers exist (atomic u32).
+pub const CTL_NOTIFY_SEQ_OFF: usize = 384;
+/// Control: number of sleepers on [`CTL_NOTIFY_SEQ_OFF`] (atomic u32).
+pub const CTL_WAITERS_OFF: usize = 388;
+/// Control: current epoch (leader term) stamped into new frames (atomic u32).
+pub const CTL_EPOCH_OFF: usize = 512;
+/// Control: replication role (atomic u32: 0 standalone, 1 primary, 2 secondary).
+pub const CTL_ROLE_OFF: usize = 516;
+/// Control: replicated (quorum) watermark position (atomic u64).
+pub const CTL_REPLICATED_OFF: usize = 520;
+/// Control: index of the oldest segment still on disk (atomic u64).
+pub const CTL_LOW_SEGMENT_OFF: usize = 640;
+/// Control: number of stuck frames turned into padding (atomic u64).
+pub const CTL_UNBLOCKED_OFF: usize = 648;
+/// Control: number of recoveries run on open (atomic u64).
+pub const CTL_RECOVERIES_OFF: usize = 656;
+/// Control: position up to which segments were last flushed (atomic u64).
+pub const CTL_FLUSHED_OFF: usize = 664;
+
+/// Control: first consumer-group slot.
+pub const CTL_GROUPS_OFF: usize = 4096;
+/// Number of consumer-group slots. Slot 0 is the default group.
+pub const GROUP_SLOTS: usize = 64;
+/// Size of a consumer-group slot.
+pub const GROUP_SLOT_LEN: usize = 128;
+/// Control: first named-tailer slot.
+pub const CTL_TAILERS_OFF: usize = CTL_GROUPS_OFF + GROUP_SLOTS * GROUP_SLOT_LEN;
+/// Number of named-tailer slots.
+pub const TAILER_SLOTS: usize = 64;
+/// Size of a named-tailer slot.
+pub const TAILER_SLOT_LEN: usize = 128;
+/// Control: first replication-peer slot (used by the replication layer).
+pub const CTL_PEERS_OFF: usize = CTL_TAILERS_OFF + TAILER_SLOTS * TAILER_SLOT_LEN;
+/// Number of replication-peer slots.
+pub const PEER_SLOTS: usize = 16;
+/// Size of a replication-peer slot.
+pub const PEER_SLOT_LEN: usize = 128;
+
+// Slot layout shared by groups, tailers and peers.
+/// Slot: state (atomic u32): [`SLOT_FREE`], [`SLOT_BUSY`] or [`SLOT_ACTIVE`].
+pub const SLOT_STATE_OFF: usize = 0;
+/// Slot: name length in bytes (u32).
+pub const SLOT_NAME_LEN_OFF: usize = 4;
+/// Slot: name bytes (UTF-8).
+pub const SLOT_NAME_OFF: usize = 8;
+/// Longest slot name in bytes.
+pub const SLOT_NAME_MAX: usize = 48;
+/// Slot: position (atomic u64): a group's cursor, a tailer's next read, a peer's acked position.
+pub const SLOT_POSITION_OFF: usize = 64;
+/// Slot: counter (atomic u64): messages dequeued by a group.
+pub const SLOT_COUNT_OFF: usize = 72;
+/// Slot state: unused.
+pub const SLOT_FREE: u32 = 0;
+/// Slot state: being initialised by one process.
+pub const SLOT_BUSY: u32 = 1;
+/// Slot state: in use.
+pub const SLOT_ACTIVE: u32 = 2;
+/// Name of the default consumer group (slot 0).
+pub const DEFAULT_GROUP: &str = "default";
+
+/// Rounds `n` up to the frame alignment.
+#[inline]
+pub const fn align_frame(n: u64) -> u64 {
+    (n + FRAME_ALIGN - 1) & !(FRAME_ALIGN - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_fit_in_control_file() {
+        assert!(CTL_PEERS_OFF + PEER_SLOTS * PEER_SLOT_LEN <= CONTROL_SIZE);
+        assert!(CTL_FLUSHED_OFF + 8 <= CTL_GROUPS_OFF);
+        assert!(SLOT_NAME_OFF + SLOT_NAME_MAX <= SLOT_POSITION_OFF);
+        assert_eq!(SEGMENT_HEADER_LEN % FRAME_ALIGN, 0);
+        assert!(SEG_QUEUE_ID_OFF + 8 <= SEGMENT_HEADER_LEN as usize);
+    }
+
+    #[test]
+    fn align() {
+        assert_eq!(align_frame(0), 0);
+        assert_eq!(align_frame(1), 8);
+        assert_eq!(align_frame(16), 16);
+        assert_eq!(align_frame(17), 24);
+    }
+}

@@ -1,0 +1,200 @@
+//! Waiting for data: idle strategies, the shared futex, and async wake-ups.
+//!
+//! Writers bump the futex word `notify_seq` in the control file only when
+//! `waiters` is non-zero, so an append costs one extra load when nobody
+//! sleeps. The futex is *shared* (no `FUTEX_PRIVATE_FLAG`): sleepers in any
+//! process mapping the queue are woken.
+
+use std::sync::atomic::{fence, AtomicU32, Ordering::*};
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use rustix::thread::futex;
+
+/// How a reader waits when the queue is empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdleStrategy {
+    /// Spin on the next frame's header: lowest latency, burns a core.
+    BusySpin,
+    /// Spin, yielding the CPU between polls.
+    Yield,
+    /// Sleep on the shared futex until a writer wakes us.
+    #[default]
+    Block,
+}
+
+impl std::str::FromStr for IdleStrategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "spin" | "busy-spin" => Ok(IdleStrategy::BusySpin),
+            "yield" => Ok(IdleStrategy::Yield),
+            "block" | "futex" => Ok(IdleStrategy::Block),
+            o => Err(format!("unknown idle strategy {o:?} (expected spin, yield or futex)")),
+        }
+    }
+}
+
+/// Wakes every sleeper if there is one. Called by writers after each commit.
+#[inline]
+pub fn notify(seq: &AtomicU32, waiters: &AtomicU32) {
+    if waiters.load(SeqCst) != 0 {
+        seq.fetch_add(1, SeqCst);
+        let _ = futex::wake(seq, futex::Flags::empty(), i32::MAX as u32);
+    }
+}
+
+/// Longest single futex sleep; bounds the delay of a missed wake-up and lets
+/// readers revisit stuck frames.
+const MAX_SLEEP: Duration = Duration::from_millis(50);
+
+/// Sleeps until `ready()` holds or `deadline` passes. Returns `ready()`'s last value.
+pub fn block_until(
+    seq: &AtomicU32,
+    waiters: &AtomicU32,
+    deadline: Option<Instant>,
+    mut ready: impl FnMut() -> bool,
+) -> bool {
+    loop {
+        if ready() {
+            return true;
+        }
+        let observed = seq.load(SeqCst);
+        waiters.fetch_add(1, SeqCst);
+        fence(SeqCst);
+        if ready() {
+            waiters.fetch_sub(1, SeqCst);
+            return true;
+        }
+        let mut sleep = MAX_SLEEP;
+        if let Some(d) = deadline {
+            let now = Instant::now();
+            if now >= d {
+                waiters.fetch_sub(1, SeqCst);
+                return false;
+            }
+            sleep = sleep.min(d - now);
+        }
+        let ts = rustix::time::Timespec {
+            tv_sec: sleep.as_secs() as _,
+            tv_nsec: sleep.subsec_nanos() as _,
+        };
+        let _ = futex::wait(seq, futex::Flags::empty(), observed, Some(&ts));
+        waiters.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Wakes tokio (or any executor's) tasks waiting on one queue.
+///
+/// One parked thread per queue handle sleeps on the futex while at least one
+/// task waits; it holds `waiters` raised for as long as any waker is
+/// registered, so writers always signal it. No thread spins.
+pub(crate) struct AsyncNotifier {
+    shared: Arc<NotifierShared>,
+}
+
+struct NotifierShared {
+    wakers: Mutex<Vec<Waker>>,
+    cv: Condvar,
+    seq: *const AtomicU32,
+    waiters: *const AtomicU32,
+    stop: std::sync::atomic::AtomicBool,
+    // Keeps the control mapping alive for the raw pointers above.
+    _keep: Arc<dyn Send + Sync>,
+}
+
+// SAFETY: the raw pointers point into a mapping kept alive by `_keep` and are
+// only used to reach atomics, which are Sync.
+unsafe impl Send for NotifierShared {}
+// SAFETY: as above.
+unsafe impl Sync for NotifierShared {}
+
+impl NotifierShared {
+    fn seq(&self) -> &AtomicU32 {
+        // SAFETY: valid for the life of `_keep` (see struct comment).
+        unsafe { &*self.seq }
+    }
+    fn waiters(&self) -> &AtomicU32 {
+        // SAFETY: as above.
+        unsafe { &*self.waiters }
+    }
+}
+
+impl AsyncNotifier {
+    /// Starts the notifier thread for the futex words `seq` and `waiters`,
+    /// which live inside the mapping that `keep` owns.
+    pub(crate) fn start(
+        seq: &AtomicU32,
+        waiters: &AtomicU32,
+        keep: Arc<dyn Send + Sync>,
+    ) -> std::io::Result<AsyncNotifier> {
+        let shared = Arc::new(NotifierShared {
+            wakers: Mutex::new(Vec::new()),
+            cv: Condvar::new(),
+            seq,
+            waiters,
+            stop: Default::default(),
+            _keep: keep,
+        });
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("repliq-notify".into())
+            .spawn(move || run(&s))?;
+        Ok(AsyncNotifier { shared })
+    }
+
+    /// Registers `w` to be woken at the next commit (or within 50 ms).
+    pub(crate) fn register(&self, w: &Waker) {
+        let mut v = self.shared.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        if v.is_empty() {
+            self.shared.waiters().fetch_add(1, SeqCst);
+            self.shared.cv.notify_one();
+        }
+        if !v.iter().any(|x| x.will_wake(w)) {
+            v.push(w.clone());
+        }
+        drop(v);
+        fence(SeqCst);
+    }
+}
+
+impl Drop for AsyncNotifier {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, SeqCst);
+        self.shared.cv.notify_one();
+    }
+}
+
+fn run(s: &NotifierShared) {
+    let mut last = s.seq().load(SeqCst);
+    loop {
+        {
+            let mut v = s.wakers.lock().unwrap_or_else(|p| p.into_inner());
+            while v.is_empty() && !s.stop.load(SeqCst) {
+                v = s.cv.wait(v).unwrap_or_else(|p| p.into_inner());
+            }
+            if s.stop.load(SeqCst) {
+                if !v.is_empty() {
+                    s.waiters().fetch_sub(1, SeqCst);
+                    v.drain(..).for_each(Waker::wake);
+                }
+                return;
+            }
+        }
+        let ts = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: MAX_SLEEP.as_nanos() as _,
+        };
+        let _ = futex::wait(s.seq(), futex::Flags::empty(), last, Some(&ts));
+        last = s.seq().load(SeqCst);
+        let drained: Vec<Waker> = {
+            let mut v = s.wakers.lock().unwrap_or_else(|p| p.into_inner());
+            if !v.is_empty() {
+                s.waiters().fetch_sub(1, SeqCst);
+            }
+            std::mem::take(&mut *v)
+        };
+        drained.into_iter().for_each(Waker::wake);
+    }
+}
