@@ -23,6 +23,7 @@ pub mod frame;
 pub mod frame_ops;
 pub mod layout;
 pub mod recovery;
+pub mod scan;
 pub mod segment;
 pub mod tailer;
 pub mod wait;
@@ -40,6 +41,7 @@ pub use consumer::Consumer;
 pub use control::{Durability, QueueConfig};
 pub use error::{Result, StoreError};
 pub use recovery::RecoveryReport;
+pub use scan::{FrameInfo, FrameKind, Scan};
 pub use tailer::{OwnedRecord, Record, Tailer};
 pub use wait::IdleStrategy;
 
