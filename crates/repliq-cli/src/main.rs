@@ -1,1 +1,35 @@
-fn main(){}
+//! `repliq`: the command line of the repliq queue.
+
+mod bench;
+mod commands;
+mod demo;
+
+use clap::{Parser, Subcommand};
+
+/// A persistent, replicated message queue on memory-mapped files.
+#[derive(Parser, Debug)]
+#[command(name = "repliq", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// A self-contained tour: writer and reader processes on a temporary queue.
+    Demo(demo::DemoArgs),
+    /// Benchmarks: IPC latency and throughput.
+    Bench(bench::BenchArgs),
+    #[command(flatten)]
+    Queue(commands::QueueCommand),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Demo(a) => demo::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Queue(c) => commands::run(c),
+    };
+    std::process::exit(code);
+}
