@@ -109,10 +109,7 @@ impl<T: Send + Sync> RepliqQueue<T> {
     }
 
     fn has_next(&self) -> bool {
-        self.consumer
-            .lock()
-            .map(|c| c.has_next())
-            .unwrap_or(true)
+        self.consumer.lock().map(|c| c.has_next()).unwrap_or(true)
     }
 }
 
@@ -121,7 +118,9 @@ impl<T: Serialize + DeserializeOwned + Send + Sync> RepliqQueue<T> {
     /// with the same capacity.
     pub fn new(path: &str, capacity: usize) -> Result<Self, QueueError> {
         if capacity == 0 {
-            return Err(QueueError::InvalidConfig("capacity must be at least 1".into()));
+            return Err(QueueError::InvalidConfig(
+                "capacity must be at least 1".into(),
+            ));
         }
         Self::with_options(path, &StoreOptions::create().capacity(capacity as u64))
     }
@@ -137,7 +136,8 @@ impl<T: Serialize + DeserializeOwned + Send + Sync> RepliqQueue<T> {
             let mut buf = b.borrow_mut();
             buf.clear();
             let mut v = std::mem::take(&mut *buf);
-            v = postcard::to_extend(item, v).map_err(|e| QueueError::Serialization(e.to_string()))?;
+            v = postcard::to_extend(item, v)
+                .map_err(|e| QueueError::Serialization(e.to_string()))?;
             let r = self.store.append(&v);
             *buf = v;
             Ok(r?)
@@ -227,7 +227,9 @@ impl<T: Serialize + DeserializeOwned + Send + Sync> ReplicatedQueue<T> for Repli
                 )));
             }
             if !seen.insert(*s) {
-                return Err(QueueError::InvalidConfig(format!("secondary {s:?} is listed twice")));
+                return Err(QueueError::InvalidConfig(format!(
+                    "secondary {s:?} is listed twice"
+                )));
             }
         }
         self.replication = Some(ReplicationSettings {

@@ -3,7 +3,14 @@
 use repliq::store::{Durability, Store, StoreError, StoreOptions};
 
 fn small(dir: &std::path::Path) -> Store {
-    Store::open(dir, &StoreOptions::create().segment_size(4096).capacity(1_000_000).durability(Durability::None)).unwrap()
+    Store::open(
+        dir,
+        &StoreOptions::create()
+            .segment_size(4096)
+            .capacity(1_000_000)
+            .durability(Durability::None),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -16,7 +23,10 @@ fn append_and_tail_across_many_segment_rolls() {
         ids.push(s.append(&msg).unwrap());
     }
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids strictly increase");
-    assert!(s.geometry().segment_of(*ids.last().unwrap()) > 50, "rolled many segments");
+    assert!(
+        s.geometry().segment_of(*ids.last().unwrap()) > 50,
+        "rolled many segments"
+    );
     let mut t = s.tailer();
     for (i, id) in ids.iter().enumerate() {
         let r = t.next().unwrap().expect("record present");
@@ -36,11 +46,21 @@ fn append_and_tail_across_many_segment_rolls() {
 #[test]
 fn consumer_takes_each_message_once_and_capacity_is_enforced() {
     let d = tempfile::tempdir().unwrap();
-    let s = Store::open(d.path(), &StoreOptions::create().segment_size(4096).capacity(3).durability(Durability::None)).unwrap();
+    let s = Store::open(
+        d.path(),
+        &StoreOptions::create()
+            .segment_size(4096)
+            .capacity(3)
+            .durability(Durability::None),
+    )
+    .unwrap();
     for i in 0..3u8 {
         s.append(&[i]).unwrap();
     }
-    assert!(matches!(s.append(b"x"), Err(StoreError::Full { capacity: 3 })));
+    assert!(matches!(
+        s.append(b"x"),
+        Err(StoreError::Full { capacity: 3 })
+    ));
     let mut c1 = s.consumer();
     let mut c2 = s.consumer();
     assert_eq!(c1.dequeue().unwrap().unwrap().payload, vec![0]);
@@ -81,7 +101,10 @@ fn named_tailer_resumes_and_retention_deletes_passed_segments() {
     assert!(after < before, "segments deleted: {before} -> {after}");
     assert!(s.first_position() > s.geometry().first_position(0));
     let mut fresh = s.tailer();
-    let first = fresh.next().unwrap().expect("the retained segment still holds records");
+    let first = fresh
+        .next()
+        .unwrap()
+        .expect("the retained segment still holds records");
     assert!(first.id >= s.first_position());
 }
 
@@ -90,8 +113,14 @@ fn bad_inputs_give_clear_errors() {
     let d = tempfile::tempdir().unwrap();
     let f = d.path().join("file");
     std::fs::write(&f, b"x").unwrap();
-    assert!(matches!(Store::open(&f, &StoreOptions::create()), Err(StoreError::NotADirectory(_))));
-    assert!(matches!(Store::open(d.path().join("none"), &StoreOptions::open()), Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        Store::open(&f, &StoreOptions::create()),
+        Err(StoreError::NotADirectory(_))
+    ));
+    assert!(matches!(
+        Store::open(d.path().join("none"), &StoreOptions::open()),
+        Err(StoreError::NotFound(_))
+    ));
     let q = d.path().join("q");
     let s = Store::open(&q, &StoreOptions::create().segment_size(4096).capacity(10)).unwrap();
     let big = vec![0u8; 5000];
@@ -100,13 +129,25 @@ fn bad_inputs_give_clear_errors() {
     s.append(&vec![1u8; max]).unwrap();
     drop(s);
     let e = Store::open(&q, &StoreOptions::create().capacity(11)).unwrap_err();
-    assert!(matches!(e, StoreError::ConfigMismatch { field: "capacity", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            StoreError::ConfigMismatch {
+                field: "capacity",
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert!(matches!(
         Store::open(d.path().join("z"), &StoreOptions::create().capacity(0)),
         Err(StoreError::InvalidConfig(_))
     ));
     assert!(matches!(
-        Store::open(d.path().join("z2"), &StoreOptions::create().segment_size(5000)),
+        Store::open(
+            d.path().join("z2"),
+            &StoreOptions::create().segment_size(5000)
+        ),
         Err(StoreError::InvalidConfig(_))
     ));
 }

@@ -35,7 +35,9 @@ pub struct Consumer {
 
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Consumer").field("slot", &self.slot).finish()
+        f.debug_struct("Consumer")
+            .field("slot", &self.slot)
+            .finish()
     }
 }
 
@@ -50,7 +52,9 @@ impl Consumer {
     }
 
     fn slot(&self) -> crate::store::control::Slot<'_> {
-        self.store.control().slot(CTL_GROUPS_OFF, GROUP_SLOT_LEN, self.slot)
+        self.store
+            .control()
+            .slot(CTL_GROUPS_OFF, GROUP_SLOT_LEN, self.slot)
     }
 
     /// The group's shared cursor: the id of the next message to dequeue.
@@ -101,7 +105,13 @@ impl Consumer {
                             // The CRC matched; now try to own the message.
                             if self.advance(cur, next) {
                                 self.slot().count().fetch_add(1, AcqRel);
-                                f.take().map(|f| f(Record { id: cur, epoch, payload }))
+                                f.take().map(|f| {
+                                    f(Record {
+                                        id: cur,
+                                        epoch,
+                                        payload,
+                                    })
+                                })
                             } else {
                                 None
                             }
@@ -110,7 +120,7 @@ impl Consumer {
                     match r {
                         Ok(Some(out)) => return Ok(Some(out)),
                         Ok(None) => continue, // another consumer won; take the next one
-                        Err(()) => {
+                        Err(_) => {
                             return Err(StoreError::Corrupt {
                                 id: cur,
                                 reason: "payload CRC32C mismatch".into(),
@@ -131,12 +141,15 @@ impl Consumer {
         })
     }
 
-    /// True if the frame at the group cursor is not empty.
+    /// True if a complete frame is at the group cursor.
     pub fn has_next(&self) -> bool {
         let geo = self.store.geometry();
         let pos = self.position();
         match self.store.segment(geo.segment_of(pos)) {
-            Ok(Some(s)) => !matches!(frame_ops::view(&*s, geo, geo.offset_of(pos)), FrameView::Empty),
+            Ok(Some(s)) => !matches!(
+                frame_ops::view(&*s, geo, geo.offset_of(pos)),
+                FrameView::Empty | FrameView::Pending { .. }
+            ),
             Ok(None) => false,
             Err(_) => true,
         }

@@ -136,8 +136,10 @@ impl Control {
     pub fn create(path: &Path, cfg: &QueueConfig, queue_id: u64) -> Result<()> {
         let tmp = path.with_extension("rq.tmp");
         let mut buf = vec![0u8; CONTROL_SIZE];
-        let put64 = |b: &mut [u8], off: usize, v: u64| b[off..off + 8].copy_from_slice(&v.to_le_bytes());
-        let put32 = |b: &mut [u8], off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_le_bytes());
+        let put64 =
+            |b: &mut [u8], off: usize, v: u64| b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+        let put32 =
+            |b: &mut [u8], off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_le_bytes());
         put64(&mut buf, CTL_MAGIC_OFF, CONTROL_MAGIC);
         put32(&mut buf, CTL_VERSION_OFF, FORMAT_VERSION);
         put32(&mut buf, CTL_SIZE_OFF, CONTROL_SIZE as u32);
@@ -182,12 +184,11 @@ impl Control {
             .write(true)
             .open(path)
             .map_err(|e| StoreError::io(path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| StoreError::io(path, e))?
-            .len();
+        let len = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
         let mut head = [0u8; 16];
-        let n = file.read_at(&mut head, 0).map_err(|e| StoreError::io(path, e))?;
+        let n = file
+            .read_at(&mut head, 0)
+            .map_err(|e| StoreError::io(path, e))?;
         let magic = if n >= 8 {
             u64::from_le_bytes(head[0..8].try_into().unwrap_or_default())
         } else {
@@ -340,6 +341,11 @@ impl Control {
         self.u64_at(CTL_FLUSHED_OFF)
     }
 
+    /// Highest segment index ever created.
+    pub fn high_segment(&self) -> &AtomicU64 {
+        self.u64_at(CTL_HIGH_SEGMENT_OFF)
+    }
+
     /// Flushes the control file to disk.
     pub fn flush(&self) -> Result<()> {
         self.map.flush().map_err(|e| StoreError::io(&self.path, e))
@@ -380,7 +386,10 @@ impl<'a> Slot<'a> {
             .min(SLOT_NAME_MAX);
         let mut out = Vec::with_capacity(len);
         for i in 0..len.div_ceil(8) {
-            let w = self.ctl.u64_at(self.base + SLOT_NAME_OFF + i * 8).load(Acquire);
+            let w = self
+                .ctl
+                .u64_at(self.base + SLOT_NAME_OFF + i * 8)
+                .load(Acquire);
             out.extend_from_slice(&w.to_le_bytes());
         }
         out.truncate(len);

@@ -38,7 +38,7 @@ impl Word for std::sync::atomic::AtomicU64 {
     }
 }
 
-#[cfg(loom)]
+#[cfg(repliq_loom)]
 impl Word for loom::sync::atomic::AtomicU64 {
     fn load(&self, o: Ordering) -> u64 {
         loom::sync::atomic::AtomicU64::load(self, o)
@@ -284,7 +284,10 @@ pub fn view<M: LogMemory>(mem: &M, geo: Geometry, off: u64) -> FrameView {
     }
     if flags & FLAG_NOT_COMPLETE != 0 {
         let owner_pid = mem.word1(off).load(Relaxed) as u32;
-        return FrameView::Pending { word0: w, owner_pid };
+        return FrameView::Pending {
+            word0: w,
+            owner_pid,
+        };
     }
     if flags & FLAG_PADDING != 0 {
         return FrameView::Padding { aligned };
@@ -309,6 +312,10 @@ pub fn unblock<M: LogMemory>(mem: &M, off: u64, pending: u64) -> bool {
         .is_ok()
 }
 
+/// A frame's payload does not match its CRC32C.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrcMismatch;
+
 /// Verifies the CRC of a data frame and hands its payload to `f`.
 ///
 /// # Safety
@@ -318,7 +325,7 @@ pub unsafe fn read_payload<M: LogMemory, R>(
     off: u64,
     v: FrameView,
     f: impl FnOnce(&[u8]) -> R,
-) -> Result<R, ()> {
+) -> Result<R, CrcMismatch> {
     let FrameView::Data {
         len,
         flags,
@@ -326,7 +333,7 @@ pub unsafe fn read_payload<M: LogMemory, R>(
         crc,
     } = v
     else {
-        return Err(());
+        return Err(CrcMismatch);
     };
     let plen = (u64::from(len) - FRAME_HEADER_LEN) as usize;
     // SAFETY: forwarded from the caller: a committed frame inside the segment.
@@ -335,7 +342,7 @@ pub unsafe fn read_payload<M: LogMemory, R>(
             if frame::frame_crc(len, flags, epoch, p) == crc {
                 Ok(f(p))
             } else {
-                Err(())
+                Err(CrcMismatch)
             }
         })
     }
@@ -347,7 +354,7 @@ pub fn consume<W: Word>(cursor: &W, cur: u64, next: u64) -> bool {
     cursor.cas(cur, next, AcqRel, Relaxed).is_ok()
 }
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, repliq_loom))]
 mod loom_tests {
     //! Loom model of the shared-memory algorithm: the same functions as the
     //! mapped segments use, on a small buffer whose payload words are loom
@@ -388,7 +395,8 @@ mod loom_tests {
             for (i, chunk) in src.chunks(8).enumerate() {
                 let mut b = [0u8; 8];
                 b[..chunk.len()].copy_from_slice(chunk);
-                self.cells[(off / 8) as usize + i].with_mut(|p| unsafe { *p = u64::from_le_bytes(b) });
+                self.cells[(off / 8) as usize + i]
+                    .with_mut(|p| unsafe { *p = u64::from_le_bytes(b) });
             }
         }
         unsafe fn read<R>(&self, off: u64, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
@@ -404,6 +412,14 @@ mod loom_tests {
 
     fn geo() -> Geometry {
         Geometry::new(SEG)
+    }
+
+    /// Explores interleavings with a preemption bound of 3, which finds the
+    /// classic ordering bugs while keeping CI time bounded.
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(3);
+        b.check(f);
     }
 
     /// Appends one 8-byte message; returns its position.
@@ -446,7 +462,7 @@ mod loom_tests {
 
     #[test]
     fn two_writers_one_tailer_see_every_message_once() {
-        loom::model(|| {
+        model(|| {
             let mem = Arc::new(Mem::new());
             let tail = Arc::new(AtomicU64::new(SEGMENT_HEADER_LEN));
             let ws: Vec<_> = (1..=2u64)
@@ -478,47 +494,35 @@ mod loom_tests {
 
     #[test]
     fn competing_consumers_get_each_message_exactly_once() {
-        loom::model(|| {
+        model(|| {
             let mem = Arc::new(Mem::new());
-            let tail = AtomicU64::new(SEGMENT_HEADER_LEN);
+            let tail = Arc::new(AtomicU64::new(SEGMENT_HEADER_LEN));
             append(&mem, &tail, 1, 7);
             let cursor = Arc::new(AtomicU64::new(SEGMENT_HEADER_LEN));
+            // A writer appends the second message while two consumers compete.
             let w = {
-                let mem = mem.clone();
+                let (mem, tail) = (mem.clone(), tail.clone());
                 loom::thread::spawn(move || {
-                    let tail = AtomicU64::new(SEGMENT_HEADER_LEN + 24);
                     append(&mem, &tail, 2, 8);
                 })
             };
-            let cs: Vec<_> = (0..2)
-                .map(|_| {
-                    let (mem, cursor) = (mem.clone(), cursor.clone());
-                    loom::thread::spawn(move || {
-                        let mut got = Vec::new();
-                        for _ in 0..2 {
-                            let cur = cursor.load(Acquire);
-                            if let Some((next, Some(m))) = read_at(&mem, cur) {
-                                if consume(&*cursor, cur, next) {
-                                    got.push(m);
-                                }
-                            }
-                        }
-                        got
-                    })
-                })
-                .collect();
-            w.join().unwrap();
-            let mut all: Vec<u64> = cs.into_iter().flat_map(|h| h.join().unwrap()).collect();
-            // Drain what the consumers did not get to.
-            loop {
+            let take = |mem: &Mem, cursor: &AtomicU64| -> Option<u64> {
                 let cur = cursor.load(Acquire);
-                match read_at(&mem, cur) {
-                    Some((next, Some(m))) => {
-                        assert!(consume(&*cursor, cur, next));
-                        all.push(m);
-                    }
-                    _ => break,
+                match read_at(mem, cur) {
+                    Some((next, Some(m))) if consume(cursor, cur, next) => Some(m),
+                    _ => None,
                 }
+            };
+            let c = {
+                let (mem, cursor) = (mem.clone(), cursor.clone());
+                loom::thread::spawn(move || take(&mem, &cursor))
+            };
+            let mut all: Vec<u64> = take(&mem, &cursor).into_iter().collect();
+            w.join().unwrap();
+            all.extend(c.join().unwrap());
+            // Drain what the consumers did not get to.
+            while let Some(m) = take(&mem, &cursor) {
+                all.push(m);
             }
             all.sort();
             assert_eq!(all, vec![7, 8], "each message exactly once");
@@ -527,7 +531,7 @@ mod loom_tests {
 
     #[test]
     fn commit_and_unblock_race_resolves_once() {
-        loom::model(|| {
+        model(|| {
             let mem = Arc::new(Mem::new());
             let tail = Arc::new(AtomicU64::new(SEGMENT_HEADER_LEN));
             let t0 = SEGMENT_HEADER_LEN;

@@ -178,6 +178,10 @@ pub const CTL_RECOVERIES_OFF: usize = 656;
 /// Control: position up to which segments were last flushed (atomic u64).
 pub const CTL_FLUSHED_OFF: usize = 664;
 
+/// Control: highest segment index ever created (atomic u64). A segment at or
+/// below it that is missing was deleted by retention and is never recreated.
+pub const CTL_HIGH_SEGMENT_OFF: usize = 672;
+
 /// Control: first consumer-group slot.
 pub const CTL_GROUPS_OFF: usize = 4096;
 /// Number of consumer-group slots. Slot 0 is the default group.
@@ -225,18 +229,19 @@ pub const fn align_frame(n: u64) -> u64 {
     (n + FRAME_ALIGN - 1) & !(FRAME_ALIGN - 1)
 }
 
+// Compile-time checks that the layout is consistent.
+const _: () = {
+    assert!(CTL_PEERS_OFF + PEER_SLOTS * PEER_SLOT_LEN <= CONTROL_SIZE);
+    assert!(CTL_HIGH_SEGMENT_OFF + 8 <= CTL_GROUPS_OFF);
+    assert!(SLOT_NAME_OFF + SLOT_NAME_MAX <= SLOT_POSITION_OFF);
+    assert!(SLOT_COUNT_OFF + 8 <= GROUP_SLOT_LEN);
+    assert!(SEGMENT_HEADER_LEN % FRAME_ALIGN == 0);
+    assert!(SEG_QUEUE_ID_OFF + 8 <= SEGMENT_HEADER_LEN as usize);
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn slots_fit_in_control_file() {
-        assert!(CTL_PEERS_OFF + PEER_SLOTS * PEER_SLOT_LEN <= CONTROL_SIZE);
-        assert!(CTL_FLUSHED_OFF + 8 <= CTL_GROUPS_OFF);
-        assert!(SLOT_NAME_OFF + SLOT_NAME_MAX <= SLOT_POSITION_OFF);
-        assert_eq!(SEGMENT_HEADER_LEN % FRAME_ALIGN, 0);
-        assert!(SEG_QUEUE_ID_OFF + 8 <= SEGMENT_HEADER_LEN as usize);
-    }
 
     #[test]
     fn align() {

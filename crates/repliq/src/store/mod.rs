@@ -115,7 +115,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("dir", &self.inner.dir).finish()
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .finish()
     }
 }
 
@@ -235,15 +237,22 @@ impl Store {
         check_matches(&dir, &cfg, opts)?;
         // A shared flock marks this process as a user of the queue; an
         // exclusive one, if it can be had, proves no other process is.
-        let exclusive =
-            rustix::fs::flock(ctl.file(), rustix::fs::FlockOperation::NonBlockingLockExclusive)
-                .is_ok();
+        let exclusive = rustix::fs::flock(
+            ctl.file(),
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        )
+        .is_ok();
         let geo = Geometry::new(cfg.segment_size);
         let queue_id = ctl.queue_id();
         let ctl = Arc::new(ctl);
         let tail = ctl.tail().load(Acquire);
         let head_index = geo.segment_of(tail);
-        segment::create_segment(&dir, head_index, geo, queue_id, false)?;
+        if ctl.high_segment().load(Acquire) < head_index
+            || !segment::segment_path(&dir, head_index).exists()
+        {
+            segment::create_segment(&dir, head_index, geo, queue_id, false)?;
+            ctl.high_segment().fetch_max(head_index, AcqRel);
+        }
         let head = Segment::open(&dir, head_index, geo, queue_id)?
             .ok_or_else(|| StoreError::NotFound(segment::segment_path(&dir, head_index)))?;
         let head = Arc::new(head);
@@ -272,7 +281,10 @@ impl Store {
             inner: Arc::new(inner),
         };
         if cfg.durability == Durability::Batch {
-            start_flusher(&store, opts.flush_interval.unwrap_or(Duration::from_millis(10)));
+            start_flusher(
+                &store,
+                opts.flush_interval.unwrap_or(Duration::from_millis(10)),
+            );
         }
         Ok(store)
     }
@@ -446,7 +458,10 @@ impl Store {
             }
             // An unblocker gave up on us (we stalled past the recovery timeout)
             // and released our reservation: take it again and write elsewhere.
-            tracing::warn!(id = t, "append stalled past the recovery timeout; rewriting");
+            tracing::warn!(
+                id = t,
+                "append stalled past the recovery timeout; rewriting"
+            );
             if stolen_copy.is_none() {
                 stolen_copy = Some(payload.to_vec());
             }
@@ -490,18 +505,14 @@ impl Store {
         loop {
             let t = tail.load(Acquire);
             let si = inner.geo.segment_of(t);
-            let seg = self.head_segment(si)?;
+            let Some(seg) = self.head_segment(si)? else {
+                continue; // `t` was stale: its segment is gone; reload the tail
+            };
             match frame_ops::try_claim(&**seg, tail, inner.geo, t, frame_len, inner.pid) {
                 ClaimStep::Claimed { pending } => return Ok((seg, t, pending)),
                 ClaimStep::Retry => {}
                 ClaimStep::NeedRoll => {
-                    segment::create_segment(
-                        &inner.dir,
-                        si + 1,
-                        inner.geo,
-                        inner.queue_id,
-                        inner.cfg.durability != Durability::None,
-                    )?;
+                    self.ensure_segment(si + 1)?;
                     frame_ops::pad_to_end(&**seg, tail, inner.geo, t);
                 }
                 ClaimStep::Corrupt(f) => {
@@ -514,14 +525,46 @@ impl Store {
         }
     }
 
-    /// The segment writers append to, mapping (and creating) it if the tail moved on.
-    fn head_segment(&self, index: u64) -> Result<arc_swap::Guard<Arc<Segment>>> {
+    /// The segment writers append to, mapping (and creating) it if the tail
+    /// moved on. `Ok(None)` if `index` is stale: retention already deleted it.
+    fn head_segment(&self, index: u64) -> Result<Option<arc_swap::Guard<Arc<Segment>>>> {
         let h = self.inner.head.load();
         if h.index() == index {
-            return Ok(h);
+            return Ok(Some(h));
         }
+        let newer = h.index() > index;
         drop(h);
+        if newer {
+            return Ok(None);
+        }
         let inner = &*self.inner;
+        self.ensure_segment(index)?;
+        let Some(seg) = self.segment(index)? else {
+            return Ok(None);
+        };
+        let cur = inner.head.load();
+        if cur.index() < index {
+            inner.head.store(seg.clone());
+        }
+        let h = inner.head.load();
+        if h.index() == index {
+            Ok(Some(h))
+        } else {
+            // Another thread moved head further; use our own mapping this once.
+            Ok(Some(arc_swap::Guard::from_inner(seg)))
+        }
+    }
+
+    /// Creates segment `index` unless a segment at or beyond it was ever
+    /// created. A missing segment at or below the high mark was deleted by
+    /// retention; recreating it would let a writer holding a stale tail claim
+    /// space that no reader will ever visit.
+    fn ensure_segment(&self, index: u64) -> Result<()> {
+        let inner = &*self.inner;
+        let high = inner.ctl.high_segment();
+        if index <= high.load(Acquire) {
+            return Ok(());
+        }
         segment::create_segment(
             &inner.dir,
             index,
@@ -529,20 +572,8 @@ impl Store {
             inner.queue_id,
             inner.cfg.durability != Durability::None,
         )?;
-        let seg = self
-            .segment(index)?
-            .ok_or_else(|| StoreError::NotFound(segment::segment_path(&inner.dir, index)))?;
-        let cur = inner.head.load();
-        if cur.index() < index {
-            inner.head.store(seg.clone());
-        }
-        let h = inner.head.load();
-        if h.index() == index {
-            Ok(h)
-        } else {
-            // Another thread moved head further; use our own mapping this once.
-            Ok(arc_swap::Guard::from_inner(seg))
-        }
+        high.fetch_max(index, AcqRel);
+        Ok(())
     }
 
     /// Maps segment `index` (shared within this process). `Ok(None)` if absent.
@@ -575,7 +606,13 @@ impl Store {
     /// A named tailer: its position is kept in the control file and resumes
     /// after a restart. A new name starts at the oldest retained record.
     pub fn named_tailer(&self, name: &str) -> Result<Tailer> {
-        let slot = self.open_slot("named tailer", CTL_TAILERS_OFF, TAILER_SLOT_LEN, TAILER_SLOTS, name)?;
+        let slot = self.open_slot(
+            "named tailer",
+            CTL_TAILERS_OFF,
+            TAILER_SLOT_LEN,
+            TAILER_SLOTS,
+            name,
+        )?;
         let pos = self
             .inner
             .ctl
@@ -595,7 +632,13 @@ impl Store {
         if group == DEFAULT_GROUP {
             return Ok(self.consumer());
         }
-        let slot = self.open_slot("consumer group", CTL_GROUPS_OFF, GROUP_SLOT_LEN, GROUP_SLOTS, group)?;
+        let slot = self.open_slot(
+            "consumer group",
+            CTL_GROUPS_OFF,
+            GROUP_SLOT_LEN,
+            GROUP_SLOTS,
+            group,
+        )?;
         Ok(Consumer::new(self.clone(), slot))
     }
 
@@ -603,7 +646,14 @@ impl Store {
         self.inner.ctl.slot(CTL_GROUPS_OFF, GROUP_SLOT_LEN, 0)
     }
 
-    fn open_slot(&self, kind: &'static str, region: usize, len: usize, count: usize, name: &str) -> Result<usize> {
+    fn open_slot(
+        &self,
+        kind: &'static str,
+        region: usize,
+        len: usize,
+        count: usize,
+        name: &str,
+    ) -> Result<usize> {
         if name.is_empty() || name.len() > SLOT_NAME_MAX {
             return Err(StoreError::InvalidConfig(format!(
                 "{kind} name must be 1 to {SLOT_NAME_MAX} bytes, got {}",
@@ -626,7 +676,10 @@ impl Store {
         }
         for i in 0..count {
             let s = ctl.slot(region, len, i);
-            if s.state().compare_exchange(SLOT_FREE, SLOT_BUSY, AcqRel, Relaxed).is_ok() {
+            if s.state()
+                .compare_exchange(SLOT_FREE, SLOT_BUSY, AcqRel, Relaxed)
+                .is_ok()
+            {
                 s.set_name(name);
                 s.position().store(self.first_position(), Release);
                 s.count().store(0, Release);
@@ -865,7 +918,9 @@ fn check_matches(dir: &Path, cfg: &QueueConfig, o: &StoreOptions) -> Result<()> 
     };
     if let Some(c) = o.capacity {
         if c == 0 {
-            return Err(StoreError::InvalidConfig("capacity must be at least 1".into()));
+            return Err(StoreError::InvalidConfig(
+                "capacity must be at least 1".into(),
+            ));
         }
         if c != cfg.capacity {
             return mismatch("capacity", cfg.capacity.to_string(), c.to_string());
@@ -912,36 +967,38 @@ pub(crate) enum Peek {
 #[derive(Debug, Default)]
 pub(crate) struct Stall {
     pos: u64,
-    spins: u32,
-    since: Option<Instant>,
-    checked: Option<Instant>,
+    since: Option<Duration>,
+    checked: Option<Duration>,
+}
+
+/// A cheap monotonic clock (`CLOCK_MONOTONIC_COARSE`, a few ns through the vDSO).
+fn coarse_now() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 impl Stall {
-    /// Spins at a pending frame before the clock is read.
-    const SPINS: u32 = 256;
     /// Grace before an owner pid is checked.
     const GRACE: Duration = Duration::from_millis(1);
 
     fn should_unblock(&mut self, pos: u64, owner: u32, me: u32, timeout_ms: u32) -> bool {
-        if self.pos != pos {
+        let now = coarse_now();
+        if self.pos != pos || self.since.is_none() {
             *self = Stall {
                 pos,
-                ..Default::default()
+                since: Some(now),
+                checked: None,
             };
-        }
-        self.spins = self.spins.saturating_add(1);
-        if self.spins < Self::SPINS {
             return false;
         }
-        let now = Instant::now();
-        let since = *self.since.get_or_insert(now);
-        let waited = now - since;
+        let waited = now.saturating_sub(self.since.unwrap_or(now));
         if waited >= Duration::from_millis(u64::from(timeout_ms)) {
             return true;
         }
         if waited >= Self::GRACE && owner != 0 && owner != me {
-            let recheck = self.checked.is_none_or(|c| now - c >= Self::GRACE);
+            let recheck = self
+                .checked
+                .is_none_or(|c| now.saturating_sub(c) >= Self::GRACE);
             if recheck {
                 self.checked = Some(now);
                 return !process_alive(owner);
@@ -956,7 +1013,10 @@ fn process_alive(pid: u32) -> bool {
     let Some(p) = rustix::process::Pid::from_raw(pid as i32) else {
         return false;
     };
-    !matches!(rustix::process::test_kill_process(p), Err(rustix::io::Errno::SRCH))
+    !matches!(
+        rustix::process::test_kill_process(p),
+        Err(rustix::io::Errno::SRCH)
+    )
 }
 
 /// Future returned by [`Store::ready_async`].
@@ -967,7 +1027,10 @@ pub struct ReadyFuture<'a, F> {
 
 impl<F: FnMut() -> bool + Unpin> std::future::Future for ReadyFuture<'_, F> {
     type Output = ();
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
         if (self.ready)() {
             return std::task::Poll::Ready(());
         }

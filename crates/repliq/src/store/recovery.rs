@@ -177,6 +177,9 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryReport> {
             }
         }
     }
+    if let Some(&k) = existing.last() {
+        ctl.high_segment().fetch_max(k, AcqRel);
+    }
     ctl.tail().store(pos, Release);
     ctl.committed().store(pos, Release);
     if ctl.flushed().load(Acquire) > pos {
@@ -190,10 +193,8 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryReport> {
         for i in 0..n {
             let s = ctl.slot(region, len, i);
             match s.state().load(Acquire) {
-                SLOT_ACTIVE => {
-                    if s.position().load(Acquire) > pos {
-                        s.position().store(pos, Release);
-                    }
+                SLOT_ACTIVE if s.position().load(Acquire) > pos => {
+                    s.position().store(pos, Release);
                 }
                 SLOT_BUSY => s.state().store(SLOT_FREE, Release), // died while creating
                 _ => {}
@@ -207,7 +208,17 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryReport> {
     while p < pos {
         let si = geo.segment_of(p);
         if cur.as_ref().map(Segment::index) != Some(si) {
-            cur = open(si)?;
+            cur = match open(si) {
+                Ok(s) => s,
+                // A damaged segment the default group has not reached: count it
+                // like a corrupt frame. Readers report it (with its id) when they
+                // get there; it must not make the whole queue unopenable.
+                Err(e) => {
+                    tracing::warn!(queue = %inner.dir.display(), segment = si, "depth recount stops at a damaged segment: {e}");
+                    depth += 1;
+                    break;
+                }
+            };
         }
         let Some(s) = cur.as_ref() else { break };
         match frame_ops::view(s, geo, geo.offset_of(p)) {

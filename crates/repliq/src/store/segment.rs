@@ -25,7 +25,9 @@ pub struct Segment {
 
 impl std::fmt::Debug for Segment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Segment").field("index", &self.index).finish()
+        f.debug_struct("Segment")
+            .field("index", &self.index)
+            .finish()
     }
 }
 
@@ -81,7 +83,13 @@ fn preallocate(f: &File, len: u64) -> io::Result<()> {
 /// race: the file is built under a unique temporary name, preallocated, its
 /// header written, and then linked into place; a loser of the race discards
 /// its copy.
-pub fn create_segment(dir: &Path, index: u64, geo: Geometry, queue_id: u64, sync: bool) -> Result<()> {
+pub fn create_segment(
+    dir: &Path,
+    index: u64,
+    geo: Geometry,
+    queue_id: u64,
+    sync: bool,
+) -> Result<()> {
     let path = segment_path(dir, index);
     if path.exists() {
         return Ok(());
@@ -287,6 +295,8 @@ impl Segment {
     pub unsafe fn claimed_slice(&self, off: u64, len: usize) -> &mut [u8] {
         debug_assert!(off as usize + len <= self.map.len());
         // SAFETY: forwarded from the caller: exclusive ownership of the range.
-        unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr().add(off as usize) as *mut u8, len) }
+        unsafe {
+            std::slice::from_raw_parts_mut(self.map.as_ptr().add(off as usize) as *mut u8, len)
+        }
     }
 }

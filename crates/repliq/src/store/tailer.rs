@@ -60,7 +60,10 @@ pub struct Tailer {
 
 impl std::fmt::Debug for Tailer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tailer").field("pos", &self.pos).field("named", &self.named).finish()
+        f.debug_struct("Tailer")
+            .field("pos", &self.pos)
+            .field("named", &self.named)
+            .finish()
     }
 }
 
@@ -151,7 +154,7 @@ impl Tailer {
             v @ FrameView::Data { .. } => {
                 // SAFETY: `v` is a committed data frame at `off` in `seg`.
                 unsafe { frame_ops::read_payload(&*seg, off, v, |_| ()) }
-                    .map_err(|()| invalid("no valid record starts here"))?;
+                    .map_err(|_| invalid("no valid record starts here"))?;
             }
             FrameView::Padding { .. } | FrameView::Pending { .. } => {}
             FrameView::Empty | FrameView::Corrupt(_) => {
@@ -189,7 +192,7 @@ impl Tailer {
                             f(Record { id, epoch, payload })
                         })
                     };
-                    let r = r.map_err(|()| StoreError::Corrupt {
+                    let r = r.map_err(|_| StoreError::Corrupt {
                         id,
                         reason: "payload CRC32C mismatch".into(),
                     })?;
@@ -201,6 +204,8 @@ impl Tailer {
     }
 
     /// Reads the next record, copying its payload.
+    // Not `Iterator::next`: a read can fail, and `None` only means "not yet".
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<OwnedRecord>> {
         self.next_with(|r| OwnedRecord {
             id: r.id,
@@ -209,7 +214,8 @@ impl Tailer {
         })
     }
 
-    /// True if a record (or padding to skip) is available at the current position.
+    /// True if a complete frame (a record, padding, or a corrupt header to
+    /// report) is at the current position.
     pub fn has_next(&self) -> bool {
         let geo = self.store.geometry();
         let si = geo.segment_of(self.pos);
@@ -221,9 +227,11 @@ impl Tailer {
                 Err(_) => return true,
             },
         };
+        // A pending frame is not "next" yet: sleepers wake on its commit, or
+        // every 50 ms to give up on a dead writer.
         !matches!(
             frame_ops::view(&*seg, geo, geo.offset_of(self.pos)),
-            FrameView::Empty
+            FrameView::Empty | FrameView::Pending { .. }
         )
     }
 
@@ -265,4 +273,3 @@ impl Tailer {
         }
     }
 }
-

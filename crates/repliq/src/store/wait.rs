@@ -31,7 +31,9 @@ impl std::str::FromStr for IdleStrategy {
             "spin" | "busy-spin" => Ok(IdleStrategy::BusySpin),
             "yield" => Ok(IdleStrategy::Yield),
             "block" | "futex" => Ok(IdleStrategy::Block),
-            o => Err(format!("unknown idle strategy {o:?} (expected spin, yield or futex)")),
+            o => Err(format!(
+                "unknown idle strategy {o:?} (expected spin, yield or futex)"
+            )),
         }
     }
 }
