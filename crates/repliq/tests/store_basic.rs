@@ -151,3 +151,40 @@ fn bad_inputs_give_clear_errors() {
         Err(StoreError::InvalidConfig(_))
     ));
 }
+
+#[test]
+fn batch_durability_flushes_in_the_background_and_always_is_synchronous() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(
+        d.path().join("b"),
+        &StoreOptions::create()
+            .segment_size(1 << 16)
+            .durability(Durability::Batch)
+            .flush_interval(std::time::Duration::from_millis(5)),
+    )
+    .unwrap();
+    let id = s.append(b"persist me").unwrap();
+    let end = s.tail_position();
+    assert!(end > id);
+    // The flusher runs every 5 ms; wait for it to cover the record (bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.stats().flushed < end {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flusher never covered {end}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(s.stats().committed, end);
+
+    let a = Store::open(
+        d.path().join("a"),
+        &StoreOptions::create()
+            .segment_size(1 << 16)
+            .durability(Durability::Always),
+    )
+    .unwrap();
+    let id = a.append(b"synced").unwrap();
+    assert_eq!(a.tailer().next().unwrap().unwrap().id, id);
+    assert_eq!(a.config().durability, Durability::Always);
+}

@@ -273,6 +273,13 @@ impl Store {
         };
         if exclusive {
             inner.recovery = recovery::recover(&inner)?;
+            // Recovery may have moved the tail back into an earlier segment.
+            let idx = geo.segment_of(inner.ctl.tail().load(Acquire));
+            if idx != head_index {
+                let seg = Segment::open(&dir, idx, geo, queue_id)?
+                    .ok_or_else(|| StoreError::NotFound(segment::segment_path(&dir, idx)))?;
+                inner.head.store(Arc::new(seg));
+            }
         }
         rustix::fs::flock(inner.ctl.file(), rustix::fs::FlockOperation::LockShared)
             .map_err(|e| StoreError::io(&ctl_path, e.into()))?;
