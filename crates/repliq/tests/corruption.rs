@@ -567,3 +567,43 @@ fn founding_api_maps_corruption_to_invalid_data() {
         "{e:?}"
     );
 }
+
+/// A damaged last record that was already flushed to disk is acknowledged
+/// data: recovery keeps it and reports it instead of cutting it as a torn tail.
+#[test]
+fn damaged_last_record_below_the_flushed_mark_is_kept_and_reported() {
+    for durability in [Durability::Batch, Durability::Always, Durability::None] {
+        let d = tempfile::tempdir().unwrap();
+        let o = StoreOptions::create()
+            .segment_size(65536)
+            .capacity(1000)
+            .durability(durability);
+        let ids: Vec<u64> = {
+            let s = Store::open(d.path(), &o).unwrap();
+            let ids = (0..3u8).map(|i| s.append(&[i; 100]).unwrap()).collect();
+            if durability == Durability::Batch {
+                s.flush().unwrap();
+            }
+            ids
+        };
+        let last = ids[2];
+        let (p, off) = locate(d.path(), 65536, last);
+        flip_bit(&p, off + 16 + 50, 3);
+        let s = Store::open(d.path(), &o).unwrap();
+        let rep = s.recovery_report().clone();
+        assert!(rep.ran);
+        let mut t = s.tailer();
+        assert_eq!(t.next().unwrap().unwrap().id, ids[0]);
+        assert_eq!(t.next().unwrap().unwrap().id, ids[1]);
+        if durability == Durability::None {
+            // Never flushed: indistinguishable from a torn write, so it is cut and said so.
+            assert_eq!(rep.cut_from, Some(last), "{durability:?}");
+            assert!(t.next().unwrap().is_none());
+        } else {
+            assert_eq!(rep.corrupt, vec![last], "{durability:?}");
+            assert_eq!(rep.cut_from, None, "{durability:?}");
+            let e = t.next().unwrap_err();
+            assert_eq!(e.corrupt_id(), Some(last), "{durability:?}: {e}");
+        }
+    }
+}

@@ -488,7 +488,9 @@ impl Store {
         }
         wait::notify(inner.ctl.notify_seq(), inner.ctl.waiters());
         if inner.cfg.durability == Durability::Always {
-            seg.flush_range(off, align_frame(u64::from(frame_len)))?;
+            let aligned = align_frame(u64::from(frame_len));
+            seg.flush_range(off, aligned)?;
+            inner.ctl.flushed().fetch_max(t + aligned, AcqRel);
         }
         Ok(t)
     }

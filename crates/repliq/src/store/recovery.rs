@@ -8,7 +8,9 @@
 //!   the middle of the log: it is kept, reported, and readers get an error
 //!   carrying its id;
 //! * a frame that fails its checks with nothing valid after it is a torn
-//!   tail: it and everything after it in the segment is zeroed (cut);
+//!   tail: it and everything after it in the segment is zeroed (cut) —
+//!   unless it lies below the recorded flushed position, in which case it was
+//!   durable before and is kept and reported as corruption, never dropped;
 //! * the write position, the committed position and the depth counters are
 //!   recomputed from what is on disk.
 
@@ -86,6 +88,7 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryReport> {
     let ctl = &inner.ctl;
     let geo = inner.geo;
     let tail_before = ctl.tail().load(Acquire);
+    let flushed_before = ctl.flushed().load(Acquire);
     let mut rep = RecoveryReport {
         ran: true,
         tail_before,
@@ -143,6 +146,12 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryReport> {
                 } else if let Some(r) = resync(&seg, geo, off) {
                     rep.corrupt.push(pos);
                     pos = geo.base_of(si) + r;
+                } else if next <= flushed_before {
+                    // The frame was flushed to disk before: it is not a torn
+                    // write but damage to acknowledged data. Keep it (readers
+                    // get an error with its id) rather than cut it silently.
+                    rep.corrupt.push(pos);
+                    pos = next;
                 } else {
                     break;
                 }
