@@ -1,11 +1,116 @@
 //! Queue commands: create, append, tail, dequeue, dump, stat, verify, completions.
-//! (Filled in by the CLI work.)
+//!
+//! Every command returns an exit code; errors are printed on one line of
+//! standard error as `repliq: error: ...`. Codes and output formats are
+//! documented in `docs/cli.md`.
+
+mod append;
+mod args;
+mod create;
+mod exit;
+mod inspect;
+mod json;
+mod output;
+mod read;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use repliq::store::{Store, StoreOptions};
+
+pub use exit::{init_tracing, parse_cli};
 
 /// The queue subcommands.
 #[derive(clap::Subcommand, Debug)]
-pub enum QueueCommand {}
+pub enum QueueCommand {
+    /// Create a queue directory.
+    Create(create::CreateArgs),
+    /// Append messages: arguments, lines of standard input, or a whole file.
+    Append(append::AppendArgs),
+    /// Print records (broadcast read: nothing is consumed); -f follows.
+    Tail(read::TailArgs),
+    /// Take messages for a consumer group (each message goes to one taker).
+    Dequeue(read::DequeueArgs),
+    /// Print the control file, the segments and every frame.
+    Dump(inspect::DumpArgs),
+    /// Print counters, cursors and disk usage.
+    Stat(inspect::StatArgs),
+    /// Check every frame's CRC; exit 4 at the first damage.
+    Verify(inspect::VerifyArgs),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+}
+
+/// Arguments of `repliq completions`.
+#[derive(clap::Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to generate for.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
 
 /// Runs a queue subcommand and returns the process exit code.
 pub fn run(c: QueueCommand) -> i32 {
-    match c {}
+    let r = match c {
+        QueueCommand::Create(a) => create::run(a),
+        QueueCommand::Append(a) => append::run(a),
+        QueueCommand::Tail(a) => read::tail(a),
+        QueueCommand::Dequeue(a) => read::dequeue(a),
+        QueueCommand::Dump(a) => inspect::dump(a),
+        QueueCommand::Stat(a) => inspect::stat(a),
+        QueueCommand::Verify(a) => inspect::verify(a),
+        QueueCommand::Completions(a) => completions(a),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => exit::report(&e),
+    }
+}
+
+fn completions(a: CompletionsArgs) -> exit::CmdResult {
+    use clap::CommandFactory;
+    let mut cmd = crate::Cli::command();
+    let mut buf = Vec::new();
+    clap_complete::generate(a.shell, &mut cmd, "repliq", &mut buf);
+    let mut out = output::Out::stdout();
+    out.line(String::from_utf8_lossy(&buf).trim_end())?;
+    out.flush()?;
+    Ok(exit::OK)
+}
+
+/// Opens an existing queue for reading or writing; never creates one.
+/// Recovery runs if no other process has the queue open.
+fn open_existing(dir: &Path) -> Result<Store, exit::CliError> {
+    Ok(Store::open(dir, &StoreOptions::open())?)
+}
+
+/// Opens an existing queue for inspection without running recovery, so that
+/// `dump`, `stat` and `verify` show the files as they are and never repair
+/// (zero) a damaged tail.
+///
+/// `Store::open` runs recovery only when it can take an exclusive `flock` on
+/// the control file; holding a shared lock on it from a second descriptor
+/// while opening prevents that.
+fn open_inspect(dir: &Path) -> Result<Store, exit::CliError> {
+    let ctl = dir.join(repliq::store::layout::CONTROL_FILE);
+    let guard = std::fs::File::open(&ctl)
+        .ok()
+        .filter(|f| f.metadata().is_ok_and(|m| m.is_file()))
+        .and_then(|f| {
+            rustix::fs::flock(&f, rustix::fs::FlockOperation::LockShared)
+                .ok()
+                .map(|()| f)
+        });
+    let store = Store::open(dir, &StoreOptions::open());
+    drop(guard);
+    Ok(store?)
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Installs the SIGINT/SIGTERM/SIGHUP handler; returns the flag it sets.
+fn stop_flag() -> Result<&'static AtomicBool, exit::CliError> {
+    ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst))
+        .map_err(|e| exit::CliError::Other(format!("cannot install the signal handler: {e}")))?;
+    Ok(&STOP)
 }

@@ -25,7 +25,8 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    commands::init_tracing();
+    let cli: Cli = commands::parse_cli();
     let code = match cli.command {
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
