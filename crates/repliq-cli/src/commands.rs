@@ -87,23 +87,8 @@ fn open_existing(dir: &Path) -> Result<Store, exit::CliError> {
 /// Opens an existing queue for inspection without running recovery, so that
 /// `dump`, `stat` and `verify` show the files as they are and never repair
 /// (zero) a damaged tail.
-///
-/// `Store::open` runs recovery only when it can take an exclusive `flock` on
-/// the control file; holding a shared lock on it from a second descriptor
-/// while opening prevents that.
 fn open_inspect(dir: &Path) -> Result<Store, exit::CliError> {
-    let ctl = dir.join(repliq::store::layout::CONTROL_FILE);
-    let guard = std::fs::File::open(&ctl)
-        .ok()
-        .filter(|f| f.metadata().is_ok_and(|m| m.is_file()))
-        .and_then(|f| {
-            rustix::fs::flock(&f, rustix::fs::FlockOperation::LockShared)
-                .ok()
-                .map(|()| f)
-        });
-    let store = Store::open(dir, &StoreOptions::open());
-    drop(guard);
-    Ok(store?)
+    Ok(Store::open(dir, &StoreOptions::open().skip_recovery())?)
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);

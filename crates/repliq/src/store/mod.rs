@@ -66,6 +66,7 @@ pub struct StoreOptions {
     durability: Option<Durability>,
     recovery_timeout_ms: Option<u32>,
     flush_interval: Option<Duration>,
+    skip_recovery: bool,
 }
 
 impl StoreOptions {
@@ -98,6 +99,12 @@ impl StoreOptions {
     /// Time after which a stuck writer of a live process is given up on.
     pub fn recovery_timeout(mut self, d: Duration) -> Self {
         self.recovery_timeout_ms = Some(d.as_millis().clamp(1, u128::from(u32::MAX)) as u32);
+        self
+    }
+    /// Never run recovery on open, even with exclusive access: for tools that
+    /// must show the files exactly as they are (`repliq dump`, `verify`).
+    pub fn skip_recovery(mut self) -> Self {
+        self.skip_recovery = true;
         self
     }
     /// Interval of the background flusher in `batch` durability (default 10 ms).
@@ -271,7 +278,7 @@ impl Store {
             recovery: RecoveryReport::default(),
             read_only: Default::default(),
         };
-        if exclusive {
+        if exclusive && !opts.skip_recovery {
             inner.recovery = recovery::recover(&inner)?;
             // Recovery may have moved the tail back into an earlier segment.
             let idx = geo.segment_of(inner.ctl.tail().load(Acquire));
