@@ -23,6 +23,7 @@ pub mod frame;
 pub mod frame_ops;
 pub mod layout;
 pub mod recovery;
+pub mod replica;
 pub mod scan;
 pub mod segment;
 pub mod tailer;
@@ -67,6 +68,7 @@ pub struct StoreOptions {
     recovery_timeout_ms: Option<u32>,
     flush_interval: Option<Duration>,
     skip_recovery: bool,
+    queue_id: Option<u64>,
 }
 
 impl StoreOptions {
@@ -105,6 +107,12 @@ impl StoreOptions {
     /// must show the files exactly as they are (`repliq dump`, `verify`).
     pub fn skip_recovery(mut self) -> Self {
         self.skip_recovery = true;
+        self
+    }
+    /// The queue id to create with, instead of a random one: a replica takes
+    /// its primary's, so that their segment files are byte-identical.
+    pub fn queue_id(mut self, id: u64) -> Self {
+        self.queue_id = Some(id);
         self
     }
     /// Interval of the background flusher in `batch` durability (default 10 ms).
@@ -229,7 +237,7 @@ impl Store {
                     .unwrap_or(defaults.recovery_timeout_ms),
             };
             cfg.validate()?;
-            let id = random_id();
+            let id = opts.queue_id.unwrap_or_else(random_id);
             segment::create_segment(
                 &dir,
                 0,
@@ -306,6 +314,11 @@ impl Store {
     /// The queue directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// The random id stamped into this queue's files (shared by its replicas).
+    pub fn queue_id(&self) -> u64 {
+        self.inner.queue_id
     }
 
     /// The queue's configuration.
@@ -569,6 +582,11 @@ impl Store {
             // Another thread moved head further; use our own mapping this once.
             Ok(Some(arc_swap::Guard::from_inner(seg)))
         }
+    }
+
+    /// Makes sure segment `index` exists (replication receiver, rolling).
+    pub(crate) fn ensure_next_segment(&self, index: u64) -> Result<()> {
+        self.ensure_segment(index)
     }
 
     /// Creates segment `index` unless a segment at or beyond it was ever

@@ -1,0 +1,165 @@
+//! Byte-identical copying of the log between stores: the storage half of
+//! replication.
+//!
+//! The primary side lends out runs of committed frames straight from its
+//! mapped segments ([`Store::with_committed_frames`]); the secondary side
+//! validates such a run completely and then writes it at the same position
+//! ([`Store::append_replicated`]), so ids, epochs and bytes are identical on
+//! both.
+
+use std::sync::atomic::Ordering::*;
+
+use crate::store::error::{Result, StoreError};
+use crate::store::frame::{self, decode_word0};
+use crate::store::frame_ops::LogMemory;
+use crate::store::layout::*;
+use crate::store::{wait, Durability, Store};
+
+impl Store {
+    /// Lends `f` the bytes of complete frames starting at `from`, at most
+    /// `max` bytes (but at least one frame) and never past the end of
+    /// `from`'s segment. Returns `f`'s result and the position after the
+    /// run, or `None` if the frame at `from` is not complete yet.
+    ///
+    /// The slice points into the mapped segment: no copy, no allocation.
+    pub fn with_committed_frames<R>(
+        &self,
+        from: u64,
+        max: usize,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<(R, u64)>> {
+        let geo = self.geometry();
+        let si = geo.segment_of(from);
+        let Some(seg) = self.segment(si)? else {
+            let low = self.control().low_segment().load(Acquire);
+            if si < low {
+                return Err(StoreError::NotRetained {
+                    id: from,
+                    first: geo.first_position(low),
+                });
+            }
+            return Ok(None);
+        };
+        let start = geo.offset_of(from);
+        let mut off = start;
+        while off < geo.size() {
+            let v = crate::store::frame_ops::view(&*seg, geo, off);
+            let Some(aligned) = v.aligned_len() else {
+                if let crate::store::frame_ops::FrameView::Corrupt(fault) = v {
+                    return Err(StoreError::Corrupt {
+                        id: geo.base_of(si) + off,
+                        reason: fault.describe().into(),
+                    });
+                }
+                break;
+            };
+            if off > start && (off + aligned - start) as usize > max {
+                break;
+            }
+            off += aligned;
+        }
+        if off == start {
+            return Ok(None);
+        }
+        let next = geo.advance(geo.base_of(si) + start, off - start);
+        // SAFETY: [start, off) consists of complete frames (each word0 was
+        // loaded with acquire ordering above); complete frames are immutable.
+        let r = unsafe { seg.read(start, (off - start) as usize, f) };
+        Ok(Some((r, next)))
+    }
+
+    /// Writes a run of frames copied from a primary at position `pos`, which
+    /// must be this store's write position. Every frame is validated first
+    /// (header check, bounds, CRC of data frames, nothing pending); on any
+    /// fault nothing is written. Returns the new write position.
+    ///
+    /// Only a secondary's replication receiver calls this; the store should
+    /// be read-only to applications ([`Store::set_read_only`]).
+    pub fn append_replicated(&self, pos: u64, bytes: &[u8]) -> Result<u64> {
+        let geo = self.geometry();
+        let ctl = self.control();
+        let tail = ctl.tail().load(Acquire);
+        if pos != tail {
+            return Err(StoreError::InvalidId {
+                id: pos,
+                reason: format!("replicated run must start at the write position {tail}"),
+            });
+        }
+        let start = geo.offset_of(pos);
+        let end = start + bytes.len() as u64;
+        if bytes.is_empty() || end > geo.size() || bytes.len() % FRAME_ALIGN as usize != 0 {
+            return Err(StoreError::InvalidId {
+                id: pos,
+                reason: format!("run of {} bytes does not fit its segment", bytes.len()),
+            });
+        }
+        // Validate everything before touching the log.
+        let bad = |at: usize, why: &str| StoreError::Corrupt {
+            id: pos + at as u64,
+            reason: format!("replicated frame rejected: {why}"),
+        };
+        let mut at = 0usize;
+        let mut data_frames = 0u64;
+        let mut frames = Vec::new();
+        while at < bytes.len() {
+            let w0 = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or_default());
+            let (len, flags) = decode_word0(w0).map_err(|f| bad(at, f.describe()))?;
+            let aligned = align_frame(u64::from(len)) as usize;
+            if (len as u64) < PADDING_MIN_LEN || at + aligned > bytes.len() {
+                return Err(bad(at, "frame length out of bounds"));
+            }
+            if flags & FLAG_NOT_COMPLETE != 0 {
+                return Err(bad(at, "frame not complete"));
+            }
+            if flags & FLAG_PADDING == 0 {
+                if u64::from(len) < FRAME_HEADER_LEN {
+                    return Err(bad(at, "frame length out of bounds"));
+                }
+                let w1 = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap_or_default());
+                let payload = &bytes[at + FRAME_HEADER_LEN as usize..at + len as usize];
+                if frame::frame_crc(len, flags, w1 as u32, payload) != (w1 >> 32) as u32 {
+                    return Err(bad(at, "payload CRC32C mismatch"));
+                }
+                if flags & FLAG_METADATA == 0 {
+                    data_frames += 1;
+                }
+            }
+            frames.push((at, aligned, w0));
+            at += aligned;
+        }
+        let si = geo.segment_of(pos);
+        let seg = self.segment(si)?.ok_or_else(|| {
+            StoreError::NotFound(crate::store::segment::segment_path(self.dir(), si))
+        })?;
+        if end == geo.size() {
+            // Invariant 5: the next segment exists before padding leads to it.
+            self.ensure_next_segment(si + 1)?;
+        }
+        for &(at, aligned, w0) in &frames {
+            let off = start + at as u64;
+            // SAFETY: positions at or past the tail are unclaimed, and this
+            // store is read-only to local writers; the range lies in the segment.
+            unsafe { seg.write(off + 8, &bytes[at + 8..at + aligned]) };
+            if seg
+                .word0(off)
+                .compare_exchange(0, w0, Release, Relaxed)
+                .is_err()
+            {
+                return Err(StoreError::Corrupt {
+                    id: pos + at as u64,
+                    reason: "a local writer raced the replication receiver".into(),
+                });
+            }
+        }
+        let next = geo.advance(pos, bytes.len() as u64);
+        ctl.reserved().fetch_add(data_frames, AcqRel);
+        ctl.tail().store(next, Release);
+        ctl.committed().fetch_max(next, AcqRel);
+        wait::notify(ctl.notify_seq(), ctl.waiters());
+        if self.config().durability == Durability::Always {
+            seg.flush_range(start, end - start)?;
+            ctl.flushed().fetch_max(next, AcqRel);
+        }
+        Ok(next)
+    }
+}
