@@ -5,6 +5,8 @@
 //!
 //! * [`RepliqQueue`] is the founding typed API ([`Queue`], [`PersistentQueue`],
 //!   [`ReplicatedQueue`]), encoding items with postcard.
+//! * [`replication`] holds the wire protocol between a primary and its
+//!   secondaries.
 //! * [`store`] is the storage layer beneath it: appends, tailers, consumer
 //!   groups, zero-copy reads, waiting, recovery and retention.
 //!
@@ -25,6 +27,7 @@
 mod api;
 mod error;
 mod queue;
+pub mod replication;
 pub mod store;
 
 pub use api::{PersistentQueue, Queue, ReplicatedQueue, ReplicationMode};

@@ -1,0 +1,453 @@
+//! Replication wire protocol, version 1. `docs/protocol.md` is the prose
+//! description of the same bytes.
+//!
+//! Every message is a frame: `length:u32 | type:u8 | body`, little-endian,
+//! where `length` counts the type byte and the body and may not exceed the
+//! receiver's maximum frame size. A frame that is too large, of an unknown
+//! type, truncated, or with bytes left over is a [`ProtocolError`]; the
+//! connection is then closed and nothing of the frame reaches the queue.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use repliq::replication::protocol::{Codec, Message};
+//! use tokio_util::codec::{Decoder, Encoder};
+//! let mut codec = Codec::default();
+//! let mut buf = BytesMut::new();
+//! codec.encode(&Message::Ack { position: 4096 }, &mut buf)?;
+//! assert_eq!(codec.decode(&mut buf)?, Some(Message::Ack { position: 4096 }));
+//! # Ok::<(), repliq::replication::protocol::ProtocolError>(())
+//! ```
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// Magic at the start of a `Hello` body (`b"RPLQ"`).
+pub const MAGIC: u32 = u32::from_le_bytes(*b"RPLQ");
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Bytes before a frame's body: length (4) and type (1).
+pub const FRAME_HEADER_LEN: usize = 5;
+/// Default largest frame accepted (16 MiB).
+pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
+/// Longest node or queue name, in bytes.
+pub const MAX_NAME: usize = 255;
+
+/// Message type codes.
+pub mod kind {
+    /// Secondary → primary: who I am, what I have.
+    pub const HELLO: u8 = 1;
+    /// Primary → secondary: accepted; where streaming starts.
+    pub const WELCOME: u8 = 2;
+    /// Primary → secondary: a run of frames at a position.
+    pub const RECORDS: u8 = 3;
+    /// Secondary → primary: durable up to a position.
+    pub const ACK: u8 = 4;
+    /// Either way: liveness and progress.
+    pub const HEARTBEAT: u8 = 5;
+    /// Either way: refusal with a reason; the sender closes.
+    pub const ERROR: u8 = 6;
+}
+
+/// A secondary's greeting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Protocol version spoken.
+    pub version: u16,
+    /// The secondary's node name.
+    pub node: String,
+    /// The queue's name (its directory name under the persistence path).
+    pub queue: String,
+    /// The queue id the secondary holds, 0 if it has none yet.
+    pub queue_id: u64,
+    /// The secondary's segment size, 0 if it has no queue yet.
+    pub segment_size: u64,
+    /// The secondary's write position: streaming resumes here.
+    pub position: u64,
+    /// The epoch of the secondary's last record.
+    pub epoch: u32,
+}
+
+/// The primary's acceptance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// Protocol version spoken.
+    pub version: u16,
+    /// The primary's node name.
+    pub node: String,
+    /// The queue id; a new secondary creates its queue with it.
+    pub queue_id: u64,
+    /// Segment size of the queue.
+    pub segment_size: u64,
+    /// Capacity of the queue.
+    pub capacity: u64,
+    /// Durability code of the queue (0 none, 1 batch, 2 always).
+    pub durability: u8,
+    /// Position the stream starts at.
+    pub start: u64,
+    /// The primary's current epoch.
+    pub epoch: u32,
+}
+
+/// Progress report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Sender's write position.
+    pub tail: u64,
+    /// Sender's committed position.
+    pub committed: u64,
+    /// Sender's wall clock, Unix nanoseconds (for lag in seconds).
+    pub sent_unix_ns: u64,
+}
+
+/// One protocol message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// See [`Hello`].
+    Hello(Hello),
+    /// See [`Welcome`].
+    Welcome(Welcome),
+    /// Complete frames copied from the primary's log, to be written at `position`.
+    Records {
+        /// Position of the first frame.
+        position: u64,
+        /// The frames' bytes, exactly as in the primary's segment.
+        bytes: Bytes,
+    },
+    /// Everything below `position` is durable on the secondary.
+    Ack {
+        /// The acknowledged position.
+        position: u64,
+    },
+    /// See [`Heartbeat`].
+    Heartbeat(Heartbeat),
+    /// A refusal; the sender closes the connection after it.
+    Error {
+        /// Error code (see `docs/protocol.md`).
+        code: u16,
+        /// Human-readable reason.
+        message: String,
+    },
+}
+
+/// Why a frame was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// Declared frame length above the maximum.
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// Declared length.
+        len: usize,
+        /// Maximum accepted.
+        max: usize,
+    },
+    /// Declared length of zero.
+    #[error("empty frame")]
+    Empty,
+    /// Unknown message type.
+    #[error("unknown message type {0}")]
+    UnknownType(u8),
+    /// The body ended before a field.
+    #[error("truncated {0} message")]
+    Truncated(&'static str),
+    /// Bytes left after the last field.
+    #[error("{0} bytes of trailing garbage in a {1} message")]
+    Trailing(usize, &'static str),
+    /// The hello magic is wrong.
+    #[error("bad magic {0:#010x}: not a repliq peer")]
+    BadMagic(u32),
+    /// A name is not UTF-8 or too long.
+    #[error("invalid {0}")]
+    BadString(&'static str),
+    /// A `Records` run is empty or not 8-byte aligned.
+    #[error("records run of {0} bytes is empty or unaligned")]
+    BadRun(usize),
+    /// A message too large to encode.
+    #[error("cannot encode: {0}")]
+    Encode(String),
+    /// Socket error.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Frames messages on a byte stream, enforcing a maximum frame size.
+#[derive(Debug, Clone, Copy)]
+pub struct Codec {
+    max_frame: usize,
+}
+
+impl Default for Codec {
+    fn default() -> Self {
+        Codec {
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+impl Codec {
+    /// A codec accepting frames of at most `max_frame` bytes (type and body).
+    pub fn with_max_frame(max_frame: usize) -> Codec {
+        Codec { max_frame }
+    }
+
+    /// The maximum frame size.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Encodes a `Records` frame header for `len` bytes at `position`; the
+    /// caller appends the bytes themselves (straight from the mapped segment).
+    pub fn encode_records_header(
+        &self,
+        position: u64,
+        len: usize,
+        dst: &mut BytesMut,
+    ) -> Result<(), ProtocolError> {
+        let body = 8 + len;
+        if 1 + body > self.max_frame {
+            return Err(ProtocolError::Encode(format!(
+                "records run of {len} bytes exceeds the maximum frame"
+            )));
+        }
+        dst.reserve(FRAME_HEADER_LEN + body);
+        dst.put_u32_le((1 + body) as u32);
+        dst.put_u8(kind::RECORDS);
+        dst.put_u64_le(position);
+        Ok(())
+    }
+}
+
+fn put_str(dst: &mut BytesMut, s: &str) -> Result<(), ProtocolError> {
+    if s.len() > MAX_NAME {
+        return Err(ProtocolError::Encode(format!(
+            "name longer than {MAX_NAME} bytes"
+        )));
+    }
+    dst.put_u16_le(s.len() as u16);
+    dst.put_slice(s.as_bytes());
+    Ok(())
+}
+
+/// Reads fields from a frame body, failing cleanly when it runs short.
+struct Body {
+    b: Bytes,
+    what: &'static str,
+}
+
+impl Body {
+    fn need(&self, n: usize) -> Result<(), ProtocolError> {
+        if self.b.remaining() < n {
+            Err(ProtocolError::Truncated(self.what))
+        } else {
+            Ok(())
+        }
+    }
+    fn u8(&mut self) -> Result<u8, ProtocolError> {
+        self.need(1)?;
+        Ok(self.b.get_u8())
+    }
+    fn u16(&mut self) -> Result<u16, ProtocolError> {
+        self.need(2)?;
+        Ok(self.b.get_u16_le())
+    }
+    fn u32(&mut self) -> Result<u32, ProtocolError> {
+        self.need(4)?;
+        Ok(self.b.get_u32_le())
+    }
+    fn u64(&mut self) -> Result<u64, ProtocolError> {
+        self.need(8)?;
+        Ok(self.b.get_u64_le())
+    }
+    fn string(&mut self, what: &'static str) -> Result<String, ProtocolError> {
+        let n = self.u16()? as usize;
+        if n > MAX_NAME {
+            return Err(ProtocolError::BadString(what));
+        }
+        self.need(n)?;
+        let s = self.b.split_to(n);
+        String::from_utf8(s.to_vec()).map_err(|_| ProtocolError::BadString(what))
+    }
+    fn end(self) -> Result<(), ProtocolError> {
+        if self.b.has_remaining() {
+            Err(ProtocolError::Trailing(self.b.remaining(), self.what))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl tokio_util::codec::Decoder for Codec {
+    type Item = Message;
+    type Error = ProtocolError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, ProtocolError> {
+        if src.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        if len == 0 {
+            return Err(ProtocolError::Empty);
+        }
+        if len > self.max_frame {
+            return Err(ProtocolError::TooLarge {
+                len,
+                max: self.max_frame,
+            });
+        }
+        if src.len() < 4 + len {
+            src.reserve(4 + len - src.len());
+            return Ok(None);
+        }
+        src.advance(4);
+        let mut frame = src.split_to(len).freeze();
+        let ty = frame.get_u8();
+        let msg = match ty {
+            kind::HELLO => {
+                let mut b = Body {
+                    b: frame,
+                    what: "hello",
+                };
+                let magic = b.u32()?;
+                if magic != MAGIC {
+                    return Err(ProtocolError::BadMagic(magic));
+                }
+                let h = Hello {
+                    version: b.u16()?,
+                    node: b.string("node name")?,
+                    queue: b.string("queue name")?,
+                    queue_id: b.u64()?,
+                    segment_size: b.u64()?,
+                    position: b.u64()?,
+                    epoch: b.u32()?,
+                };
+                b.end()?;
+                Message::Hello(h)
+            }
+            kind::WELCOME => {
+                let mut b = Body {
+                    b: frame,
+                    what: "welcome",
+                };
+                let w = Welcome {
+                    version: b.u16()?,
+                    node: b.string("node name")?,
+                    queue_id: b.u64()?,
+                    segment_size: b.u64()?,
+                    capacity: b.u64()?,
+                    durability: b.u8()?,
+                    start: b.u64()?,
+                    epoch: b.u32()?,
+                };
+                b.end()?;
+                Message::Welcome(w)
+            }
+            kind::RECORDS => {
+                let mut b = Body {
+                    b: frame,
+                    what: "records",
+                };
+                let position = b.u64()?;
+                let bytes = b.b;
+                if bytes.is_empty() || bytes.len() % 8 != 0 {
+                    return Err(ProtocolError::BadRun(bytes.len()));
+                }
+                Message::Records { position, bytes }
+            }
+            kind::ACK => {
+                let mut b = Body {
+                    b: frame,
+                    what: "ack",
+                };
+                let position = b.u64()?;
+                b.end()?;
+                Message::Ack { position }
+            }
+            kind::HEARTBEAT => {
+                let mut b = Body {
+                    b: frame,
+                    what: "heartbeat",
+                };
+                let h = Heartbeat {
+                    tail: b.u64()?,
+                    committed: b.u64()?,
+                    sent_unix_ns: b.u64()?,
+                };
+                b.end()?;
+                Message::Heartbeat(h)
+            }
+            kind::ERROR => {
+                let mut b = Body {
+                    b: frame,
+                    what: "error",
+                };
+                let code = b.u16()?;
+                let message = b.string("error message")?;
+                b.end()?;
+                Message::Error { code, message }
+            }
+            other => return Err(ProtocolError::UnknownType(other)),
+        };
+        Ok(Some(msg))
+    }
+}
+
+impl tokio_util::codec::Encoder<&Message> for Codec {
+    type Error = ProtocolError;
+
+    fn encode(&mut self, msg: &Message, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+        let mut body = BytesMut::new();
+        let ty = match msg {
+            Message::Hello(h) => {
+                body.put_u32_le(MAGIC);
+                body.put_u16_le(h.version);
+                put_str(&mut body, &h.node)?;
+                put_str(&mut body, &h.queue)?;
+                body.put_u64_le(h.queue_id);
+                body.put_u64_le(h.segment_size);
+                body.put_u64_le(h.position);
+                body.put_u32_le(h.epoch);
+                kind::HELLO
+            }
+            Message::Welcome(w) => {
+                body.put_u16_le(w.version);
+                put_str(&mut body, &w.node)?;
+                body.put_u64_le(w.queue_id);
+                body.put_u64_le(w.segment_size);
+                body.put_u64_le(w.capacity);
+                body.put_u8(w.durability);
+                body.put_u64_le(w.start);
+                body.put_u32_le(w.epoch);
+                kind::WELCOME
+            }
+            Message::Records { position, bytes } => {
+                self.encode_records_header(*position, bytes.len(), dst)?;
+                dst.put_slice(bytes);
+                return Ok(());
+            }
+            Message::Ack { position } => {
+                body.put_u64_le(*position);
+                kind::ACK
+            }
+            Message::Heartbeat(h) => {
+                body.put_u64_le(h.tail);
+                body.put_u64_le(h.committed);
+                body.put_u64_le(h.sent_unix_ns);
+                kind::HEARTBEAT
+            }
+            Message::Error { code, message } => {
+                body.put_u16_le(*code);
+                let m: String = message.chars().take(MAX_NAME / 4).collect();
+                put_str(&mut body, &m)?;
+                kind::ERROR
+            }
+        };
+        if 1 + body.len() > self.max_frame {
+            return Err(ProtocolError::Encode(
+                "message exceeds the maximum frame".into(),
+            ));
+        }
+        dst.reserve(FRAME_HEADER_LEN + body.len());
+        dst.put_u32_le((1 + body.len()) as u32);
+        dst.put_u8(ty);
+        dst.put_slice(&body);
+        Ok(())
+    }
+}
