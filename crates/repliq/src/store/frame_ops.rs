@@ -182,6 +182,13 @@ pub fn try_claim<M: LogMemory>(
         return ClaimStep::NeedRoll;
     }
     let pending = frame::pending_word0(frame_len);
+    if (off + 8) % 4096 == 0 {
+        // word1 starts a new page: fault it in (for writing) before the claim,
+        // so that a writer killed in the page fault is not left owning a
+        // pending frame without a recorded pid. Writing 0 over 0 is a no-op
+        // for anyone else: word1 of an unclaimed frame is zero.
+        let _ = mem.word1(off).cas(0, 0, Relaxed, Relaxed);
+    }
     if w0.cas(0, pending, AcqRel, Acquire).is_err() {
         return ClaimStep::Retry;
     }
@@ -283,7 +290,11 @@ pub fn view<M: LogMemory>(mem: &M, geo: Geometry, off: u64) -> FrameView {
         return FrameView::Corrupt(HeaderFault::Length);
     }
     if flags & FLAG_NOT_COMPLETE != 0 {
-        let owner_pid = mem.word1(off).load(Relaxed) as u32;
+        // While pending, word1 holds the owner pid with its high half zero.
+        // Once the writer has stored `epoch | crc << 32` (just before its
+        // commit CAS) the owner is unknown, so only the timeout applies.
+        let w1 = mem.word1(off).load(Relaxed);
+        let owner_pid = if w1 >> 32 == 0 { w1 as u32 } else { 0 };
         return FrameView::Pending {
             word0: w,
             owner_pid,

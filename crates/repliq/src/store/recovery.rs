@@ -40,6 +40,8 @@ pub struct RecoveryReport {
     pub pending_padded: u64,
     /// Ids of corrupt frames found in the middle of the log (kept, not served).
     pub corrupt: Vec<u64>,
+    /// Temporary segment files of interrupted creations, removed.
+    pub temporaries_removed: u64,
     /// Messages the default group has not dequeued, recounted from disk.
     pub depth: u64,
     /// Time spent.
@@ -83,6 +85,22 @@ fn has_nonzero(seg: &Segment, geo: Geometry, from: u64) -> bool {
     false
 }
 
+fn remove_temporaries(dir: &std::path::Path, rep: &mut RecoveryReport) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        if name
+            .to_str()
+            .is_some_and(|n| n.contains(SEGMENT_TMP_SUFFIX))
+            && std::fs::remove_file(e.path()).is_ok()
+        {
+            rep.temporaries_removed += 1;
+        }
+    }
+}
+
 pub(crate) fn recover(inner: &Inner) -> Result<RecoveryReport> {
     let started = Instant::now();
     let ctl = &inner.ctl;
@@ -94,6 +112,9 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryReport> {
         tail_before,
         ..Default::default()
     };
+    // Exclusive: nobody is creating segments, so temporaries are debris of
+    // a writer killed inside `create_segment`.
+    remove_temporaries(&inner.dir, &mut rep);
     let existing = segment::list_segments(&inner.dir)?;
     let last_existing = existing.last().copied().unwrap_or(0);
     let low = ctl.low_segment().load(Acquire);
