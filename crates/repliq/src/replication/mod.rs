@@ -4,4 +4,12 @@
 //! byte-identically) is in [`crate::store::replica`]; this layer knows
 //! sockets and frames, not record layout.
 
+mod conn;
+pub mod error;
+pub mod primary;
 pub mod protocol;
+pub mod secondary;
+
+pub use error::ReplicationError;
+pub use primary::PrimaryConfig;
+pub use secondary::SecondaryConfig;

@@ -163,3 +163,105 @@ impl Store {
         Ok(next)
     }
 }
+
+impl Store {
+    /// The replication-peer slot for `node`, created on first use at the
+    /// oldest retained position (so retention keeps what the peer still needs).
+    pub fn peer_slot(&self, node: &str) -> Result<usize> {
+        self.open_slot(
+            "replication peer",
+            CTL_PEERS_OFF,
+            PEER_SLOT_LEN,
+            PEER_SLOTS,
+            node,
+        )
+    }
+
+    /// Records that peer `slot` has `position` durable and returns the quorum
+    /// watermark: the highest position durable on at least `min_acks` peers.
+    pub fn ack_peer(&self, slot: usize, position: u64, min_acks: usize) -> u64 {
+        let ctl = self.control();
+        ctl.slot(CTL_PEERS_OFF, PEER_SLOT_LEN, slot)
+            .position()
+            .fetch_max(position, AcqRel);
+        let mut acked: Vec<u64> = (0..PEER_SLOTS)
+            .map(|i| ctl.slot(CTL_PEERS_OFF, PEER_SLOT_LEN, i))
+            .filter(|s| s.state().load(Acquire) == SLOT_ACTIVE)
+            .map(|s| s.position().load(Acquire))
+            .collect();
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        let w = match min_acks {
+            0 => self.tail_position(),
+            k => acked.get(k - 1).copied().unwrap_or(0),
+        };
+        ctl.replicated().fetch_max(w, AcqRel);
+        wait::notify(ctl.notify_seq(), ctl.waiters());
+        ctl.replicated().load(Acquire)
+    }
+
+    /// Positions acknowledged by each replication peer, by node name.
+    pub fn peer_positions(&self) -> Vec<(String, u64)> {
+        let ctl = self.control();
+        (0..PEER_SLOTS)
+            .map(|i| ctl.slot(CTL_PEERS_OFF, PEER_SLOT_LEN, i))
+            .filter(|s| s.state().load(Acquire) == SLOT_ACTIVE)
+            .map(|s| (s.name(), s.position().load(Acquire)))
+            .collect()
+    }
+
+    /// True if a complete frame (data or padding) is at `pos`.
+    pub fn has_complete_frame(&self, pos: u64) -> bool {
+        let geo = self.geometry();
+        match self.segment(geo.segment_of(pos)) {
+            Ok(Some(s)) => crate::store::frame_ops::view(&*s, geo, geo.offset_of(pos))
+                .aligned_len()
+                .is_some(),
+            _ => false,
+        }
+    }
+
+    /// Moves an empty replica's log to start at `pos` (the first position of
+    /// a segment on the primary, whose older segments are gone).
+    pub fn rebase_empty(&self, pos: u64) -> Result<()> {
+        let geo = self.geometry();
+        let ctl = self.control();
+        let tail = ctl.tail().load(Acquire);
+        if self.has_complete_frame(self.first_position()) || tail != self.first_position() {
+            return Err(StoreError::InvalidId {
+                id: pos,
+                reason: "only an empty replica can be rebased".into(),
+            });
+        }
+        let si = geo.segment_of(pos);
+        if pos != geo.first_position(si) {
+            return Err(StoreError::InvalidId {
+                id: pos,
+                reason: "a replica can only start at the first position of a segment".into(),
+            });
+        }
+        if pos <= tail {
+            return Ok(());
+        }
+        self.ensure_next_segment(si)?;
+        let low = ctl.low_segment().load(Acquire);
+        for (region, len, n) in [
+            (CTL_GROUPS_OFF, GROUP_SLOT_LEN, GROUP_SLOTS),
+            (CTL_TAILERS_OFF, TAILER_SLOT_LEN, TAILER_SLOTS),
+        ] {
+            for i in 0..n {
+                let s = ctl.slot(region, len, i);
+                if s.state().load(Acquire) == SLOT_ACTIVE {
+                    s.position().fetch_max(pos, AcqRel);
+                }
+            }
+        }
+        ctl.tail().store(pos, Release);
+        ctl.committed().fetch_max(pos, AcqRel);
+        ctl.flushed().fetch_max(pos, AcqRel);
+        ctl.low_segment().fetch_max(si, AcqRel);
+        for k in low..si {
+            let _ = std::fs::remove_file(crate::store::segment::segment_path(self.dir(), k));
+        }
+        Ok(())
+    }
+}

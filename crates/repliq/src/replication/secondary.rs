@@ -1,0 +1,181 @@
+//! The secondary side: follows a primary's queue over TCP, writing its
+//! records byte-identically, reconnecting with jittered backoff.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::replication::conn::{send, unix_ns, Reader};
+use crate::replication::error::ReplicationError;
+use crate::replication::protocol::{self, Codec, Heartbeat, Hello, Message};
+use crate::store::{Durability, Store, StoreOptions};
+
+/// Settings of the secondary side.
+#[derive(Debug, Clone)]
+pub struct SecondaryConfig {
+    /// This node's name.
+    pub node: String,
+    /// Name of the followed queue.
+    pub queue: String,
+    /// Directory of the local replica.
+    pub dir: PathBuf,
+    /// Address of the primary (`host:port`).
+    pub primary: String,
+    /// Largest frame accepted.
+    pub max_frame: usize,
+    /// Silence after which the primary is considered gone.
+    pub timeout: Duration,
+    /// First reconnection delay; doubles up to `backoff_max`, with jitter.
+    pub backoff_min: Duration,
+    /// Longest reconnection delay.
+    pub backoff_max: Duration,
+}
+
+impl SecondaryConfig {
+    /// Defaults for `node` following `queue` from `primary` into `dir`.
+    pub fn new(node: &str, queue: &str, dir: impl Into<PathBuf>, primary: &str) -> Self {
+        SecondaryConfig {
+            node: node.into(),
+            queue: queue.into(),
+            dir: dir.into(),
+            primary: primary.into(),
+            max_frame: protocol::DEFAULT_MAX_FRAME,
+            timeout: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Follows the primary forever: one session after another, with jittered
+/// exponential backoff between failed attempts.
+pub async fn follow(cfg: SecondaryConfig) {
+    let mut store = Store::open(&cfg.dir, &StoreOptions::open()).ok();
+    if let Some(s) = &store {
+        s.set_read_only(true);
+    }
+    let mut delay = cfg.backoff_min;
+    loop {
+        match session(&cfg, &mut store).await {
+            Ok(()) => delay = cfg.backoff_min,
+            Err(e) => {
+                tracing::warn!(primary = %cfg.primary, queue = %cfg.queue, "replication session ended: {e}");
+            }
+        }
+        let jitter = (unix_ns() % 1000) as f64 / 1000.0; // 0..1
+        tokio::time::sleep(delay.mul_f64(0.5 + jitter)).await;
+        delay = (delay * 2).min(cfg.backoff_max);
+    }
+}
+
+/// One connection to the primary: handshake, then records until it fails.
+pub async fn session(
+    cfg: &SecondaryConfig,
+    store: &mut Option<Store>,
+) -> Result<(), ReplicationError> {
+    let stream = tokio::time::timeout(cfg.timeout, tokio::net::TcpStream::connect(&cfg.primary))
+        .await
+        .map_err(|_| ReplicationError::Timeout("connection"))??;
+    let _ = stream.set_nodelay(true);
+    let (rd, mut wr) = stream.into_split();
+    let mut codec = Codec::with_max_frame(cfg.max_frame);
+    let mut reader = Reader::new(rd, codec);
+    let hello = Hello {
+        version: protocol::PROTOCOL_VERSION,
+        node: cfg.node.clone(),
+        queue: cfg.queue.clone(),
+        queue_id: store.as_ref().map_or(0, Store::queue_id),
+        segment_size: store.as_ref().map_or(0, |s| s.geometry().size()),
+        position: store.as_ref().map_or(0, Store::tail_position),
+        epoch: store.as_ref().map_or(0, Store::epoch),
+    };
+    send(&mut wr, &mut codec, &Message::Hello(hello)).await?;
+    let w = match reader.next(cfg.timeout, "welcome").await? {
+        Message::Welcome(w) => w,
+        Message::Error { code, message } => {
+            return Err(ReplicationError::Refused(format!(
+                "primary refused ({code}): {message}"
+            )))
+        }
+        other => {
+            return Err(ReplicationError::Refused(format!(
+                "expected welcome, got {other:?}"
+            )))
+        }
+    };
+    let s = match store {
+        Some(s) => s.clone(),
+        None => {
+            let durability = match w.durability {
+                0 => Durability::None,
+                2 => Durability::Always,
+                _ => Durability::Batch,
+            };
+            let s = Store::open(
+                &cfg.dir,
+                &StoreOptions::create()
+                    .queue_id(w.queue_id)
+                    .segment_size(w.segment_size)
+                    .capacity(w.capacity)
+                    .durability(durability),
+            )?;
+            s.set_read_only(true);
+            *store = Some(s.clone());
+            s
+        }
+    };
+    if s.queue_id() != w.queue_id || s.geometry().size() != w.segment_size {
+        return Err(ReplicationError::Refused(
+            "the primary serves another queue".into(),
+        ));
+    }
+    s.set_epoch(w.epoch);
+    if w.start != s.tail_position() {
+        s.rebase_empty(w.start)?;
+    }
+    tracing::info!(primary = %w.node, start = w.start, "following primary");
+    let durable = s.config().durability != Durability::None;
+    loop {
+        match reader.next(cfg.timeout, "records or heartbeat").await? {
+            Message::Records { position, bytes } => {
+                // Validated in full before anything is written.
+                let mut next = s.append_replicated(position, &bytes)?;
+                // Take whatever else already arrived before acknowledging.
+                while let Some(m) = reader.try_next()? {
+                    match m {
+                        Message::Records { position, bytes } => {
+                            next = s.append_replicated(position, &bytes)?;
+                        }
+                        Message::Heartbeat(_) => {}
+                        other => {
+                            return Err(ReplicationError::Refused(format!("unexpected {other:?}")))
+                        }
+                    }
+                }
+                if durable {
+                    s.flush()?;
+                }
+                send(&mut wr, &mut codec, &Message::Ack { position: next }).await?;
+            }
+            Message::Heartbeat(_) => {
+                let hb = Message::Heartbeat(Heartbeat {
+                    tail: s.tail_position(),
+                    committed: s.tail_position(),
+                    sent_unix_ns: unix_ns(),
+                });
+                send(&mut wr, &mut codec, &hb).await?;
+                send(
+                    &mut wr,
+                    &mut codec,
+                    &Message::Ack {
+                        position: s.tail_position(),
+                    },
+                )
+                .await?;
+            }
+            Message::Error { code, message } => {
+                return Err(ReplicationError::Refused(format!("{code}: {message}")))
+            }
+            other => return Err(ReplicationError::Refused(format!("unexpected {other:?}"))),
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Primary and secondaries over real TCP on loopback (in one process; the
+//! daemon will run them as separate processes).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use repliq::replication::protocol::{Codec, Hello, Message, PROTOCOL_VERSION};
+use repliq::replication::{primary, secondary, PrimaryConfig, ReplicationError, SecondaryConfig};
+use repliq::store::{Durability, Store, StoreOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::codec::{Decoder, Encoder};
+
+fn opts() -> StoreOptions {
+    StoreOptions::create()
+        .segment_size(1 << 16)
+        .capacity(1 << 30)
+        .durability(Durability::Batch)
+}
+
+async fn start_primary(
+    store: Store,
+    min_acks: usize,
+) -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<Result<(), ReplicationError>>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let mut cfg = PrimaryConfig::new("node-a", "orders");
+    cfg.min_acks = min_acks;
+    cfg.timeout = Duration::from_secs(2);
+    cfg.heartbeat = Duration::from_millis(100);
+    let cfg = Arc::new(cfg);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let (store, cfg, tx) = (store.clone(), cfg.clone(), tx.clone());
+            tokio::spawn(async move {
+                let _ = tx.send(primary::serve(store, cfg, s).await);
+            });
+        }
+    });
+    (addr, rx)
+}
+
+fn secondary_cfg(node: &str, dir: &std::path::Path, addr: &str) -> SecondaryConfig {
+    let mut c = SecondaryConfig::new(node, "orders", dir, addr);
+    c.timeout = Duration::from_secs(2);
+    c.backoff_min = Duration::from_millis(20);
+    c.backoff_max = Duration::from_millis(200);
+    c
+}
+
+async fn wait_caught_up(p: &Store, dir: &std::path::Path) -> Store {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(s) = Store::open(dir, &StoreOptions::open().skip_recovery()) {
+            if s.tail_position() == p.tail_position() {
+                return s;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "secondary {dir:?} never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn assert_identical(p: &std::path::Path, s: &std::path::Path) {
+    let mut n = 0;
+    for e in std::fs::read_dir(p).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        if name.ends_with(".seg") {
+            let a = std::fs::read(e.path()).unwrap();
+            let b = std::fs::read(s.join(&name)).unwrap();
+            assert!(a == b, "segment {name} differs");
+            n += 1;
+        }
+    }
+    assert!(n > 3, "compared {n} segments");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_secondaries_follow_live_writes_and_resume_after_a_disconnect() {
+    let d = tempfile::tempdir().unwrap();
+    let p = Store::open(d.path().join("p"), &opts()).unwrap();
+    let (addr, _sessions) = start_primary(p.clone(), 2).await;
+    let (s1, s2) = (d.path().join("s1"), d.path().join("s2"));
+    let f1 = tokio::spawn(secondary::follow(secondary_cfg("node-b", &s1, &addr)));
+    let f2 = tokio::spawn(secondary::follow(secondary_cfg("node-c", &s2, &addr)));
+    let writer = {
+        let p = p.clone();
+        std::thread::spawn(move || {
+            for i in 0..20_000u32 {
+                p.append(&i.to_le_bytes().repeat((i % 40) as usize + 1))
+                    .unwrap();
+            }
+        })
+    };
+    writer.join().unwrap();
+    let r1 = wait_caught_up(&p, &s1).await;
+    let r2 = wait_caught_up(&p, &s2).await;
+    assert_eq!(r1.depth(), 20_000);
+    // Replicas refuse application writes.
+    // (The follower holds its own handle read-only; this handle is ours.)
+    drop((r1, r2));
+    assert_identical(&d.path().join("p"), &s1);
+    assert_identical(&d.path().join("p"), &s2);
+    // Both acknowledged: the quorum watermark (min_acks = 2) reaches the tail.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while p.stats().replicated < p.tail_position() {
+        assert!(
+            Instant::now() < deadline,
+            "watermark stuck at {}",
+            p.stats().replicated
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let peers = p.peer_positions();
+    assert_eq!(peers.len(), 2, "{peers:?}");
+
+    // Drop one follower mid-stream; write more; start it again: it resumes
+    // from its own tail, with no gap and no duplicate (byte identity).
+    f1.abort();
+    let _ = f1.await;
+    for i in 0..5_000u32 {
+        p.append(&i.to_be_bytes()).unwrap();
+    }
+    let f1 = tokio::spawn(secondary::follow(secondary_cfg("node-b", &s1, &addr)));
+    wait_caught_up(&p, &s1).await;
+    wait_caught_up(&p, &s2).await;
+    assert_identical(&d.path().join("p"), &s1);
+    let r1 = Store::open(&s1, &StoreOptions::open().skip_recovery()).unwrap();
+    let (mut a, mut b) = (p.tailer(), r1.tailer());
+    let mut n = 0;
+    while let Some(x) = a.next().unwrap() {
+        assert_eq!(Some(x), b.next().unwrap());
+        n += 1;
+    }
+    assert_eq!(n, 25_000);
+    f1.abort();
+    f2.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peers_are_disconnected_and_change_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let p = Store::open(d.path().join("p"), &opts()).unwrap();
+    p.append(b"keep me").unwrap();
+    let tail = p.tail_position();
+    let (addr, mut sessions) = start_primary(p.clone(), 1).await;
+
+    // Garbage instead of a hello.
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    c.write_all(&[0xff; 64]).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), sessions.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(r, Err(ReplicationError::Protocol(_))), "{r:?}");
+
+    // A frame truncated mid-way, then silence: the primary times out.
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    c.write_all(&[40, 0, 0, 0, 1, b'R']).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), sessions.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(r, Err(ReplicationError::Timeout(_))), "{r:?}");
+
+    // A well-formed hello for another queue is refused with an Error message.
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    Codec::default()
+        .encode(
+            &Message::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                node: "intruder".into(),
+                queue: "payroll".into(),
+                queue_id: 0,
+                segment_size: 0,
+                position: 0,
+                epoch: 0,
+            }),
+            &mut buf,
+        )
+        .unwrap();
+    c.write_all(&buf).await.unwrap();
+    let mut got = bytes::BytesMut::new();
+    let msg = loop {
+        if let Some(m) = Codec::default().decode(&mut got).unwrap() {
+            break m;
+        }
+        assert!(
+            c.read_buf(&mut got).await.unwrap() > 0,
+            "closed without a reason"
+        );
+    };
+    assert!(matches!(msg, Message::Error { code: 2, .. }), "{msg:?}");
+    let r = tokio::time::timeout(Duration::from_secs(5), sessions.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(r, Err(ReplicationError::Refused(_))), "{r:?}");
+
+    // The primary's queue is untouched and no peer slot was taken.
+    assert_eq!(p.tail_position(), tail);
+    assert!(p.peer_positions().is_empty());
+    assert_eq!(
+        p.tailer().next().unwrap().unwrap().payload,
+        b"keep me".to_vec()
+    );
+}
