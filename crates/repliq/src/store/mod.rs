@@ -126,6 +126,11 @@ impl StoreOptions {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+    /// The shared `flock` marking this process as a user of the queue. Only
+    /// application handles carry it, so that dropping the last of them
+    /// releases the queue at once, even while a background thread of this
+    /// handle is still finishing a flush.
+    _lock: Option<Arc<File>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -148,6 +153,20 @@ pub(crate) struct Inner {
     notifier: OnceLock<wait::AsyncNotifier>,
     recovery: RecoveryReport,
     read_only: std::sync::atomic::AtomicBool,
+    /// Background preparation of the next segment, started by the first append.
+    prefetch: OnceLock<Mutex<std::sync::mpsc::Sender<Prefetch>>>,
+    /// The next segment, created and mapped ahead of the writers.
+    prepared: Mutex<Option<Arc<Segment>>>,
+    /// Retired segments queued for unmapping; bounded so mappings stay few.
+    retiring: std::sync::atomic::AtomicUsize,
+}
+
+/// Work for the prefetch thread.
+enum Prefetch {
+    /// Writers entered segment `0`: create and map the one after it.
+    Entered(u64),
+    /// A segment writers left: unmap it here, off the append path.
+    Retire(Arc<Segment>),
 }
 
 /// Holds the directory lock (an exclusive `flock` on [`DIR_LOCK_FILE`]).
@@ -252,8 +271,9 @@ impl Store {
         check_matches(&dir, &cfg, opts)?;
         // A shared flock marks this process as a user of the queue; an
         // exclusive one, if it can be had, proves no other process is.
+        let lock_file = File::open(&ctl_path).map_err(|e| StoreError::io(&ctl_path, e))?;
         let exclusive = rustix::fs::flock(
-            ctl.file(),
+            &lock_file,
             rustix::fs::FlockOperation::NonBlockingLockExclusive,
         )
         .is_ok();
@@ -285,6 +305,9 @@ impl Store {
             notifier: OnceLock::new(),
             recovery: RecoveryReport::default(),
             read_only: Default::default(),
+            prefetch: OnceLock::new(),
+            prepared: Mutex::new(None),
+            retiring: Default::default(),
         };
         if exclusive && !opts.skip_recovery {
             inner.recovery = recovery::recover(&inner)?;
@@ -296,11 +319,12 @@ impl Store {
                 inner.head.store(Arc::new(seg));
             }
         }
-        rustix::fs::flock(inner.ctl.file(), rustix::fs::FlockOperation::LockShared)
+        rustix::fs::flock(&lock_file, rustix::fs::FlockOperation::LockShared)
             .map_err(|e| StoreError::io(&ctl_path, e.into()))?;
         drop(lock);
         let store = Store {
             inner: Arc::new(inner),
+            _lock: Some(Arc::new(lock_file)),
         };
         if cfg.durability == Durability::Batch {
             start_flusher(
@@ -457,6 +481,9 @@ impl Store {
                 max,
             });
         }
+        if inner.prefetch.get().is_none() {
+            self.prefetch(Prefetch::Entered(inner.head.load().index()));
+        }
         self.reserve()?;
         let frame_len = (FRAME_HEADER_LEN + len as u64) as u32;
         let (mut seg, mut t, mut pending) = match self.claim(frame_len) {
@@ -573,7 +600,16 @@ impl Store {
         };
         let cur = inner.head.load();
         if cur.index() < index {
-            inner.head.store(seg.clone());
+            drop(cur);
+            let old = inner.head.swap(seg.clone());
+            // Unmap off the append path, unless the prefetch thread lags.
+            if inner.retiring.fetch_add(1, AcqRel) < 4 {
+                self.prefetch(Prefetch::Retire(old));
+            } else {
+                inner.retiring.fetch_sub(1, AcqRel);
+                drop(old);
+            }
+            self.prefetch(Prefetch::Entered(index));
         }
         let h = inner.head.load();
         if h.index() == index {
@@ -587,6 +623,95 @@ impl Store {
     /// Makes sure segment `index` exists (replication receiver, rolling).
     pub(crate) fn ensure_next_segment(&self, index: u64) -> Result<()> {
         self.ensure_segment(index)
+    }
+
+    /// Hands work to this handle's prefetch thread, starting it if needed.
+    /// Best effort: if the thread cannot run, writers do the work inline.
+    fn prefetch(&self, job: Prefetch) {
+        let tx = self.inner.prefetch.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Prefetch>();
+            let weak = Arc::downgrade(&self.inner);
+            let r = std::thread::Builder::new()
+                .name("repliq-prefetch".into())
+                .spawn(move || {
+                    while let Ok(first) = rx.recv() {
+                        // Drain what queued up: unmap every retired segment
+                        // first, then prepare only after the newest entry.
+                        let mut newest = None;
+                        let mut retired = 0;
+                        for job in std::iter::once(first).chain(rx.try_iter()) {
+                            match job {
+                                Prefetch::Retire(seg) => {
+                                    drop(seg);
+                                    retired += 1;
+                                }
+                                Prefetch::Entered(k) => newest = newest.max(Some(k)),
+                            }
+                        }
+                        let Some(inner) = weak.upgrade() else { return };
+                        inner.retiring.fetch_sub(retired, AcqRel);
+                        let Some(k) = newest else { continue };
+                        let store = Store { inner, _lock: None };
+                        if let Err(e) = store.prepare(k + 1) {
+                            tracing::warn!("cannot prepare segment {}: {e}", k + 1);
+                        }
+                    }
+                });
+            if let Err(e) = r {
+                tracing::warn!("cannot start the prefetch thread: {e}");
+            }
+            Mutex::new(tx)
+        });
+        let tx = tx.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(std::sync::mpsc::SendError(Prefetch::Retire(seg))) = tx.send(job) {
+            drop(seg);
+        }
+    }
+
+    /// Creates segment `index` and maps it with every page faulted in.
+    fn prepare(&self, index: u64) -> Result<()> {
+        let inner = &*self.inner;
+        if inner
+            .prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|s| s.index())
+            == Some(index)
+        {
+            return Ok(());
+        }
+        self.ensure_segment(index)?;
+        let seg = {
+            let map = inner.segments.lock().unwrap_or_else(|p| p.into_inner());
+            map.get(&index).and_then(Weak::upgrade)
+        };
+        let seg = match seg {
+            Some(s) => s,
+            None => {
+                let Some(s) =
+                    Segment::open_with(&inner.dir, index, inner.geo, inner.queue_id, true)?
+                else {
+                    return Ok(()); // deleted by retention meanwhile
+                };
+                let s = Arc::new(s);
+                let mut map = inner.segments.lock().unwrap_or_else(|p| p.into_inner());
+                match map.get(&index).and_then(Weak::upgrade) {
+                    Some(existing) => existing,
+                    None => {
+                        map.insert(index, Arc::downgrade(&s));
+                        s
+                    }
+                }
+            }
+        };
+        let old = inner
+            .prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(seg);
+        drop(old);
+        Ok(())
     }
 
     /// Creates segment `index` unless a segment at or beyond it was ever
@@ -980,7 +1105,7 @@ fn start_flusher(store: &Store, interval: Duration) {
         .spawn(move || loop {
             std::thread::sleep(interval);
             let Some(inner) = weak.upgrade() else { return };
-            let s = Store { inner };
+            let s = Store { inner, _lock: None };
             if let Err(e) = s.flush() {
                 tracing::error!("background flush failed: {e}");
             }

@@ -141,6 +141,19 @@ fn unique() -> u64 {
 impl Segment {
     /// Maps segment `index`. `Ok(None)` if the file does not exist.
     pub fn open(dir: &Path, index: u64, geo: Geometry, queue_id: u64) -> Result<Option<Segment>> {
+        Self::open_with(dir, index, geo, queue_id, false)
+    }
+
+    /// Maps segment `index`, with `populate` also faulting in every page up
+    /// front (`MAP_POPULATE`), so that a writer entering it later takes no
+    /// page faults for allocation and zeroing.
+    pub fn open_with(
+        dir: &Path,
+        index: u64,
+        geo: Geometry,
+        queue_id: u64,
+        populate: bool,
+    ) -> Result<Option<Segment>> {
         let path = segment_path(dir, index);
         let file = match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(f) => f,
@@ -163,7 +176,11 @@ impl Segment {
         // repliq never truncates a live segment, so every mapped page is backed
         // by allocated blocks (segments are preallocated). Shared words are only
         // accessed atomically; payload bytes only as the layout invariants allow.
-        let map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| StoreError::io(&path, e))?;
+        let mut mo = memmap2::MmapOptions::new();
+        if populate {
+            mo.populate();
+        }
+        let map = unsafe { mo.map_mut(&file) }.map_err(|e| StoreError::io(&path, e))?;
         drop(file);
         let seg = Segment { index, map, path };
         seg.check_header(geo, queue_id)?;
