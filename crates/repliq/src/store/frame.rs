@@ -143,7 +143,7 @@ mod tests {
     #[test]
     fn small_crc_path_matches_the_crate() {
         let data: Vec<u8> = (0..600u32)
-            .map(|i| (i * 2654435761u32 >> 13) as u8)
+            .map(|i| (i.wrapping_mul(2654435761u32) >> 13) as u8)
             .collect();
         for len in 0..data.len() {
             for seed in [0u32, 1, 0xdead_beef] {
