@@ -2,6 +2,7 @@
 
 mod bench;
 mod commands;
+mod daemon;
 mod demo;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Benchmarks: IPC latency and throughput.
     Bench(bench::BenchArgs),
+    /// Run a node: replication, health, readiness and metrics over HTTP.
+    Daemon(daemon::DaemonArgs),
     #[command(flatten)]
     Queue(commands::QueueCommand),
 }
@@ -30,6 +33,7 @@ fn main() {
     let code = match cli.command {
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Daemon(a) => daemon::run(a),
         Command::Queue(c) => commands::run(c),
     };
     std::process::exit(code);

@@ -397,7 +397,13 @@ fn dump_and_verify_clean_and_corrupt() {
 
     let json = ok(&["dump", p(&q), "--json"]);
     let lines: Vec<&str> = json.lines().collect();
-    assert_eq!(lines.len(), 1 + 1 + 3 + 1, "{json}");
+    // The writer's prefetch thread may have created the next segment ahead.
+    let segs = lines
+        .iter()
+        .filter(|l| l.starts_with("{\"type\":\"segment\""))
+        .count();
+    assert!((1..=2).contains(&segs), "{json}");
+    assert_eq!(lines.len(), 1 + segs + 3 + 1, "{json}");
     assert!(lines[0].starts_with("{\"type\":\"control\""));
     for key in [
         "\"tail\":136",
@@ -420,10 +426,10 @@ fn dump_and_verify_clean_and_corrupt() {
         lines[1]
     );
     assert_eq!(
-        lines[3],
+        lines[2 + segs],
         "{\"type\":\"frame\",\"id\":88,\"segment\":0,\"offset\":88,\"len\":20,\"flags\":0,\"kind\":\"data\",\"epoch\":1,\"crc\":\"ok\",\"problem\":null}"
     );
-    assert_eq!(lines[5], "{\"type\":\"end\",\"frames\":3,\"records\":3,\"bad\":0,\"end\":136,\"tail\":136,\"stopped\":\"empty\"}");
+    assert_eq!(lines[4 + segs], "{\"type\":\"end\",\"frames\":3,\"records\":3,\"bad\":0,\"end\":136,\"tail\":136,\"stopped\":\"empty\"}");
 
     // Flip a payload byte of the middle record in a copy.
     let c = t.join("corrupt");

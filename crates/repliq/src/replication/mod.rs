@@ -5,6 +5,7 @@
 //! sockets and frames, not record layout.
 
 mod conn;
+pub mod dispatch;
 pub mod error;
 pub mod primary;
 pub mod protocol;

@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::replication::conn::{send, unix_ns, Reader};
 use crate::replication::error::ReplicationError;
-use crate::replication::protocol::{self, Codec, Heartbeat, Message, Welcome};
+use crate::replication::protocol::{self, Codec, Heartbeat, Hello, Message, Welcome};
 use crate::store::Store;
 
 /// Settings of the primary side.
@@ -56,17 +57,36 @@ pub async fn serve(
     stream: TcpStream,
 ) -> Result<(), ReplicationError> {
     let _ = stream.set_nodelay(true);
-    let (rd, mut wr) = stream.into_split();
-    let mut codec = Codec::with_max_frame(cfg.max_frame);
+    let (rd, wr) = stream.into_split();
+    let codec = Codec::with_max_frame(cfg.max_frame);
     let mut reader = Reader::new(rd, codec);
-    let hello = match reader.next(cfg.timeout, "hello").await? {
-        Message::Hello(h) => h,
-        other => {
-            return Err(ReplicationError::Refused(format!(
-                "expected hello, got {other:?}"
-            )))
-        }
-    };
+    let hello = read_hello(&mut reader, cfg.timeout).await?;
+    serve_session(store, cfg, hello, reader, wr, codec).await
+}
+
+/// Reads the secondary's opening [`Hello`].
+pub(crate) async fn read_hello(
+    reader: &mut Reader<OwnedReadHalf>,
+    timeout: Duration,
+) -> Result<Hello, ReplicationError> {
+    match reader.next(timeout, "hello").await? {
+        Message::Hello(h) => Ok(h),
+        other => Err(ReplicationError::Refused(format!(
+            "expected hello, got {other:?}"
+        ))),
+    }
+}
+
+/// The rest of a session once the [`Hello`] has been read: checks it,
+/// answers, then streams records and takes acknowledgements.
+pub(crate) async fn serve_session(
+    store: Store,
+    cfg: Arc<PrimaryConfig>,
+    hello: Hello,
+    mut reader: Reader<OwnedReadHalf>,
+    mut wr: OwnedWriteHalf,
+    mut codec: Codec,
+) -> Result<(), ReplicationError> {
     let refuse = |code: u16, why: String| Message::Error { code, message: why };
     let geo = store.geometry();
     let problem = if hello.version != protocol::PROTOCOL_VERSION {

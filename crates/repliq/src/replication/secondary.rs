@@ -2,9 +2,11 @@
 //! records byte-identically, reconnecting with jittered backoff.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::replication::conn::{send, unix_ns, Reader};
+use crate::replication::dispatch::FollowStatus;
 use crate::replication::error::ReplicationError;
 use crate::replication::protocol::{self, Codec, Heartbeat, Hello, Message};
 use crate::store::{Durability, Store, StoreOptions};
@@ -49,13 +51,22 @@ impl SecondaryConfig {
 /// Follows the primary forever: one session after another, with jittered
 /// exponential backoff between failed attempts.
 pub async fn follow(cfg: SecondaryConfig) {
+    follow_with_status(cfg, None).await
+}
+
+/// [`follow`], publishing the session's state to `status`.
+pub async fn follow_with_status(cfg: SecondaryConfig, status: Option<Arc<FollowStatus>>) {
     let mut store = Store::open(&cfg.dir, &StoreOptions::open()).ok();
     if let Some(s) = &store {
         s.set_read_only(true);
     }
     let mut delay = cfg.backoff_min;
     loop {
-        match session(&cfg, &mut store).await {
+        let r = session_with_status(&cfg, &mut store, status.as_deref()).await;
+        if let Some(st) = &status {
+            st.disconnected();
+        }
+        match r {
             Ok(()) => delay = cfg.backoff_min,
             Err(e) => {
                 tracing::warn!(primary = %cfg.primary, queue = %cfg.queue, "replication session ended: {e}");
@@ -71,6 +82,15 @@ pub async fn follow(cfg: SecondaryConfig) {
 pub async fn session(
     cfg: &SecondaryConfig,
     store: &mut Option<Store>,
+) -> Result<(), ReplicationError> {
+    session_with_status(cfg, store, None).await
+}
+
+/// [`session`], publishing its state to `status`.
+pub async fn session_with_status(
+    cfg: &SecondaryConfig,
+    store: &mut Option<Store>,
+    status: Option<&FollowStatus>,
 ) -> Result<(), ReplicationError> {
     let stream = tokio::time::timeout(cfg.timeout, tokio::net::TcpStream::connect(&cfg.primary))
         .await
@@ -133,6 +153,9 @@ pub async fn session(
         s.rebase_empty(w.start)?;
     }
     tracing::info!(primary = %w.node, start = w.start, "following primary");
+    if let Some(st) = status {
+        st.set_connected(true, w.start, w.epoch);
+    }
     let durable = s.config().durability != Durability::None;
     loop {
         match reader.next(cfg.timeout, "records or heartbeat").await? {
@@ -154,9 +177,15 @@ pub async fn session(
                 if durable {
                     s.flush()?;
                 }
+                if let Some(st) = status {
+                    st.progressed(next);
+                }
                 send(&mut wr, &mut codec, &Message::Ack { position: next }).await?;
             }
-            Message::Heartbeat(_) => {
+            Message::Heartbeat(h) => {
+                if let Some(st) = status {
+                    st.heartbeat(h.tail, h.sent_unix_ns);
+                }
                 let hb = Message::Heartbeat(Heartbeat {
                     tail: s.tail_position(),
                     committed: s.tail_position(),

@@ -1,0 +1,553 @@
+//! The daemon's configuration file: parsing, defaults and validation.
+//!
+//! The keys of the founding ConfigMap (`replication.mode`,
+//! `replication.discovery.{method,label_selector}`, `queue.capacity`,
+//! `queue.persistence.path`) load as they are; the others have defaults.
+//! Unknown keys and bad values are errors naming the source, the key and
+//! the reason.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Default replication port (the founding DaemonSet's containerPort).
+pub const DEFAULT_REPLICATION_LISTEN: &str = "0.0.0.0:31337";
+/// Default HTTP port (health, readiness, metrics).
+pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
+
+/// A configuration error: where it came from, which key, why.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The file (or `REPLIQ_CONFIG`).
+    pub source: String,
+    /// The dotted key, if known.
+    pub key: Option<String>,
+    /// Why the value is rejected.
+    pub reason: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.key {
+            Some(k) => write!(f, "{}: key `{}`: {}", self.source, k, self.reason),
+            None => write!(f, "{}: {}", self.source, self.reason),
+        }
+    }
+}
+
+/// The file as written (all optional except what the founding file has).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    node: RawNode,
+    #[serde(default)]
+    replication: RawReplication,
+    #[serde(default)]
+    queue: RawQueue,
+    #[serde(default)]
+    http: RawHttp,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReplication {
+    mode: Option<String>,
+    primary: Option<String>,
+    listen: Option<String>,
+    #[serde(default)]
+    discovery: RawDiscovery,
+    min_acks: Option<u64>,
+    timeout_ms: Option<u64>,
+    heartbeat_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDiscovery {
+    method: Option<String>,
+    label_selector: Option<String>,
+    peers: Option<Vec<RawPeer>>,
+    dns_name: Option<String>,
+    port: Option<u64>,
+    refresh_interval: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: String,
+    address: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    capacity: Option<u64>,
+    #[serde(default)]
+    persistence: RawPersistence,
+    names: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPersistence {
+    path: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<String>,
+}
+
+/// Replication mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Appends return before secondaries acknowledge.
+    Async,
+    /// The replicated watermark needs `min_acks` acknowledgements.
+    Sync,
+}
+
+/// How the primary and the peers are found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "method", rename_all = "lowercase")]
+pub enum Discovery {
+    /// A fixed list of peers.
+    Static {
+        /// Every node, primary included.
+        peers: Vec<Peer>,
+    },
+    /// Addresses resolved periodically from a DNS name.
+    Dns {
+        /// Name resolving to every node (e.g. a headless Service).
+        dns_name: String,
+        /// Replication port of the resolved addresses.
+        port: u16,
+        /// Seconds between resolutions.
+        refresh_interval: u64,
+    },
+    /// Pods selected by label (not implemented yet).
+    Kubernetes {
+        /// The label selector.
+        label_selector: String,
+    },
+}
+
+/// A statically configured node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Peer {
+    /// Node name.
+    pub name: String,
+    /// Replication address (`host:port`).
+    pub address: String,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// This node's name.
+    pub node_name: String,
+    /// Replication mode.
+    pub mode: Mode,
+    /// Name of the primary node (`None`: single node, this one).
+    pub primary: Option<String>,
+    /// Replication listen address.
+    pub listen: SocketAddr,
+    /// Discovery.
+    pub discovery: Discovery,
+    /// Acknowledgements for the replicated watermark.
+    pub min_acks: usize,
+    /// Silence after which a peer is gone (ms).
+    pub timeout_ms: u64,
+    /// Heartbeat interval when idle (ms).
+    pub heartbeat_ms: u64,
+    /// HTTP listen address.
+    pub http_listen: SocketAddr,
+    /// Capacity of queues created here, in messages.
+    pub capacity: u64,
+    /// Directory holding one directory per queue.
+    pub path: PathBuf,
+    /// Queues listed explicitly (those found on disk are added at start).
+    pub queue_names: Vec<String>,
+}
+
+impl Config {
+    /// True if this node is the primary.
+    pub fn is_primary(&self) -> bool {
+        self.primary.as_deref().is_none_or(|p| p == self.node_name)
+    }
+    /// Timeout as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+    /// Heartbeat as a duration.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+}
+
+fn default_node_name() -> String {
+    if let Ok(n) = std::env::var("NODE_NAME") {
+        if !n.trim().is_empty() {
+            return n.trim().to_string();
+        }
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 200
+        && s != "."
+        && s != ".."
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Parses and validates `text`; `source` names it in errors.
+pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
+    let err = |key: &str, reason: String| ConfigError {
+        source: source.to_string(),
+        key: Some(key.to_string()),
+        reason,
+    };
+    let raw: RawConfig = if text.trim().is_empty() {
+        RawConfig::default()
+    } else {
+        serde_saphyr::from_str(text).map_err(|e| {
+            let msg = e.to_string();
+            let reason = msg
+                .lines()
+                .next()
+                .unwrap_or("invalid YAML")
+                .trim_start_matches("error: ")
+                .to_string();
+            ConfigError {
+                source: source.to_string(),
+                key: error_key(text, &msg),
+                reason,
+            }
+        })?
+    };
+
+    let node_name = match raw.node.name {
+        Some(n) => n,
+        None => default_node_name(),
+    };
+    if !valid_name(&node_name) {
+        return Err(err(
+            "node.name",
+            format!("{node_name:?} is not a valid node name (letters, digits, '-', '_', '.')"),
+        ));
+    }
+    let r = raw.replication;
+    let mode = match r.mode.as_deref().unwrap_or("async") {
+        "async" | "asynchronous" => Mode::Async,
+        "sync" | "synchronous" => Mode::Sync,
+        other => {
+            return Err(err(
+                "replication.mode",
+                format!("{other:?} is not one of async, sync (asynchronous, synchronous)"),
+            ))
+        }
+    };
+    let listen_s = r
+        .listen
+        .unwrap_or_else(|| DEFAULT_REPLICATION_LISTEN.to_string());
+    let listen: SocketAddr = listen_s.parse().map_err(|e| {
+        err(
+            "replication.listen",
+            format!("{listen_s:?} is not an address ip:port ({e})"),
+        )
+    })?;
+    let d = r.discovery;
+    let method = d.method.as_deref().unwrap_or("static");
+    let discovery = match method {
+        "static" => {
+            let mut peers = Vec::new();
+            for (i, p) in d.peers.unwrap_or_default().into_iter().enumerate() {
+                let key = format!("replication.discovery.peers[{i}]");
+                if !valid_name(&p.name) {
+                    return Err(err(
+                        &format!("{key}.name"),
+                        format!("{:?} is not a valid node name", p.name),
+                    ));
+                }
+                if !valid_host_port(&p.address) {
+                    return Err(err(
+                        &format!("{key}.address"),
+                        format!("{:?} is not an address host:port", p.address),
+                    ));
+                }
+                if peers.iter().any(|q: &Peer| q.name == p.name) {
+                    return Err(err(
+                        &format!("{key}.name"),
+                        format!("peer {:?} listed twice", p.name),
+                    ));
+                }
+                peers.push(Peer {
+                    name: p.name,
+                    address: p.address,
+                });
+            }
+            Discovery::Static { peers }
+        }
+        "dns" => {
+            let dns_name = d.dns_name.unwrap_or_default();
+            if dns_name.is_empty() {
+                return Err(err(
+                    "replication.discovery.dns_name",
+                    "required with method dns".into(),
+                ));
+            }
+            let port = d.port.unwrap_or(u64::from(listen.port()));
+            let port = u16::try_from(port)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| {
+                    err(
+                        "replication.discovery.port",
+                        format!("{port} is not a port (1-65535)"),
+                    )
+                })?;
+            let refresh_interval = d.refresh_interval.unwrap_or(10);
+            if refresh_interval == 0 {
+                return Err(err(
+                    "replication.discovery.refresh_interval",
+                    "must be at least 1 (seconds)".into(),
+                ));
+            }
+            Discovery::Dns {
+                dns_name,
+                port,
+                refresh_interval,
+            }
+        }
+        "kubernetes" => Discovery::Kubernetes {
+            label_selector: d.label_selector.unwrap_or_default(),
+        },
+        other => {
+            return Err(err(
+                "replication.discovery.method",
+                format!("{other:?} is not one of static, dns, kubernetes"),
+            ))
+        }
+    };
+    let primary = r.primary;
+    if let Some(p) = &primary {
+        if !valid_name(p) {
+            return Err(err(
+                "replication.primary",
+                format!("{p:?} is not a valid node name"),
+            ));
+        }
+    }
+    let secondaries = match &discovery {
+        Discovery::Static { peers } => {
+            if let Some(p) = &primary {
+                if !peers.is_empty() && !peers.iter().any(|q| &q.name == p) {
+                    return Err(err(
+                        "replication.primary",
+                        format!("{p:?} is not in replication.discovery.peers"),
+                    ));
+                }
+                if p != &node_name && peers.is_empty() {
+                    return Err(err(
+                        "replication.discovery.peers",
+                        format!("must list the primary {p:?} (static discovery)"),
+                    ));
+                }
+            } else if peers.iter().any(|q| q.name != node_name) {
+                return Err(err(
+                    "replication.primary",
+                    "required when peers other than this node are listed".into(),
+                ));
+            }
+            peers
+                .iter()
+                .filter(|q| Some(&q.name) != primary.as_ref())
+                .count()
+        }
+        Discovery::Dns { .. } => {
+            if primary.is_none() {
+                return Err(err(
+                    "replication.primary",
+                    "required with method dns (the node name of the primary)".into(),
+                ));
+            }
+            1
+        }
+        Discovery::Kubernetes { .. } => 1,
+    };
+    let min_acks = match r.min_acks {
+        Some(n) => {
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            if n > 64 {
+                return Err(err(
+                    "replication.min_acks",
+                    format!("{n} is more than the 64 peers a queue tracks"),
+                ));
+            }
+            n
+        }
+        None => secondaries,
+    };
+    let timeout_ms = r.timeout_ms.unwrap_or(5000);
+    if !(10..=3_600_000).contains(&timeout_ms) {
+        return Err(err(
+            "replication.timeout_ms",
+            format!("{timeout_ms} is out of range 10..=3600000"),
+        ));
+    }
+    let heartbeat_ms = r.heartbeat_ms.unwrap_or(500);
+    if heartbeat_ms == 0 || heartbeat_ms >= timeout_ms {
+        return Err(err(
+            "replication.heartbeat_ms",
+            format!(
+                "{heartbeat_ms} must be at least 1 and below replication.timeout_ms ({timeout_ms})"
+            ),
+        ));
+    }
+    let http_s = raw
+        .http
+        .listen
+        .unwrap_or_else(|| DEFAULT_HTTP_LISTEN.to_string());
+    let http_listen: SocketAddr = http_s.parse().map_err(|e| {
+        err(
+            "http.listen",
+            format!("{http_s:?} is not an address ip:port ({e})"),
+        )
+    })?;
+    let q = raw.queue;
+    let capacity = q.capacity.unwrap_or(1_000_000);
+    if capacity == 0 {
+        return Err(err("queue.capacity", "must be at least 1".into()));
+    }
+    let path = match q.persistence.path {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        Some(_) => return Err(err("queue.persistence.path", "must not be empty".into())),
+        None => {
+            return Err(err("queue.persistence.path", "required".into()));
+        }
+    };
+    let mut queue_names = Vec::new();
+    for (i, n) in q.names.unwrap_or_default().into_iter().enumerate() {
+        if !valid_name(&n) {
+            return Err(err(
+                &format!("queue.names[{i}]"),
+                format!("{n:?} is not a valid queue name (letters, digits, '-', '_', '.')"),
+            ));
+        }
+        if !queue_names.contains(&n) {
+            queue_names.push(n);
+        }
+    }
+    Ok(Config {
+        node_name,
+        mode,
+        primary,
+        listen,
+        discovery,
+        min_acks,
+        timeout_ms,
+        heartbeat_ms,
+        http_listen,
+        capacity,
+        path,
+        queue_names,
+    })
+}
+
+fn valid_host_port(s: &str) -> bool {
+    if s.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.contains(['/', ' ', '[', ']'])
+                && port.parse::<u16>().is_ok_and(|p| p != 0)
+        }
+        None => false,
+    }
+}
+
+/// The effective configuration as YAML, for `--check`.
+pub fn render(c: &Config) -> String {
+    serde_saphyr::to_string(c).unwrap_or_else(|e| format!("(cannot render: {e})\n{c:#?}"))
+}
+
+/// The key a parser message is about. For an unknown field the parser
+/// points at the enclosing mapping, so the field is appended to its path.
+fn error_key(text: &str, msg: &str) -> Option<String> {
+    let at = error_line(msg).and_then(|n| key_at(text, n));
+    let unknown = msg
+        .split("unknown field `")
+        .nth(1)
+        .and_then(|r| r.split('`').next());
+    match (unknown, at) {
+        (Some(u), Some(at)) => Some(match at.rsplit_once('.') {
+            Some((parent, _)) => format!("{parent}.{u}"),
+            None => u.to_string(),
+        }),
+        (Some(u), None) => Some(u.to_string()),
+        (None, at) => at,
+    }
+}
+
+/// The 1-based line number in a parser message ("line N column M").
+fn error_line(msg: &str) -> Option<usize> {
+    let rest = msg.split("line ").nth(1)?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// The dotted key path of the mapping key on 1-based `line` of a block-style
+/// YAML document (e.g. `replication.discovery.method`).
+fn key_at(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let key_of = |l: &str| -> Option<(usize, String)> {
+        let indent = l.len() - l.trim_start().len();
+        let t = l.trim_start().trim_start_matches("- ");
+        let (k, _) = t.split_once(':')?;
+        let k = k.trim();
+        if k.is_empty() || k.starts_with('#') || k.contains(' ') {
+            return None;
+        }
+        Some((indent, k.to_string()))
+    };
+    let (mut indent, first) = key_of(lines.get(line.checked_sub(1)?)?)?;
+    let mut path = vec![first];
+    for l in lines[..line - 1].iter().rev() {
+        if l.trim().is_empty() || l.trim_start().starts_with('#') {
+            continue;
+        }
+        if let Some((i, k)) = key_of(l) {
+            if i < indent {
+                path.push(k);
+                indent = i;
+            }
+        }
+        if indent == 0 {
+            break;
+        }
+    }
+    path.reverse();
+    Some(path.join("."))
+}

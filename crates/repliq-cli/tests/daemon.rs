@@ -1,0 +1,508 @@
+//! `repliq daemon` as real processes on loopback: configuration checks,
+//! a primary with two secondaries, a secondary killed with SIGKILL and
+//! restarted, and the HTTP endpoints.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use repliq::store::{Store, StoreOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_repliq");
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/founding-config.yaml"
+);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn check(path: &Path) -> Output {
+    Command::new(BIN)
+        .args(["daemon", "--check", "--config"])
+        .arg(path)
+        .env("NODE_NAME", "node-a")
+        .output()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------- config
+
+#[test]
+fn founding_config_passes_check() {
+    let out = check(Path::new(FIXTURE));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("node_name: node-a"), "{stdout}");
+    assert!(stdout.contains("kubernetes"), "{stdout}");
+    assert!(stdout.contains("capacity: 1000000"), "{stdout}");
+    assert!(stdout.contains("/var/lib/repliq/data"), "{stdout}");
+
+    // The DaemonSet passes the YAML text itself in REPLIQ_CONFIG.
+    let text = std::fs::read_to_string(FIXTURE).unwrap();
+    let out = Command::new(BIN)
+        .args(["daemon", "--check"])
+        .env("NODE_NAME", "node-b")
+        .env("REPLIQ_CONFIG", &text)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("node_name: node-b"));
+
+    // Without --check, kubernetes discovery is refused clearly.
+    let out = Command::new(BIN)
+        .args(["daemon"])
+        .env("NODE_NAME", "node-b")
+        .env("REPLIQ_CONFIG", &text)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("kubernetes discovery not implemented yet")
+    );
+}
+
+#[test]
+fn bad_configs_exit_2_naming_file_key_and_reason() {
+    let d = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(FIXTURE).unwrap();
+    let cases: &[(&str, String, &str, &str)] = &[
+        (
+            "unknown.yaml",
+            base.replace("  mode: async\n", "  mode: async\n  colour: blue\n"),
+            "replication.colour",
+            "unknown field",
+        ),
+        (
+            "mode.yaml",
+            base.replace("mode: async", "mode: eventually"),
+            "replication.mode",
+            "not one of async, sync",
+        ),
+        (
+            "capacity.yaml",
+            base.replace("capacity: 1000000", "capacity: 0"),
+            "queue.capacity",
+            "at least 1",
+        ),
+        (
+            "address.yaml",
+            format!("{base}http:\n  listen: not-an-address\n"),
+            "http.listen",
+            "not an address",
+        ),
+        (
+            "peer.yaml",
+            base.replace(
+                "method: kubernetes",
+                "method: static\n    peers:\n      - name: a\n        address: nowhere",
+            )
+            .replace("replication:\n", "replication:\n  primary: a\n"),
+            "replication.discovery.peers[0].address",
+            "not an address",
+        ),
+    ];
+    for (name, text, key, reason) in cases {
+        let p = d.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        let out = check(&p);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains(&p.display().to_string()), "{name}: {err}");
+        assert!(err.contains(&format!("`{key}`")), "{name}: {err}");
+        assert!(err.contains(reason), "{name}: {err}");
+    }
+}
+
+// ---------------------------------------------------------------- cluster
+
+struct Node {
+    name: String,
+    config: PathBuf,
+    data: PathBuf,
+    http: String,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["daemon", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+    fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    fn queue(&self, q: &str) -> PathBuf {
+        self.data.join(q)
+    }
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    nodes: Vec<Node>,
+}
+
+/// Writes configs for a primary and `n - 1` secondaries (static discovery).
+fn cluster(n: usize, extra: &str) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..n).map(|i| format!("node-{i}")).collect();
+    let repl: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let mut peers = String::new();
+    for (name, port) in names.iter().zip(&repl) {
+        peers += &format!("      - name: {name}\n        address: 127.0.0.1:{port}\n");
+    }
+    let mut nodes = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let http = format!("127.0.0.1:{}", free_port());
+        let data = dir.path().join(name).join("data");
+        let text = format!(
+            "node:\n  name: {name}\n\
+             replication:\n  mode: async\n  primary: node-0\n  listen: 127.0.0.1:{}\n  \
+             timeout_ms: 2000\n  heartbeat_ms: 100\n{extra}  discovery:\n    method: static\n    peers:\n{peers}\
+             http:\n  listen: {http}\n\
+             queue:\n  capacity: 1000000\n  names: [orders]\n  persistence:\n    path: {}\n",
+            repl[i],
+            data.display()
+        );
+        let config = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&config, text).unwrap();
+        nodes.push(Node {
+            name: name.clone(),
+            config,
+            data,
+            http,
+            log: dir.path().join(format!("{name}.log")),
+            child: None,
+        });
+    }
+    Cluster { _dir: dir, nodes }
+}
+
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split(' ').nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|x| x.1.to_string())?;
+    Some((status, body))
+}
+
+fn wait_for(what: &str, secs: u64, nodes: &[Node], mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        if Instant::now() > deadline {
+            for n in nodes {
+                eprintln!("---- {} log:\n{}", n.name, n.logs());
+            }
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn open_ro(dir: &Path) -> Option<Store> {
+    Store::open(dir, &StoreOptions::open().skip_recovery()).ok()
+}
+
+fn tail_of(dir: &Path) -> Option<u64> {
+    open_ro(dir).map(|s| s.tail_position())
+}
+
+/// Segment files are byte-identical up to the primary's tail segment (the
+/// primary may have created the next one ahead of its writers).
+fn assert_identical(p: &Path, s: &Path) {
+    let store = open_ro(p).unwrap();
+    let last = store.geometry().segment_of(store.tail_position());
+    let mut n = 0;
+    for e in std::fs::read_dir(p).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        let index = name
+            .strip_suffix(".seg")
+            .and_then(|n| n.parse::<u64>().ok());
+        if index.is_some_and(|i| i <= last) {
+            let a = std::fs::read(e.path()).unwrap();
+            let b = std::fs::read(s.join(&name))
+                .unwrap_or_else(|e| panic!("{}: {e}", s.join(&name).display()));
+            assert!(a == b, "segment {name} differs between {p:?} and {s:?}");
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "compared {n} segments");
+}
+
+fn append_cli(dir: &Path, lines: &str) {
+    let mut c = Command::new(BIN)
+        .arg("append")
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+    assert!(c.wait().unwrap().success());
+}
+
+fn tail_cli(dir: &Path) -> Vec<String> {
+    let out = Command::new(BIN).arg("tail").arg(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The payloads of a queue, in order.
+fn payloads(dir: &Path) -> Vec<Vec<u8>> {
+    let s = open_ro(dir).unwrap();
+    let mut t = s.tailer();
+    let mut v = Vec::new();
+    while let Some(r) = t.next().unwrap() {
+        v.push(r.payload);
+    }
+    v
+}
+
+#[test]
+fn primary_and_two_secondaries_replicate_and_serve_http() {
+    let mut c = cluster(3, "");
+    for n in &mut c.nodes {
+        n.start();
+    }
+    let pq = c.nodes[0].queue("orders");
+    wait_for("the primary's queue", 20, &c.nodes, || {
+        tail_of(&pq).is_some() && http_get(&c.nodes[0].http, "/healthz").is_some()
+    });
+    let lines: String = (0..20_000).map(|i| format!("message-{i:05}\n")).collect();
+    append_cli(&pq, &lines);
+    let ptail = tail_of(&pq).unwrap();
+    for n in &c.nodes[1..] {
+        let q = n.queue("orders");
+        wait_for("a secondary to catch up", 30, &c.nodes, || {
+            tail_of(&q) == Some(ptail)
+        });
+        assert_identical(&pq, &q);
+        let out = tail_cli(&q);
+        assert_eq!(out.len(), 20_000);
+        assert!(out[0].ends_with(" message-00000"), "{}", out[0]);
+        assert!(out[19_999].ends_with(" message-19999"), "{}", out[19_999]);
+    }
+
+    // HTTP: health, readiness, metrics on every node.
+    for n in &c.nodes {
+        let (st, body) = http_get(&n.http, "/healthz").unwrap();
+        assert_eq!((st, body.trim()), (200, "ok"));
+        wait_for("readiness", 10, &c.nodes, || {
+            http_get(&n.http, "/readyz").is_some_and(|(st, _)| st == 200)
+        });
+    }
+    let (_, m) = http_get(&c.nodes[0].http, "/metrics").unwrap();
+    assert!(
+        m.contains(r#"repliq_role{node="node-0",role="primary"} 1"#),
+        "{m}"
+    );
+    assert!(m.contains("repliq_replication_lag_bytes{"), "{m}");
+    assert!(m.contains("repliq_replication_lag_messages{"), "{m}");
+    assert!(m.contains(r#"peer="node-1""#), "{m}");
+    assert!(
+        m.contains(r#"repliq_queue_capacity{node="node-0",queue="orders"} 1000000"#),
+        "{m}"
+    );
+    assert!(
+        m.contains("repliq_connected_peers{node=\"node-0\"} 2"),
+        "{m}"
+    );
+    wait_for("acknowledgements", 10, &c.nodes, || {
+        http_get(&c.nodes[0].http, "/metrics").is_some_and(|(_, m)| {
+            m.contains(
+                r#"repliq_replication_lag_bytes{node="node-0",queue="orders",peer="node-1"} 0"#,
+            ) && m.contains(
+                r#"repliq_replication_lag_bytes{node="node-0",queue="orders",peer="node-2"} 0"#,
+            )
+        })
+    });
+    let (_, m) = http_get(&c.nodes[1].http, "/metrics").unwrap();
+    assert!(
+        m.contains(r#"repliq_role{node="node-1",role="secondary"} 1"#),
+        "{m}"
+    );
+    assert!(m.contains("repliq_replication_lag_seconds{"), "{m}");
+    assert!(
+        m.contains(r#"repliq_replicated_messages_total{node="node-1",queue="orders"} 20000"#),
+        "{m}"
+    );
+
+    // A secondary is not ready without its primary; SIGTERM exits cleanly.
+    assert_eq!(c.nodes[0].terminate(), Some(0));
+    wait_for("not ready without a primary", 10, &c.nodes, || {
+        http_get(&c.nodes[1].http, "/readyz").is_some_and(|(st, _)| st == 503)
+    });
+    assert_eq!(c.nodes[1].terminate(), Some(0));
+}
+
+#[test]
+fn killed_secondary_catches_up_without_gap_or_duplicate_in_sync_mode() {
+    let mut c = cluster(3, "  min_acks: 1\n");
+    for n in &c.nodes {
+        let t = std::fs::read_to_string(&n.config).unwrap();
+        std::fs::write(&n.config, t.replace("mode: async", "mode: sync")).unwrap();
+    }
+    for n in &mut c.nodes {
+        n.start();
+    }
+    let pq = c.nodes[0].queue("orders");
+    wait_for("the primary's queue", 20, &c.nodes, || {
+        tail_of(&pq).is_some() && http_get(&c.nodes[0].http, "/healthz").is_some()
+    });
+    let (_, m) = http_get(&c.nodes[0].http, "/metrics").unwrap();
+    assert!(
+        m.contains(r#"repliq_replication_mode{node="node-0",mode="sync"} 1"#),
+        "{m}"
+    );
+
+    const N: u32 = 30_000;
+    let writer = {
+        let pq = pq.clone();
+        std::thread::spawn(move || {
+            let p = Store::open(&pq, &StoreOptions::open()).unwrap();
+            for i in 0..N {
+                p.append(format!("m{i:06}").repeat((i % 7) as usize + 1).as_bytes())
+                    .unwrap();
+                if i % 100 == 0 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        })
+    };
+    let s1 = c.nodes[1].queue("orders");
+    wait_for("replication under way", 10, &c.nodes, || {
+        tail_of(&s1).is_some_and(|t| t > 4096)
+    });
+    c.nodes[1].kill9();
+    let at_kill = tail_of(&s1).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!writer.is_finished(), "the write should still be running");
+    c.nodes[1].start();
+    writer.join().unwrap();
+    assert!(at_kill < tail_of(&pq).unwrap());
+    let ptail = tail_of(&pq).unwrap();
+    for n in &c.nodes[1..] {
+        let q = n.queue("orders");
+        wait_for("a secondary to catch up", 30, &c.nodes, || {
+            tail_of(&q) == Some(ptail)
+        });
+        assert_identical(&pq, &q);
+        let got = payloads(&q);
+        assert_eq!(got.len(), N as usize, "{}", n.name);
+        for (i, p) in got.iter().enumerate() {
+            let want = format!("m{i:06}").repeat(i % 7 + 1);
+            assert_eq!(p, want.as_bytes(), "{} message {i}", n.name);
+        }
+    }
+    // In sync mode the replicated watermark reaches the tail.
+    wait_for("replicated watermark", 10, &c.nodes, || {
+        open_ro(&pq).is_some_and(|s| s.stats().replicated >= ptail)
+    });
+}
+
+#[test]
+fn dns_discovery_finds_the_primary() {
+    let mut c = cluster(2, "");
+    let text = std::fs::read_to_string(&c.nodes[0].config).unwrap();
+    let port = text
+        .split("listen: 127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.lines().next())
+        .unwrap()
+        .to_string();
+    let t1 = std::fs::read_to_string(&c.nodes[1].config).unwrap();
+    let (head, rest) = t1.split_once("  discovery:\n").unwrap();
+    let (_, tail) = rest.split_once("http:\n").unwrap();
+    let dns = format!(
+        "{head}  discovery:\n    method: dns\n    dns_name: localhost\n    port: {port}\n    \
+         refresh_interval: 1\nhttp:\n{tail}"
+    );
+    std::fs::write(&c.nodes[1].config, dns).unwrap();
+    for n in &mut c.nodes {
+        n.start();
+    }
+    let pq = c.nodes[0].queue("orders");
+    wait_for("the primary's queue", 20, &c.nodes, || {
+        tail_of(&pq).is_some()
+    });
+    append_cli(&pq, "one\ntwo\nthree\n");
+    let ptail = tail_of(&pq).unwrap();
+    let q = c.nodes[1].queue("orders");
+    wait_for("the secondary to catch up", 20, &c.nodes, || {
+        tail_of(&q) == Some(ptail)
+    });
+    assert_identical(&pq, &q);
+    let out = tail_cli(&q);
+    assert_eq!(out.len(), 3);
+    assert!(out[2].ends_with(" three"));
+}
