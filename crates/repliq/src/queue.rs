@@ -3,11 +3,14 @@
 use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::replication::inprocess::{self, Engine, ReplicationStatus, Role};
+use crate::replication::{sync, ReplicationError};
 use crate::store::{Consumer, Store, StoreOptions, Tailer};
 use crate::{PersistentQueue, Queue, QueueError, ReplicatedQueue, ReplicationMode};
 
@@ -20,6 +23,28 @@ pub struct ReplicationSettings {
     pub secondaries: Vec<String>,
     /// The mode.
     pub mode: ReplicationMode,
+    /// Acknowledgements a synchronous `enqueue` waits for.
+    pub min_acks: usize,
+}
+
+/// How long a synchronous `enqueue` waits for acknowledgements by default.
+pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A queue id derived from the queue's name (its directory's file name), so
+/// that queues created independently on each node with
+/// [`RepliqQueue::new`] under the same name can replicate to each other.
+fn name_queue_id(path: &str) -> u64 {
+    let name = std::path::Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_string());
+    // FNV-1a, 64 bits.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in b"repliq-queue:".iter().chain(name.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h.max(1)
 }
 
 /// A persistent, typed queue in a directory, shared by any number of processes.
@@ -45,6 +70,10 @@ pub struct RepliqQueue<T: Send + Sync> {
     store: Store,
     consumer: Mutex<Consumer>,
     replication: Option<ReplicationSettings>,
+    engine: Option<Engine>,
+    node_name: Option<String>,
+    sync_timeout: Duration,
+    min_acks: Option<usize>,
     _item: PhantomData<fn() -> T>,
 }
 
@@ -68,6 +97,10 @@ impl<T: Send + Sync> RepliqQueue<T> {
             consumer: Mutex::new(store.consumer()),
             store,
             replication: None,
+            engine: None,
+            node_name: None,
+            sync_timeout: DEFAULT_SYNC_TIMEOUT,
+            min_acks: None,
             _item: PhantomData,
         }
     }
@@ -85,6 +118,45 @@ impl<T: Send + Sync> RepliqQueue<T> {
     /// The replication settings, if configured.
     pub fn replication(&self) -> Option<&ReplicationSettings> {
         self.replication.as_ref()
+    }
+
+    /// Sets this process's node name for role selection in
+    /// [`ReplicatedQueue::with_replication`], instead of `NODE_NAME` or the
+    /// host name (useful to run several nodes in one process).
+    pub fn with_node_name(mut self, name: &str) -> Self {
+        self.node_name = Some(name.to_string());
+        self
+    }
+
+    /// Sets how long a synchronous `enqueue` waits for acknowledgements
+    /// (default [`DEFAULT_SYNC_TIMEOUT`]).
+    pub fn with_sync_timeout(mut self, timeout: Duration) -> Self {
+        self.sync_timeout = timeout;
+        self
+    }
+
+    /// [`RepliqQueue::with_sync_timeout`] on a configured queue.
+    pub fn set_sync_timeout(&mut self, timeout: Duration) {
+        self.sync_timeout = timeout;
+    }
+
+    /// Sets how many secondaries must acknowledge a record before a
+    /// synchronous `enqueue` returns (default: all of them).
+    pub fn with_min_acks(mut self, n: usize) -> Self {
+        self.min_acks = Some(n);
+        self
+    }
+
+    /// This node's role, once replication is configured.
+    pub fn role(&self) -> Option<Role> {
+        self.engine.as_ref().map(Engine::role)
+    }
+
+    /// The state of in-process replication (role, listening address,
+    /// reachability and acknowledged positions of the secondaries), once
+    /// replication is configured.
+    pub fn replication_status(&self) -> Option<ReplicationStatus> {
+        self.engine.as_ref().map(Engine::status)
     }
 
     /// An unnamed tailer from the oldest retained record.
@@ -122,7 +194,12 @@ impl<T: Serialize + DeserializeOwned + Send + Sync> RepliqQueue<T> {
                 "capacity must be at least 1".into(),
             ));
         }
-        Self::with_options(path, &StoreOptions::create().capacity(capacity as u64))
+        Self::with_options(
+            path,
+            &StoreOptions::create()
+                .capacity(capacity as u64)
+                .queue_id(name_queue_id(path)),
+        )
     }
 
     /// Opens an existing queue.
@@ -130,23 +207,55 @@ impl<T: Serialize + DeserializeOwned + Send + Sync> RepliqQueue<T> {
         Self::with_options(path, &StoreOptions::open())
     }
 
-    /// Appends `item`, returning its message id.
+    /// Appends `item`, returning its message id, without waiting for
+    /// replication (even in synchronous mode).
     pub fn enqueue_id(&self, item: &T) -> Result<u64, QueueError> {
+        self.append_item(item).map(|(id, _)| id)
+    }
+
+    fn append_item(&self, item: &T) -> Result<(u64, usize), QueueError> {
         ENCODE_BUF.with(|b| {
             let mut buf = b.borrow_mut();
             buf.clear();
             let mut v = std::mem::take(&mut *buf);
             v = postcard::to_extend(item, v)
                 .map_err(|e| QueueError::Serialization(e.to_string()))?;
+            let len = v.len();
             let r = self.store.append(&v);
             *buf = v;
-            Ok(r?)
+            Ok((r?, len))
         })
     }
 
     /// Appends `item`.
+    ///
+    /// In [`ReplicationMode::Synchronous`] mode this returns once the
+    /// required secondaries acknowledged the record, or fails with
+    /// [`QueueError::Replication`] after the sync timeout; the record then
+    /// stays in the log and is still replicated later.
     pub async fn enqueue(&self, item: T) -> Result<(), QueueError> {
-        self.enqueue_id(&item).map(|_| ())
+        let (id, len) = self.append_item(&item)?;
+        self.wait_for_acks(id, len).await
+    }
+
+    async fn wait_for_acks(&self, id: u64, len: usize) -> Result<(), QueueError> {
+        let Some(r) = &self.replication else {
+            return Ok(());
+        };
+        if r.mode != ReplicationMode::Synchronous || r.min_acks == 0 {
+            return Ok(());
+        }
+        let end = sync::record_end(&self.store, id, len);
+        match sync::wait_replicated(&self.store, end, self.sync_timeout).await {
+            Ok(()) => Ok(()),
+            Err(ReplicationError::Timeout(_)) => Err(QueueError::Replication(format!(
+                "not acknowledged by {} of {} secondaries within {:?}; the record (id {id}) stays in the log",
+                r.min_acks,
+                r.secondaries.len(),
+                self.sync_timeout
+            ))),
+            Err(e) => Err(QueueError::Replication(e.to_string())),
+        }
     }
 
     /// Takes the next item; `Ok(None)` if the queue is empty right now.
@@ -198,10 +307,18 @@ impl<T: Serialize + DeserializeOwned + Send + Sync> PersistentQueue<T> for Repli
 }
 
 impl<T: Serialize + DeserializeOwned + Send + Sync> ReplicatedQueue<T> for RepliqQueue<T> {
-    /// Validates and records the replication settings.
+    /// Validates the replication settings and starts replication in this
+    /// process.
     ///
     /// Node names must be non-empty, without whitespace, and distinct; the
-    /// primary must not be listed among the secondaries.
+    /// primary must not be listed among the secondaries. Nodes are `host` or
+    /// `host:port` (default port 31337). This process's node name
+    /// ([`RepliqQueue::with_node_name`], else `NODE_NAME`, else the host
+    /// name) selects its role: the primary serves the queue on its port; a
+    /// secondary makes the queue read-only and follows the primary; a node
+    /// matching no name acts as the primary and reports the secondaries'
+    /// reachability in the logs and [`RepliqQueue::replication_status`].
+    /// Calling it again replaces the previous configuration.
     fn with_replication(
         &mut self,
         primary_node: &str,
@@ -232,10 +349,43 @@ impl<T: Serialize + DeserializeOwned + Send + Sync> ReplicatedQueue<T> for Repli
                 )));
             }
         }
+        let min_acks = self.min_acks.unwrap_or(secondary_nodes.len());
+        if min_acks > secondary_nodes.len() {
+            return Err(QueueError::InvalidConfig(format!(
+                "min_acks {min_acks} exceeds the {} secondaries",
+                secondary_nodes.len()
+            )));
+        }
+        // Stop the previous configuration's tasks first.
+        self.engine = None;
+        self.replication = None;
+        self.store.set_read_only(false);
+        let secondaries: Vec<String> = secondary_nodes.into_iter().map(String::from).collect();
+        let queue = self
+            .store
+            .dir()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "queue".into());
+        let cfg = inprocess::EngineConfig {
+            node: self
+                .node_name
+                .clone()
+                .unwrap_or_else(inprocess::own_node_name),
+            primary: primary_node.into(),
+            secondaries: secondaries.clone(),
+            min_acks,
+            queue,
+            dir: self.store.dir().to_path_buf(),
+        };
+        let engine = Engine::start(&self.store, cfg)
+            .map_err(|e| QueueError::Replication(format!("cannot start replication: {e}")))?;
+        self.engine = Some(engine);
         self.replication = Some(ReplicationSettings {
             primary: primary_node.into(),
-            secondaries: secondary_nodes.into_iter().map(String::from).collect(),
+            secondaries,
             mode: replication_mode,
+            min_acks,
         });
         Ok(())
     }

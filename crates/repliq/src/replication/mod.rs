@@ -7,9 +7,11 @@
 mod conn;
 pub mod dispatch;
 pub mod error;
+pub mod inprocess;
 pub mod primary;
 pub mod protocol;
 pub mod secondary;
+pub mod sync;
 
 pub use error::ReplicationError;
 pub use primary::PrimaryConfig;

@@ -1,0 +1,44 @@
+//! Synchronous replication: waiting until the secondaries hold a record.
+//!
+//! The primary's replication sessions record every acknowledgement with
+//! [`Store::ack_peer`], which raises the queue's `replicated` watermark (the
+//! highest position durable on `min_acks` secondaries) and wakes waiters.
+//! [`wait_replicated`] sleeps on that wake-up; no thread spins.
+
+use std::sync::atomic::Ordering::Acquire;
+use std::time::Duration;
+
+use crate::replication::error::ReplicationError;
+use crate::store::layout::{align_frame, FRAME_HEADER_LEN};
+use crate::store::Store;
+
+/// The position just after the record `id` carrying `len` payload bytes:
+/// the position a secondary acknowledges once it holds that record.
+pub fn record_end(store: &Store, id: u64, len: usize) -> u64 {
+    store
+        .geometry()
+        .advance(id, align_frame(FRAME_HEADER_LEN + len as u64))
+}
+
+/// Waits until the replicated watermark of `store` reaches `end`, or
+/// `timeout` passes.
+///
+/// On timeout the record stays in the primary's log (it is neither removed
+/// nor acknowledged) and [`ReplicationError::Timeout`] is returned; the
+/// secondaries still receive it once they reconnect.
+pub async fn wait_replicated(
+    store: &Store,
+    end: u64,
+    timeout: Duration,
+) -> Result<(), ReplicationError> {
+    let ctl = store.control();
+    let ready = store.ready_async(|| ctl.replicated().load(Acquire) >= end);
+    tokio::time::timeout(timeout, ready)
+        .await
+        .map_err(|_| ReplicationError::Timeout("replication acknowledgements"))
+}
+
+/// The current replicated watermark of `store`.
+pub fn replicated(store: &Store) -> u64 {
+    store.control().replicated().load(Acquire)
+}

@@ -1,0 +1,217 @@
+//! In-process replication started by `with_replication`: three nodes in one
+//! process (distinguished by `with_node_name`), over real TCP on loopback.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use repliq::replication::inprocess::Role;
+use repliq::{QueueError, ReplicatedQueue, ReplicationMode, RepliqQueue};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn node(dir: &Path, name: &str) -> RepliqQueue<String> {
+    // Same queue name ("orders") on every node, in its own directory.
+    let p = dir.join(name.replace([':', '.'], "_")).join("orders");
+    RepliqQueue::<String>::new(p.to_str().unwrap(), 100_000)
+        .unwrap()
+        .with_node_name(name)
+}
+
+struct Cluster {
+    p: RepliqQueue<String>,
+    s1: Option<RepliqQueue<String>>,
+    s2: Option<RepliqQueue<String>>,
+}
+
+fn cluster(dir: &Path, mode: ReplicationMode, sync_timeout: Duration) -> Cluster {
+    let names: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let secs = vec![names[1].as_str(), names[2].as_str()];
+    let mut p = node(dir, &names[0]).with_sync_timeout(sync_timeout);
+    p.with_replication(&names[0], secs.clone(), mode).unwrap();
+    let mut s1 = node(dir, &names[1]);
+    s1.with_replication(&names[0], secs.clone(), mode).unwrap();
+    let mut s2 = node(dir, &names[2]);
+    s2.with_replication(&names[0], secs, mode).unwrap();
+    assert_eq!(p.role(), Some(Role::Primary));
+    assert_eq!(s1.role(), Some(Role::Secondary));
+    assert_eq!(s2.role(), Some(Role::Secondary));
+    Cluster {
+        p,
+        s1: Some(s1),
+        s2: Some(s2),
+    }
+}
+
+async fn wait_tail(s: &RepliqQueue<String>, tail: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.store().tail_position() < tail {
+        assert!(Instant::now() < deadline, "secondary never caught up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_secondaries_follow_and_refuse_writes() {
+    let d = tempfile::tempdir().unwrap();
+    let c = cluster(
+        d.path(),
+        ReplicationMode::Asynchronous,
+        Duration::from_secs(5),
+    );
+    for i in 0..200 {
+        c.p.enqueue(format!("m{i}")).await.unwrap();
+    }
+    let tail = c.p.store().tail_position();
+    for s in [c.s1.as_ref().unwrap(), c.s2.as_ref().unwrap()] {
+        wait_tail(s, tail).await;
+        // The secondary sees the items through its own tailer and dequeue.
+        let mut t = s.tailer();
+        let first = t.next().unwrap().unwrap();
+        assert_eq!(postcard_string(&first.payload), "m0");
+        for i in 0..200 {
+            assert_eq!(s.dequeue().await.unwrap(), Some(format!("m{i}")));
+        }
+        assert_eq!(s.dequeue().await.unwrap(), None);
+        // Appends on a secondary are refused.
+        let e = s.enqueue("local".into()).await.unwrap_err();
+        assert!(matches!(e, QueueError::Replication(_)), "{e:?}");
+        let st = s.replication_status().unwrap();
+        assert_eq!(st.role, Role::Secondary);
+        assert_eq!(st.connected_to_primary, Some(true));
+    }
+    // The primary's own consumers are independent of the secondaries'.
+    assert_eq!(c.p.dequeue().await.unwrap(), Some("m0".into()));
+    let st = c.p.replication_status().unwrap();
+    assert!(st.listening.is_some(), "{st:?}");
+    assert_eq!(st.secondaries.len(), 2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !c
+        .p
+        .replication_status()
+        .unwrap()
+        .secondaries
+        .iter()
+        .all(|p| p.acked == Some(tail))
+    {
+        assert!(Instant::now() < deadline, "{:?}", c.p.replication_status());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn postcard_string(b: &[u8]) -> String {
+    // postcard encodes a String as a varint length and the bytes.
+    String::from_utf8(b[1..].to_vec()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_mode_waits_for_both_secondaries_and_times_out_without_one() {
+    let d = tempfile::tempdir().unwrap();
+    let mut c = cluster(
+        d.path(),
+        ReplicationMode::Synchronous,
+        Duration::from_secs(10),
+    );
+    // The first waits for the secondaries to connect.
+    for i in 0..20 {
+        c.p.enqueue(format!("s{i}")).await.unwrap();
+        // Ok means both secondaries hold it.
+        let tail = c.p.store().tail_position();
+        assert!(c.p.store().stats().replicated >= tail);
+        for (name, pos) in c.p.store().peer_positions() {
+            assert!(pos >= tail, "{name} acked {pos} < {tail}");
+        }
+        for s in [c.s1.as_ref().unwrap(), c.s2.as_ref().unwrap()] {
+            assert!(s.store().tail_position() >= tail);
+        }
+    }
+    // Stop one secondary: sync enqueue fails within the timeout.
+    drop(c.s2.take());
+    c.p.set_sync_timeout(Duration::from_millis(500));
+    let t0 = Instant::now();
+    let e = c.p.enqueue("unacked".into()).await.unwrap_err();
+    let took = t0.elapsed();
+    assert!(
+        matches!(&e, QueueError::Replication(m) if m.contains("stays in the log")),
+        "{e:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    // The record is in the primary's log (and reached the live secondary).
+    let mut t = c.p.tailer();
+    let mut last = None;
+    while let Some(r) = t.next().unwrap() {
+        last = Some(postcard_string(&r.payload));
+    }
+    assert_eq!(last.as_deref(), Some("unacked"));
+    wait_tail(c.s1.as_ref().unwrap(), c.p.store().tail_position()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_mode_with_min_acks_one_survives_a_stopped_secondary() {
+    let d = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let secs = vec![names[1].as_str(), names[2].as_str()];
+    let mode = ReplicationMode::Synchronous;
+    let mut p = node(d.path(), &names[0])
+        .with_min_acks(1)
+        .with_sync_timeout(Duration::from_secs(10));
+    p.with_replication(&names[0], secs.clone(), mode).unwrap();
+    let mut s1 = node(d.path(), &names[1]);
+    s1.with_replication(&names[0], secs, mode).unwrap();
+    // The second secondary never starts.
+    for i in 0..10 {
+        p.enqueue(format!("x{i}")).await.unwrap();
+        assert!(s1.store().tail_position() >= p.store().tail_position());
+    }
+}
+
+#[test]
+fn unmatched_node_acts_as_primary_and_reports_unreachable_secondaries() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("my_queue");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut q = RepliqQueue::<String>::new(p.to_str().unwrap(), 1024)
+            .unwrap()
+            .with_node_name("this-host");
+        let port = free_port();
+        q.with_replication(
+            &format!("primary-node:{port}"),
+            vec!["secondary-node-1.invalid", "secondary-node-2.invalid"],
+            ReplicationMode::Asynchronous,
+        )
+        .unwrap();
+        assert_eq!(q.role(), Some(Role::Unmatched));
+        q.enqueue("hello".into()).await.unwrap();
+        assert_eq!(q.dequeue().await.unwrap().as_deref(), Some("hello"));
+        let deadline = Instant::now() + Duration::from_secs(8);
+        loop {
+            let st = q.replication_status().unwrap();
+            if st.secondaries.iter().all(|p| p.reachable == Some(false)) {
+                assert!(st.secondaries.iter().all(|p| p.last_error.is_some()));
+                break;
+            }
+            assert!(Instant::now() < deadline, "{st:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    // The runtime shuts down promptly despite the background tasks.
+    let t0 = Instant::now();
+    drop(rt);
+    assert!(t0.elapsed() < Duration::from_secs(2));
+}
