@@ -220,3 +220,95 @@ async fn hostile_peers_are_disconnected_and_change_nothing() {
         b"keep me".to_vec()
     );
 }
+
+/// A fresh secondary joins a primary that already holds 1 GiB and catches up
+/// completely, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_secondary_catches_up_from_one_gib() {
+    let d = tempfile::tempdir().unwrap();
+    let o = StoreOptions::create()
+        .segment_size(64 << 20)
+        .capacity(1 << 30)
+        .durability(Durability::None);
+    let p = Store::open(d.path().join("p"), &o).unwrap();
+    let chunk = vec![0xA5u8; 64 * 1024 - 64];
+    while p.tail_position() < (1u64 << 30) {
+        p.append(&chunk).unwrap();
+    }
+    let (addr, _sessions) = start_primary(p.clone(), 1).await;
+    let s = d.path().join("s");
+    let f = tokio::spawn(secondary::follow(secondary_cfg("node-b", &s, &addr)));
+    let r = wait_caught_up(&p, &s).await;
+    assert!(r.tail_position() >= 1 << 30);
+    assert_eq!(r.depth(), p.depth());
+    drop(r);
+    assert_identical(&d.path().join("p"), &s);
+    f.abort();
+}
+
+/// Acknowledged-only tailers see a record once a secondary holds it, and the
+/// primary keeps every segment a secondary still needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_only_tailers_and_retention_follow_the_secondary() {
+    let d = tempfile::tempdir().unwrap();
+    let o = StoreOptions::create()
+        .segment_size(1 << 12)
+        .capacity(1 << 20)
+        .durability(Durability::None);
+    let p = Store::open(d.path().join("p"), &o).unwrap();
+    // A secondary that connected once (its slot holds its acked position) and is gone.
+    let (addr, _sessions) = start_primary(p.clone(), 1).await;
+    let s = d.path().join("s");
+    let f = tokio::spawn(secondary::follow(secondary_cfg("node-b", &s, &addr)));
+    let id0 = p.append(b"first").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while p.stats().replicated <= id0 {
+        assert!(Instant::now() < deadline, "never acknowledged");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f.abort();
+    let _ = f.await;
+    let acked = p.stats().replicated;
+    // Records written while the secondary is away are not acknowledged.
+    let mut acked_only = p.tailer();
+    acked_only.set_acknowledged_only(true);
+    for i in 0..200u32 {
+        p.append(&i.to_le_bytes().repeat(32)).unwrap();
+    }
+    assert_eq!(acked_only.next().unwrap().unwrap().id, id0);
+    assert!(
+        acked_only.next().unwrap().is_none(),
+        "unacknowledged record served"
+    );
+    // Consumers move on, but the segments the secondary still needs stay.
+    let mut c = p.consumer();
+    while c.dequeue().unwrap().is_some() {}
+    p.retain().unwrap();
+    assert!(
+        p.first_position() <= acked,
+        "retention deleted what the secondary needs"
+    );
+    assert!(
+        p.tail_position() > p.geometry().first_position(3),
+        "several segments written"
+    );
+    // The secondary comes back and catches up; then retention may proceed.
+    let f = tokio::spawn(secondary::follow(secondary_cfg("node-b", &s, &addr)));
+    wait_caught_up(&p, &s).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while p.stats().replicated < p.tail_position() {
+        assert!(Instant::now() < deadline, "watermark stuck");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut n = 1;
+    while acked_only.next().unwrap().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 201);
+    p.retain().unwrap();
+    assert!(
+        p.first_position() > acked,
+        "retention resumes once the secondary caught up"
+    );
+    f.abort();
+}
