@@ -199,7 +199,7 @@ pub(crate) async fn serve_session(
         let p = pos;
         let s2 = store.clone();
         tokio::select! {
-            _ = s2.ready_async(|| store.has_complete_frame(p)) => {}
+            _ = s2.ready_async(|| store.frame_ready(p, None)) => {}
             _ = tokio::time::sleep(cfg.heartbeat) => {
                 let hb = Message::Heartbeat(Heartbeat {
                     tail: store.tail_position(),

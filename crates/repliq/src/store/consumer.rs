@@ -143,16 +143,7 @@ impl Consumer {
 
     /// True if a complete frame is at the group cursor.
     pub fn has_next(&self) -> bool {
-        let geo = self.store.geometry();
-        let pos = self.position();
-        match self.store.segment(geo.segment_of(pos)) {
-            Ok(Some(s)) => !matches!(
-                frame_ops::view(&*s, geo, geo.offset_of(pos)),
-                FrameView::Empty | FrameView::Pending { .. }
-            ),
-            Ok(None) => false,
-            Err(_) => true,
-        }
+        self.store.frame_ready(self.position(), self.seg.as_ref())
     }
 
     /// Waits with `idle` up to `timeout` for a message, then takes it.

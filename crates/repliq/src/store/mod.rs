@@ -918,6 +918,32 @@ impl Store {
         }
     }
 
+    /// True if a frame is ready at `pos`: committed data, padding, or a
+    /// header that fails its check (so that the reader finds the error).
+    /// False for nothing yet, or a pending frame: sleepers wake on its commit,
+    /// or every 50 ms to give up on a dead writer. `cached` is the caller's
+    /// mapping, used if it is the right segment.
+    pub fn frame_ready(&self, pos: u64, cached: Option<&Arc<Segment>>) -> bool {
+        let geo = self.inner.geo;
+        let si = geo.segment_of(pos);
+        let looked_up;
+        let seg = match cached {
+            Some(s) if s.index() == si => s,
+            _ => match self.segment(si) {
+                Ok(Some(s)) => {
+                    looked_up = s;
+                    &looked_up
+                }
+                Ok(None) => return false,
+                Err(_) => return true,
+            },
+        };
+        !matches!(
+            frame_ops::view(&**seg, geo, geo.offset_of(pos)),
+            FrameView::Empty | FrameView::Pending { .. }
+        )
+    }
+
     /// Waits until `ready()` holds, sleeping on the shared futex; false on timeout.
     pub fn wait_until(&self, timeout: Option<Duration>, ready: impl FnMut() -> bool) -> bool {
         let deadline = timeout.map(|t| Instant::now() + t);

@@ -209,24 +209,13 @@ impl Store {
             .collect()
     }
 
-    /// True if a complete frame (data or padding) is at `pos`.
-    pub fn has_complete_frame(&self, pos: u64) -> bool {
-        let geo = self.geometry();
-        match self.segment(geo.segment_of(pos)) {
-            Ok(Some(s)) => crate::store::frame_ops::view(&*s, geo, geo.offset_of(pos))
-                .aligned_len()
-                .is_some(),
-            _ => false,
-        }
-    }
-
     /// Moves an empty replica's log to start at `pos` (the first position of
     /// a segment on the primary, whose older segments are gone).
     pub fn rebase_empty(&self, pos: u64) -> Result<()> {
         let geo = self.geometry();
         let ctl = self.control();
         let tail = ctl.tail().load(Acquire);
-        if self.has_complete_frame(self.first_position()) || tail != self.first_position() {
+        if self.frame_ready(self.first_position(), None) || tail != self.first_position() {
             return Err(StoreError::InvalidId {
                 id: pos,
                 reason: "only an empty replica can be rebased".into(),

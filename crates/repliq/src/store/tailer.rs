@@ -217,22 +217,7 @@ impl Tailer {
     /// True if a complete frame (a record, padding, or a corrupt header to
     /// report) is at the current position.
     pub fn has_next(&self) -> bool {
-        let geo = self.store.geometry();
-        let si = geo.segment_of(self.pos);
-        let seg = match &self.seg {
-            Some(s) if s.index() == si => s.clone(),
-            _ => match self.store.segment(si) {
-                Ok(Some(s)) => s,
-                Ok(None) => return false,
-                Err(_) => return true,
-            },
-        };
-        // A pending frame is not "next" yet: sleepers wake on its commit, or
-        // every 50 ms to give up on a dead writer.
-        !matches!(
-            frame_ops::view(&*seg, geo, geo.offset_of(self.pos)),
-            FrameView::Empty | FrameView::Pending { .. }
-        )
+        self.store.frame_ready(self.pos, self.seg.as_ref())
     }
 
     /// Waits for the next record with `idle`, up to `timeout`, then reads it without copying.
