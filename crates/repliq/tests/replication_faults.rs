@@ -131,22 +131,27 @@ async fn pump(
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
+        // `biased`: a kill wins over data that is ready at the same moment.
         let n = tokio::select! {
-            r = rd.read(&mut buf) => match r {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            },
+            biased;
             _ = kill.changed() => {
                 if kill.borrow().1 {
                     let _ = wr.as_ref().set_zero_linger();
                 }
                 return;
             }
+            r = rd.read(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
         };
         loop {
             let m = *st.mode.lock().unwrap();
             match m {
-                Mode::Pass | Mode::Partition => break,
+                Mode::Pass => break,
+                // Nothing crosses a partition, even on a connection whose
+                // kill has not been seen yet.
+                Mode::Partition => return,
                 Mode::Delay(d) => {
                     tokio::time::sleep(d).await;
                     break;
