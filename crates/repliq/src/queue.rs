@@ -246,7 +246,11 @@ impl<T: Serialize + DeserializeOwned + Send + Sync> RepliqQueue<T> {
             return Ok(());
         }
         let end = sync::record_end(&self.store, id, len);
-        match sync::wait_replicated(&self.store, end, self.sync_timeout).await {
+        let started = std::time::Instant::now();
+        let waited = sync::wait_replicated(&self.store, end, self.sync_timeout).await;
+        // Timeouts are recorded too: they are the tail operators look for.
+        self.store.record_sync_wait(started.elapsed());
+        match waited {
             Ok(()) => Ok(()),
             Err(ReplicationError::Timeout(_)) => Err(QueueError::Replication(format!(
                 "not acknowledged by {} of {} secondaries within {:?}; the record (id {id}) stays in the log",

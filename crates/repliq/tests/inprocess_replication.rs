@@ -146,6 +146,13 @@ async fn sync_mode_waits_for_both_secondaries_and_times_out_without_one() {
         took >= Duration::from_millis(450) && took < Duration::from_secs(3),
         "{took:?}"
     );
+    // Every synchronous enqueue, the timed-out one included, is in the
+    // queue's shared sync-wait histogram; the timeout lands at >= 256 ms.
+    let w = c.p.store().stats().sync_wait;
+    assert_eq!(w.count, 21, "{w:?}");
+    assert_eq!(w.buckets.iter().map(|b| b.1).sum::<u64>(), 21);
+    assert!(w.sum_ns >= 450_000_000, "{w:?}");
+    assert!(w.quantile_bound(1.0).unwrap() > 256_000_000, "{w:?}");
     // The record is in the primary's log (and reached the live secondary).
     let mut t = c.p.tailer();
     let mut last = None;

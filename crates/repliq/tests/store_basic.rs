@@ -73,6 +73,40 @@ fn consumer_takes_each_message_once_and_capacity_is_enforced() {
     assert_eq!(c2.dequeue().unwrap().unwrap().payload, b"z".to_vec());
     assert!(c2.dequeue().unwrap().is_none());
     assert_eq!(s.depth(), 0);
+    // Both refusals are counted in the control file, for every process.
+    assert_eq!(s.stats().full_rejections, 2);
+    let other = Store::open(d.path(), &StoreOptions::open()).unwrap();
+    assert_eq!(other.stats().full_rejections, 2);
+}
+
+#[test]
+fn enqueue_latency_is_sampled_into_the_shared_histogram() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(
+        d.path(),
+        &StoreOptions::create()
+            .segment_size(1 << 16)
+            .durability(Durability::None),
+    )
+    .unwrap();
+    assert_eq!(s.stats().enqueue_latency.count, 0);
+    // One append in 64 per thread is timed; this thread starts at zero.
+    let h = std::thread::spawn({
+        let s = s.clone();
+        move || {
+            for _ in 0..640 {
+                s.append(b"sampled").unwrap();
+            }
+        }
+    });
+    h.join().unwrap();
+    let lat = Store::open(d.path(), &StoreOptions::open())
+        .unwrap()
+        .stats()
+        .enqueue_latency;
+    assert_eq!(lat.count, 10, "{lat:?}");
+    assert_eq!(lat.buckets.iter().map(|b| b.1).sum::<u64>(), 10);
+    assert!(lat.sum_ns > 0);
 }
 
 #[test]

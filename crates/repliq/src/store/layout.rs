@@ -182,6 +182,30 @@ pub const CTL_FLUSHED_OFF: usize = 664;
 /// below it that is missing was deleted by retention and is never recreated.
 pub const CTL_HIGH_SEGMENT_OFF: usize = 672;
 
+/// Control: appends refused with `Full` (atomic u64).
+pub const CTL_FULL_REJECTIONS_OFF: usize = 680;
+
+/// Control: the sampled enqueue-latency histogram (see [`HIST_BUCKETS`]).
+/// Every process appending records one append in [`LATENCY_SAMPLE_EVERY`]
+/// per thread, from entering `append` to the commit (and flush, with
+/// `Durability::Always`).
+pub const CTL_ENQUEUE_LATENCY_OFF: usize = 1024;
+/// Control: the histogram of synchronous enqueue waits for acknowledgements
+/// (every synchronous enqueue, not sampled).
+pub const CTL_SYNC_WAIT_OFF: usize = 1536;
+/// Buckets of a latency histogram. Bucket `i` (atomic u64 at `8 * i`) counts
+/// samples below `HIST_FIRST_BOUND_NS << i` nanoseconds and at or above the
+/// previous bound; the last bucket counts everything above.
+pub const HIST_BUCKETS: usize = 32;
+/// Upper bound of bucket 0 in nanoseconds.
+pub const HIST_FIRST_BOUND_NS: u64 = 64;
+/// Histogram: number of samples (atomic u64), after the buckets.
+pub const HIST_COUNT_OFF: usize = HIST_BUCKETS * 8;
+/// Histogram: sum of the samples in nanoseconds (atomic u64).
+pub const HIST_SUM_OFF: usize = HIST_COUNT_OFF + 8;
+/// One append in this many (per thread) is timed into the histogram.
+pub const LATENCY_SAMPLE_EVERY: u32 = 64;
+
 /// Control: first consumer-group slot.
 pub const CTL_GROUPS_OFF: usize = 4096;
 /// Number of consumer-group slots. Slot 0 is the default group.
@@ -232,7 +256,10 @@ pub const fn align_frame(n: u64) -> u64 {
 // Compile-time checks that the layout is consistent.
 const _: () = {
     assert!(CTL_PEERS_OFF + PEER_SLOTS * PEER_SLOT_LEN <= CONTROL_SIZE);
-    assert!(CTL_HIGH_SEGMENT_OFF + 8 <= CTL_GROUPS_OFF);
+    assert!(CTL_HIGH_SEGMENT_OFF + 8 <= CTL_FULL_REJECTIONS_OFF);
+    assert!(CTL_FULL_REJECTIONS_OFF + 8 <= CTL_ENQUEUE_LATENCY_OFF);
+    assert!(CTL_ENQUEUE_LATENCY_OFF + HIST_SUM_OFF + 8 <= CTL_SYNC_WAIT_OFF);
+    assert!(CTL_SYNC_WAIT_OFF + HIST_SUM_OFF + 8 <= CTL_GROUPS_OFF);
     assert!(SLOT_NAME_OFF + SLOT_NAME_MAX <= SLOT_POSITION_OFF);
     assert!(SLOT_COUNT_OFF + 8 <= GROUP_SLOT_LEN);
     assert!(SEGMENT_HEADER_LEN % FRAME_ALIGN == 0);

@@ -21,6 +21,7 @@ pub mod control;
 pub mod error;
 pub mod frame;
 pub mod frame_ops;
+pub mod latency;
 pub mod layout;
 pub mod recovery;
 pub mod replica;
@@ -41,6 +42,7 @@ use arc_swap::ArcSwap;
 pub use consumer::Consumer;
 pub use control::{Durability, QueueConfig};
 pub use error::{Result, StoreError};
+pub use latency::LatencyStat;
 pub use recovery::RecoveryReport;
 pub use scan::{FrameInfo, FrameKind, Scan};
 pub use tailer::{OwnedRecord, Record, Tailer};
@@ -440,6 +442,9 @@ impl Store {
             unblocked: ctl.unblocked().load(Acquire),
             recoveries: ctl.recoveries().load(Acquire),
             flushed: ctl.flushed().load(Acquire),
+            full_rejections: ctl.u64_at(CTL_FULL_REJECTIONS_OFF).load(Acquire),
+            enqueue_latency: latency::read(ctl, CTL_ENQUEUE_LATENCY_OFF),
+            sync_wait: latency::read(ctl, CTL_SYNC_WAIT_OFF),
             groups,
             tailers,
         }
@@ -467,6 +472,7 @@ impl Store {
     }
 
     fn append_frame(&self, len: usize, flags: u16, fill: impl FnOnce(&mut [u8])) -> Result<u64> {
+        let started = latency::sample_this_append().then(Instant::now);
         let inner = &*self.inner;
         if inner.read_only.load(Relaxed) {
             return Err(StoreError::ReadOnly(format!(
@@ -539,7 +545,18 @@ impl Store {
             seg.flush_range(off, aligned)?;
             inner.ctl.flushed().fetch_max(t + aligned, AcqRel);
         }
+        if let Some(s) = started {
+            let ns = u64::try_from(s.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            latency::record(&inner.ctl, CTL_ENQUEUE_LATENCY_OFF, ns);
+        }
         Ok(t)
+    }
+
+    /// Records how long a synchronous enqueue waited for its
+    /// acknowledgements, in the queue's shared histogram.
+    pub fn record_sync_wait(&self, waited: Duration) {
+        let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        latency::record(&self.inner.ctl, CTL_SYNC_WAIT_OFF, ns);
     }
 
     fn reserve(&self) -> Result<()> {
@@ -549,6 +566,7 @@ impl Store {
         let dequeued = self.default_group().count().load(Acquire);
         if r.saturating_sub(dequeued) >= cap {
             ctl.reserved().fetch_sub(1, AcqRel);
+            ctl.u64_at(CTL_FULL_REJECTIONS_OFF).fetch_add(1, Relaxed);
             return Err(StoreError::Full { capacity: cap });
         }
         Ok(())
@@ -1267,6 +1285,12 @@ pub struct Stats {
     pub recoveries: u64,
     /// Position flushed to disk.
     pub flushed: u64,
+    /// Appends refused with [`StoreError::Full`], ever.
+    pub full_rejections: u64,
+    /// Sampled enqueue latency, recorded by every appending process.
+    pub enqueue_latency: LatencyStat,
+    /// Waits of synchronous enqueues for their acknowledgements.
+    pub sync_wait: LatencyStat,
     /// Consumer groups.
     pub groups: Vec<CursorStat>,
     /// Named tailers.
