@@ -413,6 +413,10 @@ fn dump_and_verify_clean_and_corrupt() {
         "\"epoch\":1",
         "\"replicated\":0",
         "\"low_segment\":0",
+        "\"full_rejections\":0",
+        // Each `repliq append` process times its first append.
+        "\"enqueue_latency\":{\"samples\":100,",
+        "\"sync_wait\":{\"samples\":0,",
         "\"unblocked\":0",
         "\"recoveries\":",
         "\"flushed\":",

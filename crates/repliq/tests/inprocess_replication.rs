@@ -104,6 +104,8 @@ async fn async_mode_secondaries_follow_and_refuse_writes() {
         assert!(Instant::now() < deadline, "{:?}", c.p.replication_status());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let st = c.p.replication_status().unwrap();
+    assert!(st.secondaries.iter().all(|p| p.connected), "{st:?}");
 }
 
 fn postcard_string(b: &[u8]) -> String {
@@ -211,6 +213,10 @@ fn unmatched_node_acts_as_primary_and_reports_unreachable_secondaries() {
             let st = q.replication_status().unwrap();
             if st.secondaries.iter().all(|p| p.reachable == Some(false)) {
                 assert!(st.secondaries.iter().all(|p| p.last_error.is_some()));
+                assert!(st
+                    .secondaries
+                    .iter()
+                    .all(|p| !p.connected && p.acked.is_none()));
                 break;
             }
             assert!(Instant::now() < deadline, "{st:?}");

@@ -127,16 +127,30 @@ async fn two_secondaries_follow_live_writes_and_resume_after_a_disconnect() {
     }
     let peers = p.peer_positions();
     assert_eq!(peers.len(), 2, "{peers:?}");
+    // The link state every process can read from the control file.
+    for l in p.peer_links() {
+        assert!(l.connected && l.sessions == 1, "{l:?}");
+        assert!(l.acked_at_unix_ns > 0, "{l:?}");
+    }
 
     // Drop one follower mid-stream; write more; start it again: it resumes
     // from its own tail, with no gap and no duplicate (byte identity).
     f1.abort();
     let _ = f1.await;
+    let link = |node: &str| p.peer_links().into_iter().find(|l| l.node == node).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while link("node-b").connected {
+        assert!(Instant::now() < deadline, "{:?}", link("node-b"));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(link("node-c").connected);
     for i in 0..5_000u32 {
         p.append(&i.to_be_bytes()).unwrap();
     }
     let f1 = tokio::spawn(secondary::follow(secondary_cfg("node-b", &s1, &addr)));
     wait_caught_up(&p, &s1).await;
+    let l = link("node-b");
+    assert!(l.connected && l.sessions == 2, "{l:?}");
     wait_caught_up(&p, &s2).await;
     assert_identical(&d.path().join("p"), &s1);
     let r1 = Store::open(&s1, &StoreOptions::open().skip_recovery()).unwrap();

@@ -90,7 +90,7 @@ fn enqueue_latency_is_sampled_into_the_shared_histogram() {
     )
     .unwrap();
     assert_eq!(s.stats().enqueue_latency.count, 0);
-    // One append in 64 per thread is timed; this thread starts at zero.
+    // The 1st, 65th, ... append of each thread is timed.
     let h = std::thread::spawn({
         let s = s.clone();
         move || {

@@ -5,11 +5,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Acquire;
 
-use repliq::store::layout::{
-    align_frame, CTL_CREATED_OFF, CTL_PEERS_OFF, CTL_ROLE_OFF, CTL_VERSION_OFF, PEER_SLOTS,
-    PEER_SLOT_LEN, SLOT_ACTIVE,
-};
-use repliq::store::{segment, CursorStat, FrameInfo, FrameKind, Store};
+use repliq::store::layout::{align_frame, CTL_CREATED_OFF, CTL_ROLE_OFF, CTL_VERSION_OFF};
+use repliq::store::{segment, CursorStat, FrameInfo, FrameKind, LatencyStat, PeerLink, Store};
 
 use super::exit::{CliError, CmdResult, OK};
 use super::json::{Json, Obj};
@@ -81,17 +78,46 @@ fn cursors_json(v: &[CursorStat]) -> Json {
     )
 }
 
-fn peers(store: &Store) -> Vec<CursorStat> {
-    let ctl = store.control();
-    (0..PEER_SLOTS)
-        .map(|i| ctl.slot(CTL_PEERS_OFF, PEER_SLOT_LEN, i))
-        .filter(|s| s.state().load(Acquire) == SLOT_ACTIVE)
-        .map(|s| CursorStat {
-            name: s.name(),
-            position: s.position().load(Acquire),
-            count: 0,
-        })
-        .collect()
+fn peers_json(v: &[PeerLink]) -> Json {
+    Json::Arr(
+        v.iter()
+            .map(|p| {
+                Obj::new()
+                    .put("name", p.node.as_str())
+                    .put("position", p.acked)
+                    .put("connected", p.connected)
+                    .put("sessions", p.sessions)
+                    .put("acked_at_unix_ns", p.acked_at_unix_ns)
+                    .into()
+            })
+            .collect(),
+    )
+}
+
+fn latency_json(l: &LatencyStat) -> Json {
+    let q = |x: f64| l.quantile_bound(x).map_or(Json::Null, Json::from);
+    Obj::new()
+        .put("samples", l.count)
+        .put("sum_ns", l.sum_ns)
+        .put("p50_below_ns", q(0.5))
+        .put("p99_below_ns", q(0.99))
+        .put("max_below_ns", q(1.0))
+        .into()
+}
+
+fn latency_text(l: &LatencyStat) -> String {
+    let q = |x: f64| match l.quantile_bound(x) {
+        Some(u64::MAX) => "inf".to_string(),
+        Some(b) => format!("<{b}ns"),
+        None => "-".to_string(),
+    };
+    format!(
+        "samples={} p50{} p99{} max{}",
+        l.count,
+        q(0.5),
+        q(0.99),
+        q(1.0)
+    )
 }
 
 /// One segment file.
@@ -256,7 +282,7 @@ pub fn dump(a: DumpArgs) -> CmdResult {
     let role = role_name(ctl.u32_at(CTL_ROLE_OFF).load(Acquire));
     let queue_id = format!("{:#018x}", ctl.queue_id());
     let first = store.first_position();
-    let peers = peers(&store);
+    let peers = store.peer_links();
     let segs = segments(&store)?;
     let mut out = Out::stdout();
     let dir = store.dir().display().to_string();
@@ -283,9 +309,12 @@ pub fn dump(a: DumpArgs) -> CmdResult {
             .put("unblocked", st.unblocked)
             .put("recoveries", st.recoveries)
             .put("flushed", st.flushed)
+            .put("full_rejections", st.full_rejections)
+            .put("enqueue_latency", latency_json(&st.enqueue_latency))
+            .put("sync_wait", latency_json(&st.sync_wait))
             .put("groups", groups_json(&st.groups))
             .put("named_tailers", cursors_json(&st.tailers))
-            .put("peers", cursors_json(&peers));
+            .put("peers", peers_json(&peers));
         out.line(&o.render())?;
         for s in &segs {
             out.line(
@@ -320,6 +349,9 @@ pub fn dump(a: DumpArgs) -> CmdResult {
             ("unblocked", st.unblocked.to_string()),
             ("recoveries", st.recoveries.to_string()),
             ("flushed", st.flushed.to_string()),
+            ("full_rejections", st.full_rejections.to_string()),
+            ("enqueue_latency", latency_text(&st.enqueue_latency)),
+            ("sync_wait", latency_text(&st.sync_wait)),
         ];
         for (k, v) in kv {
             out.line(&format!("{k:<20} {v}"))?;
@@ -337,7 +369,17 @@ pub fn dump(a: DumpArgs) -> CmdResult {
             ))?;
         }
         for p in &peers {
-            out.line(&format!("peer {:?} position={}", p.name, p.position))?;
+            out.line(&format!(
+                "peer {:?} position={} link={} sessions={}",
+                p.node,
+                p.acked,
+                if p.connected {
+                    "connected"
+                } else {
+                    "disconnected"
+                },
+                p.sessions
+            ))?;
         }
         for s in &segs {
             out.line(&format!(

@@ -49,6 +49,9 @@ pub struct PeerStatus {
     /// Position it has acknowledged (from its replication-peer slot), if it
     /// ever connected.
     pub acked: Option<u64>,
+    /// True while it has a replication session with this primary (from its
+    /// peer slot, which `repliq stat` and the daemon's metrics also read).
+    pub connected: bool,
     /// Why the last probe failed.
     pub last_error: Option<String>,
 }
@@ -128,9 +131,11 @@ impl Engine {
     /// A snapshot of the replication state.
     pub fn status(&self) -> ReplicationStatus {
         let mut secondaries = lock(&self.shared.peers).clone();
-        let acked = self.store.peer_positions();
+        let links = self.store.peer_links();
         for p in &mut secondaries {
-            p.acked = acked.iter().find(|(n, _)| *n == p.node).map(|(_, a)| *a);
+            let link = links.iter().find(|l| l.node == p.node);
+            p.acked = link.map(|l| l.acked);
+            p.connected = link.is_some_and(|l| l.connected);
         }
         ReplicationStatus {
             node: self.node.clone(),
@@ -199,6 +204,7 @@ impl Engine {
                         node: n.clone(),
                         reachable: None,
                         acked: None,
+                        connected: false,
                         last_error: None,
                     })
                     .collect();

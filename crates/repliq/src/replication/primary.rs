@@ -144,6 +144,7 @@ pub(crate) async fn serve_session(
     });
     send(&mut wr, &mut codec, &welcome).await?;
     tracing::info!(peer = %hello.node, start, "secondary connected");
+    let _link = LinkState::connected(&store, slot);
 
     // Acks come back on the read half, handled concurrently.
     let acks = {
@@ -219,5 +220,25 @@ fn ack_end(
     match r {
         Ok(r) => r,
         Err(e) => Err(ReplicationError::Refused(format!("ack reader failed: {e}"))),
+    }
+}
+
+/// Keeps a peer slot's link state `connected` for as long as the session
+/// runs, whichever way it ends.
+struct LinkState<'a> {
+    store: &'a Store,
+    slot: usize,
+}
+
+impl<'a> LinkState<'a> {
+    fn connected(store: &'a Store, slot: usize) -> Self {
+        store.set_peer_link(slot, true);
+        LinkState { store, slot }
+    }
+}
+
+impl Drop for LinkState<'_> {
+    fn drop(&mut self) {
+        self.store.set_peer_link(self.slot, false);
     }
 }

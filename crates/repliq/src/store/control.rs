@@ -380,6 +380,14 @@ impl<'a> Slot<'a> {
     pub fn count(&self) -> &'a AtomicU64 {
         self.ctl.u64_at(self.base + SLOT_COUNT_OFF)
     }
+    /// A peer slot's link state word (`LINK_*`).
+    pub fn link(&self) -> &'a AtomicU32 {
+        self.ctl.u32_at(self.base + SLOT_LINK_OFF)
+    }
+    /// A peer slot's time of last acknowledgement (Unix ns).
+    pub fn acked_at(&self) -> &'a AtomicU64 {
+        self.ctl.u64_at(self.base + SLOT_ACKED_AT_OFF)
+    }
     /// The slot's name; empty if unreadable.
     pub fn name(&self) -> String {
         let len = (self.ctl.u32_at(self.base + SLOT_NAME_LEN_OFF).load(Acquire) as usize)

@@ -203,7 +203,8 @@ pub const HIST_FIRST_BOUND_NS: u64 = 64;
 pub const HIST_COUNT_OFF: usize = HIST_BUCKETS * 8;
 /// Histogram: sum of the samples in nanoseconds (atomic u64).
 pub const HIST_SUM_OFF: usize = HIST_COUNT_OFF + 8;
-/// One append in this many (per thread) is timed into the histogram.
+/// One append in this many (per thread, starting with the first) is timed
+/// into the histogram.
 pub const LATENCY_SAMPLE_EVERY: u32 = 64;
 
 /// Control: first consumer-group slot.
@@ -236,8 +237,21 @@ pub const SLOT_NAME_OFF: usize = 8;
 pub const SLOT_NAME_MAX: usize = 48;
 /// Slot: position (atomic u64): a group's cursor, a tailer's next read, a peer's acked position.
 pub const SLOT_POSITION_OFF: usize = 64;
-/// Slot: counter (atomic u64): messages dequeued by a group.
+/// Slot: counter (atomic u64): messages dequeued by a group; sessions a
+/// replication peer has established.
 pub const SLOT_COUNT_OFF: usize = 72;
+/// Peer slot: link state (atomic u32): [`LINK_UNKNOWN`], [`LINK_CONNECTED`]
+/// or [`LINK_DISCONNECTED`], written by the process serving the peer.
+pub const SLOT_LINK_OFF: usize = 80;
+/// Peer slot: Unix time in nanoseconds of the peer's last acknowledgement
+/// (atomic u64).
+pub const SLOT_ACKED_AT_OFF: usize = 88;
+/// Link state: never seen since the slot was created.
+pub const LINK_UNKNOWN: u32 = 0;
+/// Link state: a replication session with the peer is established.
+pub const LINK_CONNECTED: u32 = 1;
+/// Link state: the last session ended.
+pub const LINK_DISCONNECTED: u32 = 2;
 /// Slot state: unused.
 pub const SLOT_FREE: u32 = 0;
 /// Slot state: being initialised by one process.
@@ -262,6 +276,9 @@ const _: () = {
     assert!(CTL_SYNC_WAIT_OFF + HIST_SUM_OFF + 8 <= CTL_GROUPS_OFF);
     assert!(SLOT_NAME_OFF + SLOT_NAME_MAX <= SLOT_POSITION_OFF);
     assert!(SLOT_COUNT_OFF + 8 <= GROUP_SLOT_LEN);
+    assert!(SLOT_COUNT_OFF + 8 <= SLOT_LINK_OFF);
+    assert!(SLOT_LINK_OFF + 4 <= SLOT_ACKED_AT_OFF);
+    assert!(SLOT_ACKED_AT_OFF + 8 <= PEER_SLOT_LEN);
     assert!(SEGMENT_HEADER_LEN % FRAME_ALIGN == 0);
     assert!(SEG_QUEUE_ID_OFF + 8 <= SEGMENT_HEADER_LEN as usize);
 };

@@ -44,6 +44,7 @@ pub use control::{Durability, QueueConfig};
 pub use error::{Result, StoreError};
 pub use latency::LatencyStat;
 pub use recovery::RecoveryReport;
+pub use replica::PeerLink;
 pub use scan::{FrameInfo, FrameKind, Scan};
 pub use tailer::{OwnedRecord, Record, Tailer};
 pub use wait::IdleStrategy;

@@ -270,6 +270,13 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryReport> {
     ctl.reserved()
         .store(g0.count().load(Acquire) + depth, Release);
     ctl.waiters().store(0, Release);
+    // No process has the queue open, so no replication session is live.
+    for i in 0..PEER_SLOTS {
+        let s = ctl.slot(CTL_PEERS_OFF, PEER_SLOT_LEN, i);
+        if s.link().load(Acquire) == LINK_CONNECTED {
+            s.link().store(LINK_DISCONNECTED, Release);
+        }
+    }
     ctl.recoveries().fetch_add(1, AcqRel);
     ctl.flush()?;
     rep.tail_after = pos;

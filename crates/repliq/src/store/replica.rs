@@ -15,6 +15,41 @@ use crate::store::frame_ops::LogMemory;
 use crate::store::layout::*;
 use crate::store::{wait, Durability, Store};
 
+/// One replication peer's link, read from its slot in the control file.
+///
+/// The primary serving the peer (the daemon or an application's in-process
+/// engine) writes it; any process may read it, e.g. `repliq stat`.
+///
+/// ```
+/// use repliq::store::{Store, StoreOptions};
+/// let dir = tempfile::tempdir()?;
+/// let store = Store::open(dir.path().join("q"), &StoreOptions::create())?;
+/// let slot = store.peer_slot("node-b")?;
+/// store.set_peer_link(slot, true);
+/// let links = store.peer_links();
+/// assert_eq!((links[0].node.as_str(), links[0].connected, links[0].sessions), ("node-b", true, 1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerLink {
+    /// The peer's node name.
+    pub node: String,
+    /// Position it has acknowledged as durable.
+    pub acked: u64,
+    /// True while a session with it is established.
+    pub connected: bool,
+    /// Sessions it has established since the slot was created.
+    pub sessions: u64,
+    /// Unix time in nanoseconds of its last acknowledgement; 0 if none.
+    pub acked_at_unix_ns: u64,
+}
+
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 impl Store {
     /// Lends `f` the bytes of complete frames starting at `from`, at most
     /// `max` bytes (but at least one frame) and never past the end of
@@ -181,9 +216,9 @@ impl Store {
     /// watermark: the highest position durable on at least `min_acks` peers.
     pub fn ack_peer(&self, slot: usize, position: u64, min_acks: usize) -> u64 {
         let ctl = self.control();
-        ctl.slot(CTL_PEERS_OFF, PEER_SLOT_LEN, slot)
-            .position()
-            .fetch_max(position, AcqRel);
+        let s = ctl.slot(CTL_PEERS_OFF, PEER_SLOT_LEN, slot);
+        s.position().fetch_max(position, AcqRel);
+        s.acked_at().store(unix_ns(), Release);
         let mut acked: Vec<u64> = (0..PEER_SLOTS)
             .map(|i| ctl.slot(CTL_PEERS_OFF, PEER_SLOT_LEN, i))
             .filter(|s| s.state().load(Acquire) == SLOT_ACTIVE)
@@ -197,6 +232,34 @@ impl Store {
         ctl.replicated().fetch_max(w, AcqRel);
         wait::notify(ctl.notify_seq(), ctl.waiters());
         ctl.replicated().load(Acquire)
+    }
+
+    /// Marks peer `slot`'s link as connected (counting the session) or
+    /// disconnected, for every process reading the queue's statistics.
+    pub fn set_peer_link(&self, slot: usize, connected: bool) {
+        let s = self.control().slot(CTL_PEERS_OFF, PEER_SLOT_LEN, slot);
+        if connected {
+            s.count().fetch_add(1, AcqRel);
+            s.link().store(LINK_CONNECTED, Release);
+        } else {
+            s.link().store(LINK_DISCONNECTED, Release);
+        }
+    }
+
+    /// Every replication peer's link, as recorded in the control file.
+    pub fn peer_links(&self) -> Vec<PeerLink> {
+        let ctl = self.control();
+        (0..PEER_SLOTS)
+            .map(|i| ctl.slot(CTL_PEERS_OFF, PEER_SLOT_LEN, i))
+            .filter(|s| s.state().load(Acquire) == SLOT_ACTIVE)
+            .map(|s| PeerLink {
+                node: s.name(),
+                acked: s.position().load(Acquire),
+                connected: s.link().load(Acquire) == LINK_CONNECTED,
+                sessions: s.count().load(Acquire),
+                acked_at_unix_ns: s.acked_at().load(Acquire),
+            })
+            .collect()
     }
 
     /// Positions acknowledged by each replication peer, by node name.
