@@ -79,6 +79,8 @@ struct RawDiscovery {
     dns_name: Option<String>,
     port: Option<u64>,
     refresh_interval: Option<u64>,
+    namespace: Option<String>,
+    api_server: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,10 +139,20 @@ pub enum Discovery {
         /// Seconds between resolutions.
         refresh_interval: u64,
     },
-    /// Pods selected by label (not implemented yet).
+    /// The Ready pods selected by a label selector, watched through the
+    /// Kubernetes API (see `daemon::kubernetes`).
     Kubernetes {
-        /// The label selector.
+        /// The label selector (e.g. `name=repliq`).
         label_selector: String,
+        /// Namespace of the pods (`None`: the service account's namespace,
+        /// else `default`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        namespace: Option<String>,
+        /// Replication port of the pods.
+        port: u16,
+        /// API server URL (`None`: in-cluster, from the service account).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        api_server: Option<String>,
     },
 }
 
@@ -278,6 +290,15 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
     })?;
     let d = r.discovery;
     let method = d.method.as_deref().unwrap_or("static");
+    let port = || {
+        let port = d.port.unwrap_or(u64::from(listen.port()));
+        u16::try_from(port).ok().filter(|p| *p != 0).ok_or_else(|| {
+            err(
+                "replication.discovery.port",
+                format!("{port} is not a port (1-65535)"),
+            )
+        })
+    };
     let discovery = match method {
         "static" => {
             let mut peers = Vec::new();
@@ -316,16 +337,7 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
                     "required with method dns".into(),
                 ));
             }
-            let port = d.port.unwrap_or(u64::from(listen.port()));
-            let port = u16::try_from(port)
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| {
-                    err(
-                        "replication.discovery.port",
-                        format!("{port} is not a port (1-65535)"),
-                    )
-                })?;
+            let port = port()?;
             let refresh_interval = d.refresh_interval.unwrap_or(10);
             if refresh_interval == 0 {
                 return Err(err(
@@ -339,9 +351,40 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
                 refresh_interval,
             }
         }
-        "kubernetes" => Discovery::Kubernetes {
-            label_selector: d.label_selector.unwrap_or_default(),
-        },
+        "kubernetes" => {
+            let label_selector = d.label_selector.clone().unwrap_or_default();
+            if label_selector.trim().is_empty() {
+                return Err(err(
+                    "replication.discovery.label_selector",
+                    "required with method kubernetes (e.g. name=repliq)".into(),
+                ));
+            }
+            if let Some(ns) = &d.namespace {
+                if !valid_dns_label(ns) {
+                    return Err(err(
+                        "replication.discovery.namespace",
+                        format!("{ns:?} is not a namespace name (lower-case letters, digits, '-')"),
+                    ));
+                }
+            }
+            if let Some(url) = &d.api_server {
+                let rest = url
+                    .strip_prefix("http://")
+                    .or_else(|| url.strip_prefix("https://"));
+                if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
+                    return Err(err(
+                        "replication.discovery.api_server",
+                        format!("{url:?} is not an http:// or https:// URL"),
+                    ));
+                }
+            }
+            Discovery::Kubernetes {
+                label_selector,
+                namespace: d.namespace.clone(),
+                port: port()?,
+                api_server: d.api_server.clone(),
+            }
+        }
         other => {
             return Err(err(
                 "replication.discovery.method",
@@ -472,6 +515,16 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         path,
         queue_names,
     })
+}
+
+/// True if `s` is a DNS label (RFC 1123), as namespace names are.
+fn valid_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 fn valid_host_port(s: &str) -> bool {

@@ -4,6 +4,8 @@
 //! `dns`: every address `dns_name` resolves to (A and AAAA), re-resolved
 //! every `refresh_interval` seconds; a secondary tries them in turn, and
 //! only the primary answers with a welcome.
+//! `kubernetes`: the Ready pods matching `label_selector`, watched through
+//! the API server (see [`super::kubernetes`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::config::{Config, Discovery};
+use super::kubernetes;
 
 /// Candidate addresses of the primary, kept current.
 pub type Candidates = watch::Receiver<Arc<Vec<String>>>;
@@ -57,7 +60,26 @@ pub fn start(cfg: &Config) -> Candidates {
             });
             rx
         }
-        // Refused at start-up (see `daemon::run`).
-        Discovery::Kubernetes { .. } => watch::channel(Arc::new(Vec::new())).1,
+        Discovery::Kubernetes {
+            label_selector,
+            namespace,
+            port,
+            api_server,
+        } => match kubernetes::client(api_server.as_deref()) {
+            Ok(client) => kubernetes::start_with_client(
+                client,
+                &kubernetes::namespace(namespace.as_deref()),
+                label_selector,
+                *port,
+                cfg.primary.clone(),
+            ),
+            Err(e) => {
+                // The client configuration was checked before the runtime
+                // started (`daemon::run`); what remains (TLS set-up) is
+                // logged, and without a client no primary is found.
+                tracing::error!("kubernetes discovery: {e}");
+                watch::channel(Arc::new(Vec::new())).1
+            }
+        },
     }
 }

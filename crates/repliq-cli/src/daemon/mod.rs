@@ -8,6 +8,7 @@
 pub mod config;
 mod discovery;
 mod http;
+mod kubernetes;
 mod run;
 
 use std::path::PathBuf;
@@ -73,16 +74,20 @@ pub fn run(a: DaemonArgs) -> i32 {
         );
         return 0;
     }
-    if let config::Discovery::Kubernetes { .. } = cfg.discovery {
-        let source = a
-            .config
-            .as_ref()
-            .map_or("REPLIQ_CONFIG".to_string(), |p| p.display().to_string());
-        eprintln!(
-            "repliq: error: configuration: {source}: key `replication.discovery.method`: \
-             kubernetes discovery not implemented yet (use static or dns)"
-        );
-        return EXIT_CONFIG;
+    if let config::Discovery::Kubernetes { api_server, .. } = &cfg.discovery {
+        if cfg.primary.is_none() {
+            tracing::warn!(
+                node = %cfg.node_name,
+                "replication.primary is not set: this node serves its own queues alone \
+                 and nothing is replicated until replication.primary names the primary's node"
+            );
+        } else if !cfg.is_primary() {
+            // Only secondaries talk to the API server; fail early outside a cluster.
+            if let Err(e) = kubernetes::client_config(api_server.as_deref()) {
+                eprintln!("repliq: error: kubernetes discovery: {e}");
+                return EXIT_RUNTIME;
+            }
+        }
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,0 +1,926 @@
+//! Kubernetes discovery against a stub Kubernetes API server on loopback.
+//!
+//! The stub (axum, in this file) keeps a set of pods and a log of their
+//! changes with resource versions, like the API server: `GET
+//! /api/v1/namespaces/{ns}/pods?labelSelector=…` answers a `PodList`, and
+//! `?watch=true&resourceVersion=N` streams the events after `N` (`ADDED`,
+//! `MODIFIED`, `DELETED`), or an `ERROR` event with a `410 Expired` status
+//! when `N` was compacted away. The real kube client and watcher talk to it.
+//!
+//! * the discovery module (included from the daemon's source) follows pods
+//!   becoming Ready, being deleted, and a `410` after which the re-listed
+//!   state wins;
+//! * `repliq daemon` with `method: kubernetes` finds a primary daemon whose
+//!   pod becomes Ready while it runs, and replicates from it;
+//! * the founding config shipped in `deploy/k8s` loads and starts without a
+//!   primary or an API server.
+
+#[allow(dead_code)]
+#[path = "../src/daemon/kubernetes.rs"]
+mod kubernetes;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+use repliq::store::{Store, StoreOptions};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+const BIN: &str = env!("CARGO_BIN_EXE_repliq");
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+const NS: &str = "repliq-test";
+const SELECTOR: &str = "name=repliq";
+
+// ---------------------------------------------------------------- the stub
+
+/// One request the stub answered.
+#[derive(Debug, Clone)]
+struct Request {
+    namespace: String,
+    watch: bool,
+    query: BTreeMap<String, String>,
+}
+
+struct Watcher {
+    selector: String,
+    tx: mpsc::UnboundedSender<String>,
+}
+
+#[derive(Default)]
+struct StubState {
+    /// The last resource version handed out.
+    rv: u64,
+    /// Pods by name, each with its current resourceVersion.
+    pods: BTreeMap<String, Value>,
+    /// Change log: (resource version, event type, object).
+    events: Vec<(u64, &'static str, Value)>,
+    /// Versions at or below this were compacted: watching from them is 410.
+    compacted: u64,
+    watchers: Vec<Watcher>,
+    requests: Vec<Request>,
+}
+
+impl StubState {
+    fn record(&mut self, kind: &'static str, pod: Value) {
+        let Some(name) = pod["metadata"]["name"].as_str().map(str::to_string) else {
+            panic!("pod without a name: {pod}");
+        };
+        self.rv += 1;
+        let mut pod = pod;
+        pod["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        if kind == "DELETED" {
+            self.pods.remove(&name);
+        } else {
+            self.pods.insert(name, pod.clone());
+        }
+        let line = event_line(kind, &pod);
+        self.watchers
+            .retain(|w| !matches(&w.selector, &pod) || w.tx.send(line.clone()).is_ok());
+        self.events.push((self.rv, kind, pod));
+    }
+}
+
+fn event_line(kind: &str, object: &Value) -> String {
+    format!("{}\n", json!({ "type": kind, "object": object }))
+}
+
+/// The `ERROR` event the API server sends for an expired resource version.
+fn gone_line(asked: u64, now: u64) -> String {
+    let status = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": format!("too old resource version: {asked} ({now})"),
+        "reason": "Expired",
+        "code": 410
+    });
+    event_line("ERROR", &status)
+}
+
+/// Equality-based selectors (`k=v,k2==v2`), which is all the tests use.
+fn matches(selector: &str, pod: &Value) -> bool {
+    selector
+        .split(',')
+        .filter(|t| !t.trim().is_empty())
+        .all(|term| {
+            let (k, v) = term
+                .split_once("==")
+                .or_else(|| term.split_once('='))
+                .unwrap_or((term, ""));
+            pod["metadata"]["labels"][k.trim()].as_str() == Some(v.trim())
+        })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_query(q: Option<&str>) -> BTreeMap<String, String> {
+    q.unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(v.to_string()))
+        .unwrap()
+}
+
+async fn pods_handler(
+    State(st): State<Arc<Mutex<StubState>>>,
+    UrlPath(namespace): UrlPath<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let query = parse_query(raw.as_deref());
+    let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let mut s = st.lock().unwrap();
+    s.requests.push(Request {
+        namespace: namespace.clone(),
+        watch,
+        query: query.clone(),
+    });
+    if namespace != NS {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "reason": "NotFound", "code": 404,
+                    "message": format!("namespaces \"{namespace}\" not found")}),
+        );
+    }
+    let selector = query.get("labelSelector").cloned().unwrap_or_default();
+    if !watch {
+        let items: Vec<Value> = s
+            .pods
+            .values()
+            .filter(|p| matches(&selector, p))
+            .map(|p| {
+                // List items carry no apiVersion/kind, as from the API server.
+                let mut p = p.clone();
+                if let Some(m) = p.as_object_mut() {
+                    m.remove("apiVersion");
+                    m.remove("kind");
+                }
+                p
+            })
+            .collect();
+        let list = json!({
+            "apiVersion": "v1",
+            "kind": "PodList",
+            "metadata": { "resourceVersion": s.rv.to_string() },
+            "items": items,
+        });
+        return json_response(StatusCode::OK, &list);
+    }
+    let from: u64 = query
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(s.rv);
+    let (tx, rx) = mpsc::unbounded_channel::<String>();
+    if from < s.compacted {
+        let _ = tx.send(gone_line(from, s.rv));
+        drop(tx);
+    } else {
+        for (rv, kind, obj) in &s.events {
+            if *rv > from && matches(&selector, obj) {
+                let _ = tx.send(event_line(kind, obj));
+            }
+        }
+        s.watchers.push(Watcher { selector, tx });
+    }
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|line| (Ok::<_, std::convert::Infallible>(line), rx))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+/// A stub Kubernetes API server on 127.0.0.1.
+struct Stub {
+    addr: SocketAddr,
+    state: Arc<Mutex<StubState>>,
+}
+
+impl Stub {
+    async fn start() -> Stub {
+        let state = Arc::new(Mutex::new(StubState::default()));
+        let app = axum::Router::new()
+            .route("/api/v1/namespaces/{ns}/pods", get(pods_handler))
+            .with_state(state.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(l, app).await;
+        });
+        Stub { addr, state }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Adds (`ADDED`) or replaces (`MODIFIED`) a pod.
+    fn put(&self, pod: Value) {
+        let mut s = self.state.lock().unwrap();
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        let kind = if s.pods.contains_key(name) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        s.record(kind, pod);
+    }
+
+    fn delete(&self, name: &str) {
+        let mut s = self.state.lock().unwrap();
+        let pod = s.pods.get(name).cloned().unwrap();
+        s.record("DELETED", pod);
+    }
+
+    /// Changes pods without telling the open watches, compacts the change
+    /// log, and ends each open watch with a `410 Expired` error event.
+    fn expire(&self, change: impl FnOnce(&mut BTreeMap<String, Value>)) {
+        let mut s = self.state.lock().unwrap();
+        let before = s.pods.clone();
+        change(&mut s.pods);
+        s.rv += 1;
+        let rv = s.rv.to_string();
+        for (name, p) in s.pods.iter_mut() {
+            if before.get(name) != Some(p) {
+                p["metadata"]["resourceVersion"] = json!(rv);
+            }
+        }
+        s.compacted = s.rv;
+        s.events.clear();
+        let line = gone_line(s.rv - 1, s.rv);
+        for w in s.watchers.drain(..) {
+            let _ = w.tx.send(line.clone());
+        }
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    fn count(&self, watch: bool) -> usize {
+        self.requests().iter().filter(|r| r.watch == watch).count()
+    }
+}
+
+/// A pod as the API server returns it.
+fn pod(name: &str, labels: Value, node: &str, ip: Option<&str>, ready: bool) -> Value {
+    let flag = if ready { "True" } else { "False" };
+    let mut status = json!({
+        "phase": if ip.is_some() { "Running" } else { "Pending" },
+        "conditions": [
+            { "type": "PodScheduled", "status": "True" },
+            { "type": "Initialized", "status": "True" },
+            { "type": "ContainersReady", "status": flag },
+            { "type": "Ready", "status": flag }
+        ]
+    });
+    if let Some(ip) = ip {
+        status["podIP"] = json!(ip);
+        status["podIPs"] = json!([{ "ip": ip }]);
+        status["hostIP"] = json!("127.0.0.1");
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "uid": format!("00000000-0000-4000-8000-{:012x}", name.bytes().fold(0u64, |h, b| h * 131 + u64::from(b)) & 0xffff_ffff_ffff),
+            "labels": labels,
+            "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "DaemonSet", "name": "repliq-daemon",
+                                  "uid": "00000000-0000-4000-8000-00000000d5e7", "controller": true }]
+        },
+        "spec": {
+            "nodeName": node,
+            "serviceAccountName": "repliq",
+            "containers": [{ "name": "repliq", "image": "mahurangisoftware/repliq:latest",
+                             "ports": [{ "containerPort": 31337, "protocol": "TCP" }] }]
+        },
+        "status": status
+    })
+}
+
+fn repliq_pod(name: &str, node: &str, ip: Option<&str>, ready: bool) -> Value {
+    pod(name, json!({ "name": "repliq" }), node, ip, ready)
+}
+
+/// Waits until the candidates are exactly `want`.
+async fn expect(rx: &mut kubernetes::Candidates, want: &[&str], stub: &Stub) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now: Vec<String> = rx.borrow_and_update().to_vec();
+        if now == want {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .is_err()
+        {
+            panic!(
+                "candidates are {now:?}, expected {want:?}; requests: {:#?}",
+                stub.requests()
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------- discovery
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candidates_follow_readiness_deletion_and_a_relist_after_410() {
+    let stub = Stub::start().await;
+    // A Ready pod of another application: the selector must keep it out.
+    stub.put(pod(
+        "web-0",
+        json!({ "app": "web" }),
+        "node-a",
+        Some("127.0.0.50"),
+        true,
+    ));
+    stub.put(repliq_pod("repliq-a", "node-a", Some("127.0.0.11"), true));
+    stub.put(repliq_pod("repliq-b", "node-b", Some("127.0.0.12"), false));
+
+    let client = kubernetes::client(Some(&stub.url())).unwrap();
+    let mut rx =
+        kubernetes::start_with_client(client, NS, SELECTOR, 31337, Some("node-c".to_string()));
+    expect(&mut rx, &["127.0.0.11:31337"], &stub).await;
+
+    // Added but not Ready (then Ready without an IP): not a peer. The next
+    // change shows it was left out.
+    stub.put(repliq_pod("repliq-c", "node-c", None, false));
+    stub.put(repliq_pod("repliq-c", "node-c", None, true));
+    stub.put(repliq_pod("repliq-b", "node-b", Some("127.0.0.12"), true));
+    expect(&mut rx, &["127.0.0.11:31337", "127.0.0.12:31337"], &stub).await;
+
+    // Ready with an IP: a peer, first because it runs on the primary's node.
+    stub.put(repliq_pod("repliq-c", "node-c", Some("127.0.0.13"), true));
+    expect(
+        &mut rx,
+        &["127.0.0.13:31337", "127.0.0.11:31337", "127.0.0.12:31337"],
+        &stub,
+    )
+    .await;
+
+    // Deleted: removed.
+    stub.delete("repliq-b");
+    expect(&mut rx, &["127.0.0.13:31337", "127.0.0.11:31337"], &stub).await;
+
+    // Changes the watch never reports, then 410: the re-listed state wins.
+    let lists = stub.count(false);
+    stub.expire(|pods| {
+        pods.remove("repliq-c");
+        pods.insert(
+            "repliq-a".into(),
+            repliq_pod("repliq-a", "node-a", Some("127.0.0.11"), false),
+        );
+        pods.insert(
+            "repliq-d".into(),
+            repliq_pod("repliq-d", "node-d", Some("127.0.0.14"), true),
+        );
+    });
+    expect(&mut rx, &["127.0.0.14:31337"], &stub).await;
+    assert!(stub.count(false) > lists, "no list after the 410");
+
+    // And the new watch goes on from the new list.
+    stub.put(repliq_pod("repliq-a", "node-a", Some("127.0.0.11"), true));
+    expect(&mut rx, &["127.0.0.11:31337", "127.0.0.14:31337"], &stub).await;
+
+    let reqs = stub.requests();
+    assert!(reqs.iter().any(|r| r.watch), "{reqs:#?}");
+    for r in &reqs {
+        assert_eq!(r.namespace, NS, "{r:?}");
+        assert_eq!(
+            r.query.get("labelSelector").map(String::as_str),
+            Some(SELECTOR),
+            "{r:?}"
+        );
+        if r.watch {
+            // Every watch starts from a version the client got from us.
+            let rv: u64 = r.query["resourceVersion"].parse().unwrap();
+            assert!(rv >= 1, "{r:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_ends_when_the_candidates_are_dropped() {
+    let stub = Stub::start().await;
+    stub.put(repliq_pod("repliq-a", "node-a", Some("127.0.0.11"), true));
+    let client = kubernetes::client(Some(&stub.url())).unwrap();
+    let mut rx = kubernetes::start_with_client(client, NS, SELECTOR, 4000, None);
+    expect(&mut rx, &["127.0.0.11:4000"], &stub).await;
+    drop(rx);
+    // The task stops: its watch connection closes and no request follows.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let open = stub
+            .state
+            .lock()
+            .unwrap()
+            .watchers
+            .iter()
+            .filter(|w| !w.tx.is_closed())
+            .count();
+        if open == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the watch stays open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let n = stub.requests().len();
+    stub.put(repliq_pod("repliq-b", "node-b", Some("127.0.0.12"), true));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stub.requests().len(), n);
+}
+
+#[tokio::test]
+async fn an_https_client_builds_with_the_ring_provider() {
+    // TLS set-up happens when the client is built (no connection is made):
+    // rustls must find its crypto provider (ring) without a panic.
+    let c = kubernetes::client(Some("https://127.0.0.1:9"));
+    assert!(c.is_ok(), "{:?}", c.err());
+}
+
+#[test]
+fn client_configuration_errors_are_clear() {
+    let e = kubernetes::client_config(Some("not a url")).unwrap_err();
+    assert!(e.contains("not a url"), "{e}");
+    // Outside a pod (the test's environment has no KUBERNETES_SERVICE_HOST).
+    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() {
+        let e = kubernetes::client_config(None).unwrap_err();
+        assert!(e.contains("replication.discovery.api_server"), "{e}");
+    }
+    assert_eq!(kubernetes::namespace(Some("team-a")), "team-a");
+}
+
+// ---------------------------------------------------------------- the daemon
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `repliq daemon` process, killed when dropped.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(config: &Path, node: &str, log: PathBuf) -> Daemon {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .args(["daemon", "--config"])
+            .arg(config)
+            .env("NODE_NAME", node)
+            .env("REPLIQ_LOG", "info")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Daemon { child, log }
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split(' ').nth(1)?.parse().ok()?;
+    Some((status, buf.split_once("\r\n\r\n")?.1.to_string()))
+}
+
+async fn wait_until(what: &str, daemons: &[&Daemon], mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ok() {
+        if Instant::now() > deadline {
+            for d in daemons {
+                eprintln!("---- {}:\n{}", d.log.display(), d.log());
+            }
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn tail_of(dir: &Path) -> Option<u64> {
+    Store::open(dir, &StoreOptions::open().skip_recovery())
+        .ok()
+        .map(|s| s.tail_position())
+}
+
+fn payloads(dir: &Path) -> Vec<String> {
+    let s = Store::open(dir, &StoreOptions::open().skip_recovery()).unwrap();
+    let mut t = s.tailer();
+    let mut v = Vec::new();
+    while let Some(r) = t.next().unwrap() {
+        v.push(String::from_utf8_lossy(&r.payload).into_owned());
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_with_kubernetes_discovery_replicates_from_the_primary_pod() {
+    let stub = Stub::start().await;
+    // The primary's pod is starting (not Ready); the secondary's own pod
+    // is not Ready either (it is not connected yet).
+    stub.put(repliq_pod("repliq-p", "node-p", Some("127.0.0.1"), false));
+    stub.put(repliq_pod("repliq-s", "node-s", Some("127.0.0.2"), false));
+
+    let dir = tempfile::tempdir().unwrap();
+    let repl = free_port();
+    let (http_p, http_s) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let (data_p, data_s) = (dir.path().join("p"), dir.path().join("s"));
+    let common = |http: &str, data: &Path| {
+        format!(
+            "http:\n  listen: {http}\nqueue:\n  names: [orders]\n  persistence:\n    path: {}\n",
+            data.display()
+        )
+    };
+    let primary_cfg = dir.path().join("primary.yaml");
+    std::fs::write(
+        &primary_cfg,
+        format!(
+            "replication:\n  primary: node-p\n  listen: 127.0.0.1:{repl}\n  heartbeat_ms: 100\n  \
+             timeout_ms: 2000\n{}",
+            common(&http_p, &data_p)
+        ),
+    )
+    .unwrap();
+    let secondary_cfg = dir.path().join("secondary.yaml");
+    std::fs::write(
+        &secondary_cfg,
+        format!(
+            "replication:\n  mode: async\n  primary: node-p\n  timeout_ms: 2000\n  \
+             heartbeat_ms: 100\n  discovery:\n    method: kubernetes\n    label_selector: {SELECTOR}\n    \
+             namespace: {NS}\n    port: {repl}\n    api_server: {}\n{}",
+            stub.url(),
+            common(&http_s, &data_s)
+        ),
+    )
+    .unwrap();
+
+    let mut primary = Daemon::start(&primary_cfg, "node-p", dir.path().join("p.log"));
+    let mut secondary = Daemon::start(&secondary_cfg, "node-s", dir.path().join("s.log"));
+    let pq = data_p.join("orders");
+    let sq = data_s.join("orders");
+    wait_until("the primary's queue", &[&primary, &secondary], || {
+        tail_of(&pq).is_some() && http_get(&http_p, "/healthz").is_some()
+    })
+    .await;
+    let mut c = Command::new(BIN)
+        .arg("append")
+        .arg(&pq)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(b"one\ntwo\nthree\n")
+        .unwrap();
+    assert!(c.wait().unwrap().success());
+
+    // The secondary lists and watches, finds no Ready pod, and waits.
+    wait_until("the secondary's watch", &[&primary, &secondary], || {
+        stub.count(true) >= 1
+    })
+    .await;
+    let (st, body) = http_get(&http_s, "/readyz").unwrap();
+    assert_eq!(st, 503, "{body}");
+    assert_eq!(secondary.exited(), None, "{}", secondary.log());
+
+    // The primary's pod becomes Ready: the watch delivers it, the
+    // secondary connects and replicates without a restart.
+    stub.put(repliq_pod("repliq-p", "node-p", Some("127.0.0.1"), true));
+    let ptail = tail_of(&pq).unwrap();
+    wait_until("replication", &[&primary, &secondary], || {
+        tail_of(&sq) == Some(ptail)
+    })
+    .await;
+    assert_eq!(payloads(&sq), ["one", "two", "three"]);
+    wait_until("readiness", &[&primary, &secondary], || {
+        http_get(&http_s, "/readyz").is_some_and(|(st, _)| st == 200)
+    })
+    .await;
+    let log = secondary.log();
+    assert!(log.contains("membership changed"), "{log}");
+    assert!(log.contains(&format!("127.0.0.1:{repl}")), "{log}");
+    for r in stub.requests() {
+        assert_eq!(r.namespace, NS);
+        assert_eq!(
+            r.query.get("labelSelector").map(String::as_str),
+            Some(SELECTOR)
+        );
+    }
+    assert_eq!(primary.exited(), None, "{}", primary.log());
+}
+
+#[test]
+fn bad_kubernetes_keys_exit_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("", "replication.discovery.label_selector", "required"),
+        (
+            "    label_selector: name=repliq\n    namespace: Team_A\n",
+            "replication.discovery.namespace",
+            "not a namespace name",
+        ),
+        (
+            "    label_selector: name=repliq\n    api_server: ftp://x\n",
+            "replication.discovery.api_server",
+            "not an http:// or https:// URL",
+        ),
+        (
+            "    label_selector: name=repliq\n    port: 70000\n",
+            "replication.discovery.port",
+            "not a port",
+        ),
+    ];
+    for (i, (extra, key, reason)) in cases.iter().enumerate() {
+        let cfg = dir.path().join(format!("{i}.yaml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "replication:\n  discovery:\n    method: kubernetes\n{extra}queue:\n  \
+                 persistence:\n    path: /tmp/unused\n"
+            ),
+        )
+        .unwrap();
+        let out = Command::new(BIN)
+            .args(["daemon", "--check", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{key}: {err}");
+        assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+        assert!(err.contains(reason), "{key}: {err}");
+    }
+}
+
+#[test]
+fn a_secondary_outside_a_cluster_without_api_server_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "replication:\n  primary: node-p\n  discovery:\n    method: kubernetes\n    \
+             label_selector: {SELECTOR}\nhttp:\n  listen: 127.0.0.1:{}\nqueue:\n  persistence:\n    \
+             path: {}\n",
+            free_port(),
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["daemon", "--config"])
+        .arg(&cfg)
+        .env("NODE_NAME", "node-s")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("kubernetes discovery: not in a Kubernetes pod"),
+        "{err}"
+    );
+    assert!(err.contains("replication.discovery.api_server"), "{err}");
+}
+
+// ---------------------------------------------------------------- deploy/k8s
+
+#[derive(serde::Deserialize)]
+struct ConfigMap {
+    kind: String,
+    metadata: BTreeMap<String, Value>,
+    data: BTreeMap<String, String>,
+}
+
+fn base_file(name: &str) -> String {
+    let p = Path::new(ROOT).join("deploy/k8s/base").join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The ConfigMap's `config.yaml`, as the DaemonSet passes it.
+fn configmap_config() -> String {
+    let cm: ConfigMap = serde_saphyr::from_str(&base_file("configmap.yaml")).unwrap();
+    assert_eq!(cm.kind, "ConfigMap");
+    assert_eq!(cm.metadata["name"], json!("repliq-config"));
+    cm.data["config.yaml"].clone()
+}
+
+#[test]
+fn the_configmap_holds_the_founding_config_and_passes_check() {
+    let text = configmap_config();
+    let founding = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/founding-config.yaml"
+    ))
+    .unwrap();
+    assert_eq!(text.trim_end(), founding.trim_end());
+
+    let out = Command::new(BIN)
+        .args(["daemon", "--check"])
+        .env("NODE_NAME", "worker-1")
+        .env("REPLIQ_CONFIG", &text)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("method: kubernetes"), "{stdout}");
+    assert!(stdout.contains("label_selector: name=repliq"), "{stdout}");
+    assert!(stdout.contains("port: 31337"), "{stdout}");
+    assert!(stdout.contains("# role: primary"), "{stdout}");
+}
+
+#[test]
+fn the_statefulset_overlay_config_names_repliq_0_the_primary() {
+    let p = Path::new(ROOT).join("deploy/k8s/overlays/statefulset/kustomization.yaml");
+    let k: Value = serde_saphyr::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let cm: Value = k["patches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| serde_saphyr::from_str::<Value>(p["patch"].as_str()?).ok())
+        .find(|p| p["kind"] == "ConfigMap")
+        .unwrap();
+    assert_eq!(cm["metadata"]["name"], "repliq-config");
+    let text = cm["data"]["config.yaml"].as_str().unwrap();
+    for (node, role) in [("repliq-0", "primary"), ("repliq-2", "secondary")] {
+        let out = Command::new(BIN)
+            .args(["daemon", "--check"])
+            .env("NODE_NAME", node)
+            .env("REPLIQ_CONFIG", text)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("primary: repliq-0"), "{stdout}");
+        assert!(stdout.contains(&format!("# role: {role}")), "{stdout}");
+    }
+}
+
+#[test]
+fn the_daemonset_passes_the_configmap_and_the_node_name() {
+    let ds: Value = serde_saphyr::from_str(&base_file("daemonset.yaml")).unwrap();
+    assert_eq!(ds["kind"], "DaemonSet");
+    assert_eq!(ds["metadata"]["name"], "repliq-daemon");
+    let pod = &ds["spec"]["template"]["spec"];
+    let c = pod["containers"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "repliq"))
+        .unwrap();
+    assert_eq!(c["image"], "mahurangisoftware/repliq:latest");
+    let env: BTreeMap<String, Value> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["valueFrom"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(env["NODE_NAME"]["fieldRef"]["fieldPath"], "spec.nodeName");
+    assert_eq!(
+        env["REPLIQ_CONFIG"]["configMapKeyRef"]["name"],
+        "repliq-config"
+    );
+    assert_eq!(
+        env["REPLIQ_CONFIG"]["configMapKeyRef"]["key"],
+        "config.yaml"
+    );
+    assert!(c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["containerPort"] == 31337));
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(pod["serviceAccountName"], "repliq");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_founding_config_starts_without_a_primary_and_warns() {
+    // The ConfigMap as shipped, on loopback ports and a temporary directory.
+    let dir = tempfile::tempdir().unwrap();
+    let http = format!("127.0.0.1:{}", free_port());
+    let text = configmap_config()
+        .replace(
+            "/var/lib/repliq/data",
+            &dir.path().join("data").display().to_string(),
+        )
+        .replace(
+            "  mode: async\n",
+            &format!("  mode: async\n  listen: 127.0.0.1:{}\n", free_port()),
+        )
+        + &format!("http:\n  listen: {http}\n");
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(&cfg, &text).unwrap();
+    let mut d = Daemon::start(&cfg, "worker-1", dir.path().join("d.log"));
+    wait_until("the HTTP server", &[&d], || {
+        http_get(&http, "/readyz").is_some_and(|(st, _)| st == 200)
+    })
+    .await;
+    let (_, m) = http_get(&http, "/metrics").unwrap();
+    assert!(
+        m.contains(r#"repliq_role{node="worker-1",role="primary"} 1"#),
+        "{m}"
+    );
+    assert_eq!(d.exited(), None);
+    let log = d.log();
+    assert!(
+        log.contains("replication.primary is not set") && log.contains("nothing is replicated"),
+        "{log}"
+    );
+}
