@@ -4,6 +4,7 @@ mod bench;
 mod commands;
 mod daemon;
 mod demo;
+mod top;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run a node: replication, health, readiness and metrics over HTTP.
     Daemon(daemon::DaemonArgs),
+    /// Live view of a running daemon: nodes, queue rates, depth, lag.
+    Top(top::TopArgs),
     #[command(flatten)]
     Queue(commands::QueueCommand),
 }
@@ -34,6 +37,7 @@ fn main() {
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Daemon(a) => daemon::run(a),
+        Command::Top(a) => top::run(a),
         Command::Queue(c) => commands::run(c),
     };
     std::process::exit(code);

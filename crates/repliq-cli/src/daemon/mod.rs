@@ -2,7 +2,8 @@
 //!
 //! The primary serves every queue under `queue.persistence.path` on one
 //! replication port; secondaries follow each queue from the primary found
-//! by discovery. An HTTP server answers `/healthz`, `/readyz` and `/metrics`.
+//! by discovery. An HTTP server answers `/healthz`, `/readyz`, `/metrics`,
+//! the JSON API under `/api/v1/` and the dashboard at `/`.
 //! See the "Daemon" section of `docs/operations.md`.
 
 pub mod config;
@@ -10,6 +11,12 @@ mod discovery;
 mod http;
 mod kubernetes;
 mod run;
+// observability: /metrics, /api/v1, the dashboard
+mod api;
+mod dashboard;
+mod history;
+mod metrics;
+mod snapshot;
 
 use std::path::PathBuf;
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use repliq::replication::dispatch::{serve_registry, FollowStatus};
 use repliq::replication::{secondary, PrimaryConfig, SecondaryConfig};
@@ -28,8 +28,6 @@ pub struct QueueState {
     pub status: Option<Arc<FollowStatus>>,
     /// Write position and message count when the daemon started.
     pub start: Mutex<Option<(u64, u64)>>,
-    /// Last time the replica was caught up (secondary only).
-    pub caught_up_at: Mutex<Instant>,
     /// True if the queue did not exist when the daemon started: everything
     /// in it was replicated by this process.
     pub fresh: bool,
@@ -138,7 +136,6 @@ pub async fn run(cfg: Config) -> Result<(), String> {
                 primary_cfg: Some(primary_config(&cfg, n)),
                 status: None,
                 start: Mutex::new(None),
-                caught_up_at: Mutex::new(Instant::now()),
                 fresh,
                 may_open: AtomicBool::new(true),
             }
@@ -149,7 +146,6 @@ pub async fn run(cfg: Config) -> Result<(), String> {
                 primary_cfg: None,
                 status: Some(FollowStatus::new()),
                 start: Mutex::new(None),
-                caught_up_at: Mutex::new(Instant::now()),
                 fresh,
                 may_open: AtomicBool::new(false),
             }
@@ -276,7 +272,6 @@ fn lookup(shared: &Shared, name: &str) -> Option<(Store, Arc<PrimaryConfig>)> {
         primary_cfg: Some(pc.clone()),
         status: None,
         start: Mutex::new(None),
-        caught_up_at: Mutex::new(Instant::now()),
         fresh: false,
         may_open: AtomicBool::new(true),
     });
