@@ -4,6 +4,7 @@
 //! ```text
 //! peers lat    --system S --size N --rate R --warmup SECS --duration SECS [--port P]
 //! peers tput   --system S --size N --duration SECS [--port P]
+//! peers repl   --system S --kind lat|tput|sync --size N ... (replication, see src/repl.rs)
 //! peers limits [--rounds N]
 //! peers free-port
 //! ```
@@ -18,6 +19,7 @@
 //! HDR histogram as soon as the whole message is in its hands.
 
 mod common;
+mod repl;
 mod systems;
 
 use std::io::Read;
@@ -123,6 +125,8 @@ fn main() {
     let r = Args::parse(rest).and_then(|a| match cmd {
         "lat" | "tput" => orchestrate(cmd, &a),
         "child" => child(&a),
+        "repl" => repl::orchestrate(&a),
+        "repl-child" => repl::child(&a),
         "limits" => limits(&a),
         "free-port" => {
             let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
@@ -130,7 +134,7 @@ fn main() {
             Ok(())
         }
         _ => Err(
-            "usage: peers lat|tput|limits|free-port --system S --size N ... (see src/main.rs)"
+            "usage: peers lat|tput|repl|limits|free-port --system S --size N ... (see src/main.rs)"
                 .into(),
         ),
     });

@@ -6,7 +6,9 @@
 //! ```
 //! Every `*.jsonl` in DIR is read: `repliq bench ipc --json` and `repliq bench
 //! throughput --json` lines (system "repliq"), `peers` lines (`kind` latency,
-//! throughput, limits) and `{"kind":"skipped","system":..,"reason":..}` notes.
+//! throughput, limits; `peers repl`: repl_latency, repl_sync, repl_throughput,
+//! reported in a Replication section with its own plot) and
+//! `{"kind":"skipped","system":..,"reason":..}` notes.
 //! The markdown goes to DIR/results.md and, with --doc, replaces what is
 //! between `<!-- BEGIN RESULTS -->` and `<!-- END RESULTS -->` in FILE.
 
@@ -58,6 +60,34 @@ struct Tput {
     lost: u64,
 }
 
+/// One replication latency run: asynchronous append -> visible on the
+/// replica (`repl_latency`) or synchronous round trip (`repl_sync`).
+#[derive(Clone, Debug)]
+struct ReplLat {
+    label: String,
+    system: String,
+    size: u64,
+    rate: u64,
+    how: String,
+    count: u64,
+    lost: u64,
+    failures: u64,
+    unsent: u64,
+    behind: u64,
+    attempts: u64,
+    pct: [u64; 6],
+}
+
+/// The label of a replication run: the system, plus what differs.
+fn repl_label(v: &Value) -> String {
+    let sys = s(v, "system");
+    match (sys.as_str(), s(v, "durability").as_str()) {
+        ("repliq", "batch") => "repliq (msync)".into(),
+        ("repliq", "always") => "repliq (msync each)".into(),
+        _ => sys,
+    }
+}
+
 fn rank(s: &str) -> usize {
     ORDER.iter().position(|x| *x == s).unwrap_or(99)
 }
@@ -71,6 +101,8 @@ fn color(s: &str) -> RGBColor {
         "pipe" => RGBColor(148, 103, 189),
         "redis" => RGBColor(140, 86, 75),
         "nats" => RGBColor(127, 127, 127),
+        "repliq (msync)" => RGBColor(255, 152, 150),
+        s if s.starts_with("repliq") => RGBColor(120, 20, 20),
         _ => RGBColor(0, 0, 0),
     }
 }
@@ -142,6 +174,8 @@ fn run() -> Result<(), String> {
         .map_err(|_| format!("{font} is not a usable font"))?;
 
     let (mut lats, mut tputs, mut limits, mut notes) = (Vec::new(), Vec::new(), None, Vec::new());
+    let (mut rlats, mut rsyncs, mut rtputs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut stream_leader = String::new();
     let mut machine: Option<Value> = None;
     let mut files: Vec<_> = std::fs::read_dir(&results)
         .map_err(|e| format!("{}: {e}", results.display()))?
@@ -192,6 +226,41 @@ fn run() -> Result<(), String> {
                     mbs: f(&v, "mbs"),
                     lost: u(&v, "lost"),
                 }),
+                (_, k @ ("repl_latency" | "repl_sync")) => {
+                    let r = ReplLat {
+                        label: repl_label(&v),
+                        system: s(&v, "system"),
+                        size: u(&v, "size"),
+                        rate: u(&v, "rate"),
+                        how: if k == "repl_sync" {
+                            s(&v, "ack")
+                        } else {
+                            s(&v, "reader")
+                        },
+                        count: u(&v, "count"),
+                        lost: u(&v, "lost"),
+                        failures: u(&v, "failures"),
+                        unsent: u(&v, "unsent"),
+                        behind: u(&v, "writer_max_behind_ns"),
+                        attempts: u(&v, "attempts").max(1),
+                        pct: pct(&v),
+                    };
+                    if s(&v, "system") == "nats" && !s(&v, "stream_leader").is_empty() {
+                        stream_leader = s(&v, "stream_leader");
+                    }
+                    if k == "repl_sync" {
+                        rsyncs.push(r)
+                    } else {
+                        rlats.push(r)
+                    }
+                }
+                (_, "repl_throughput") => rtputs.push(Tput {
+                    system: repl_label(&v),
+                    size: u(&v, "size"),
+                    msgs: f(&v, "msgs"),
+                    mbs: f(&v, "mbs"),
+                    lost: u(&v, "lost"),
+                }),
                 (_, "limits") => limits = Some(v),
                 (_, "machine") => machine = Some(v),
                 (_, "skipped") => {
@@ -203,6 +272,17 @@ fn run() -> Result<(), String> {
     }
     lats.sort_by_key(|l| (std::cmp::Reverse(l.rate), rank(&l.system), l.size));
     tputs.sort_by_key(|t| (rank(&t.system), t.size));
+    let rkey = |l: &ReplLat| {
+        (
+            std::cmp::Reverse(l.rate),
+            rank(&l.system),
+            l.label.clone(),
+            l.size,
+        )
+    };
+    rlats.sort_by_key(rkey);
+    rsyncs.sort_by_key(rkey);
+    rtputs.sort_by_key(|t| (rank(&t.system), t.system.clone(), t.size));
 
     let mut md = String::new();
     if let Some(cmd) = args.get("command") {
@@ -334,6 +414,13 @@ fn run() -> Result<(), String> {
     if !tputs.is_empty() {
         plot_tput(&images.join("bench-throughput.png"), &tputs, &sizes)?;
         md.push_str("![unthrottled throughput](images/bench-throughput.png)\n");
+    }
+    if !(rlats.is_empty() && rsyncs.is_empty() && rtputs.is_empty()) {
+        repl_markdown(&mut md, &rlats, &rsyncs, &rtputs, &stream_leader);
+    }
+    if !(rlats.is_empty() && rsyncs.is_empty()) {
+        plot_repl(&images.join("bench-replication.png"), &rlats, &rsyncs)?;
+        md.push_str("\n![replication latency percentiles](images/bench-replication.png)\n");
     }
 
     std::fs::write(results.join("results.md"), &md).map_err(|e| e.to_string())?;
@@ -517,6 +604,202 @@ fn plot_tput(path: &Path, tputs: &[Tput], sizes: &[u64]) -> Result<(), String> {
             .label_font(("sans-serif", 15))
             .draw()
             .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
+fn repl_lat_table(md: &mut String, set: &[ReplLat], how: &str, sync: bool) {
+    let _ = writeln!(
+        md,
+        "| system | size | target rate | {how} | p50 | p90 | p99 | p99.9 | p99.99 | max | messages | writer behind schedule (max) | attempts |"
+    );
+    md.push_str("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for l in set {
+        let _ = write!(
+            md,
+            "| {} | {} B | {}/s | {} |",
+            l.label,
+            l.size,
+            fmt_rate(l.rate as f64),
+            l.how
+        );
+        for v in l.pct {
+            let _ = write!(md, " {} |", fmt_ns(v));
+        }
+        let mut note = String::new();
+        if l.lost > 0 {
+            let _ = write!(note, " ({} lost)", l.lost);
+        }
+        if sync && l.failures > 0 {
+            let _ = write!(note, " ({} not acknowledged in time)", l.failures);
+        }
+        if sync && l.unsent > 0 {
+            let _ = write!(
+                note,
+                " (rate not sustained: stopped at twice the planned time, {} never sent)",
+                l.unsent
+            );
+        }
+        let _ = writeln!(
+            md,
+            " {}{note} | {} | {} |",
+            l.count,
+            fmt_ns(l.behind),
+            l.attempts
+        );
+    }
+}
+
+fn repl_markdown(
+    md: &mut String,
+    rlats: &[ReplLat],
+    rsyncs: &[ReplLat],
+    rtputs: &[Tput],
+    leader: &str,
+) {
+    md.push_str(
+        "\n### Replication (loopback; writer, reader, and every node a separate process)\n\n",
+    );
+    md.push_str(
+        "repliq: a primary and a secondary `repliq daemon`, the writer appending into the primary's \
+         queue directory, the reader tailing the secondary's; Redis: a master and a `--replicaof` replica, \
+         XADD on the master, XREAD BLOCK on the replica; NATS: a three-node JetStream cluster, a stream \
+         with `num_replicas: 3`, publishing to node 1 and consuming via node 3",
+    );
+    if !leader.is_empty() {
+        let _ = write!(md, ", the stream's leader on {leader}");
+    }
+    md.push_str(". Every writer sleeps for its slots; nothing is pinned.\n\n");
+    if !rlats.is_empty() {
+        md.push_str("#### Asynchronous append -> visible to a reader on the replica (coordinated-omission corrected)\n\n");
+        repl_lat_table(md, rlats, "reader on the replica", false);
+        md.push('\n');
+    }
+    if !rsyncs.is_empty() {
+        md.push_str("#### Synchronous round trip: append, then wait for the replica's acknowledgement (from the intended send time)\n\n");
+        repl_lat_table(md, rsyncs, "returns when", true);
+        md.push('\n');
+    }
+    if !rtputs.is_empty() {
+        md.push_str(
+            "#### Replicated throughput (unthrottled; delivered to the reader on the replica)\n\n",
+        );
+        let mut sizes: Vec<u64> = rtputs.iter().map(|t| t.size).collect();
+        sizes.sort();
+        sizes.dedup();
+        md.push_str("| system |");
+        for sz in &sizes {
+            let _ = write!(md, " {sz} B msg/s | {sz} B MB/s |");
+        }
+        md.push_str("\n|---|");
+        for _ in &sizes {
+            md.push_str("---:|---:|");
+        }
+        md.push('\n');
+        let mut systems: Vec<String> = rtputs.iter().map(|t| t.system.clone()).collect();
+        systems.dedup();
+        for sys in &systems {
+            let _ = write!(md, "| {sys} |");
+            for sz in &sizes {
+                match rtputs.iter().find(|t| &t.system == sys && t.size == *sz) {
+                    Some(t) => {
+                        let lost = if t.lost > 0 {
+                            format!(" ({} lost)", t.lost)
+                        } else {
+                            String::new()
+                        };
+                        let _ = write!(md, " {}{lost} | {:.0} |", fmt_rate(t.msgs), t.mbs);
+                    }
+                    None => md.push_str(" – | – |"),
+                }
+            }
+            md.push('\n');
+        }
+    }
+}
+
+/// Replication latency percentiles: one row of panels per measurement
+/// (asynchronous append -> visible, synchronous round trip), one column per size.
+fn plot_repl(path: &Path, rlats: &[ReplLat], rsyncs: &[ReplLat]) -> Result<(), String> {
+    let mut sizes: Vec<u64> = rlats.iter().chain(rsyncs).map(|l| l.size).collect();
+    sizes.sort();
+    sizes.dedup();
+    let rows: Vec<(&str, &[ReplLat])> = [
+        ("append -> visible on the replica", rlats),
+        ("synchronous round trip", rsyncs),
+    ]
+    .into_iter()
+    .filter(|(_, v)| !v.is_empty())
+    .collect();
+    let root = BitMapBackend::new(path, (1400, 500 * rows.len() as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let root = root
+        .titled(
+            "Replication on loopback: latency percentiles (log scale)",
+            ("sans-serif", 28),
+        )
+        .map_err(|e| e.to_string())?;
+    let cells = root.split_evenly((rows.len(), sizes.len().max(1)));
+    let all = rlats.iter().chain(rsyncs).flat_map(|l| l.pct);
+    let lo = all.clone().filter(|v| *v > 0).min().unwrap_or(1).max(1) as f64 / 1e3;
+    let hi = all.max().unwrap_or(1000) as f64 / 1e3;
+    for (r, (what, set)) in rows.iter().enumerate() {
+        for (ci, size) in sizes.iter().enumerate() {
+            let cell = &cells[r * sizes.len() + ci];
+            let mut chart = ChartBuilder::on(cell)
+                .caption(format!("{what}, {size} B"), ("sans-serif", 22))
+                .margin(12)
+                .x_label_area_size(35)
+                .y_label_area_size(70)
+                .build_cartesian_2d(-0.2f64..5.2f64, ((lo * 0.7)..(hi * 1.5)).log_scale())
+                .map_err(|e| e.to_string())?;
+            chart
+                .configure_mesh()
+                .x_labels(6)
+                .x_label_formatter(&|x| {
+                    let i = x.round() as usize;
+                    if (x - x.round()).abs() < 0.01 && i < PCTS.len() {
+                        PCTS[i].1.to_string()
+                    } else {
+                        String::new()
+                    }
+                })
+                .y_label_formatter(&|y| fmt_ns((*y * 1e3).round() as u64))
+                .label_style(("sans-serif", 15))
+                .draw()
+                .map_err(|e| e.to_string())?;
+            for l in set.iter().filter(|l| l.size == *size) {
+                let name = format!("{} @ {}/s", l.label, fmt_rate(l.rate as f64));
+                let mut c = color(&l.label);
+                if l.rate > 10_000 && l.system == "repliq" {
+                    c = RGBColor(250, 180, 40);
+                }
+                let pts: Vec<(f64, f64)> = l
+                    .pct
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (i as f64, (*v).max(1) as f64 / 1e3))
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(pts.clone(), c.stroke_width(3)))
+                    .map_err(|e| e.to_string())?
+                    .label(name)
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3))
+                    });
+                chart
+                    .draw_series(pts.iter().map(|p| Circle::new(*p, 4, c.filled())))
+                    .map_err(|e| e.to_string())?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 15))
+                .draw()
+                .map_err(|e| e.to_string())?;
+        }
     }
     root.present().map_err(|e| e.to_string())
 }
