@@ -414,8 +414,6 @@ fn dump_and_verify_clean_and_corrupt() {
         "\"replicated\":0",
         "\"low_segment\":0",
         "\"full_rejections\":0",
-        // Each `repliq append` process times its first append.
-        "\"enqueue_latency\":{\"samples\":100,",
         "\"sync_wait\":{\"samples\":0,",
         "\"unblocked\":0",
         "\"recoveries\":",
@@ -522,6 +520,10 @@ fn stat_json_fields() {
         "\"epoch\":1",
         "\"segments\":",
         "\"low_segment\":0",
+        "\"full_rejections\":0",
+        // Each `repliq append` process times its first append.
+        "\"enqueue_latency\":{\"samples\":100,",
+        "\"sync_wait\":{\"samples\":0,",
         "\"bytes_on_disk\":",
         "\"recoveries\":",
         "\"unblocked\":0",

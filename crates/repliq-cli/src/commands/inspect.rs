@@ -94,6 +94,18 @@ fn peers_json(v: &[PeerLink]) -> Json {
     )
 }
 
+fn peer_text(p: &PeerLink) -> String {
+    let link = if p.connected {
+        "connected"
+    } else {
+        "disconnected"
+    };
+    format!(
+        "peer {:?} position={} link={link} sessions={}",
+        p.node, p.acked, p.sessions
+    )
+}
+
 fn latency_json(l: &LatencyStat) -> Json {
     let q = |x: f64| l.quantile_bound(x).map_or(Json::Null, Json::from);
     Obj::new()
@@ -369,17 +381,7 @@ pub fn dump(a: DumpArgs) -> CmdResult {
             ))?;
         }
         for p in &peers {
-            out.line(&format!(
-                "peer {:?} position={} link={} sessions={}",
-                p.node,
-                p.acked,
-                if p.connected {
-                    "connected"
-                } else {
-                    "disconnected"
-                },
-                p.sessions
-            ))?;
+            out.line(&peer_text(p))?;
         }
         for s in &segs {
             out.line(&format!(
@@ -449,8 +451,12 @@ pub fn stat(a: StatArgs) -> CmdResult {
             .put("bytes_on_disk", disk)
             .put("recoveries", st.recoveries)
             .put("unblocked", st.unblocked)
+            .put("full_rejections", st.full_rejections)
+            .put("enqueue_latency", latency_json(&st.enqueue_latency))
+            .put("sync_wait", latency_json(&st.sync_wait))
             .put("groups", groups_json(&st.groups))
-            .put("named_tailers", cursors_json(&st.tailers));
+            .put("named_tailers", cursors_json(&st.tailers))
+            .put("peers", peers_json(&store.peer_links()));
         out.line(&o.render())?;
     } else {
         let kv: Vec<(&str, String)> = vec![
@@ -471,6 +477,9 @@ pub fn stat(a: StatArgs) -> CmdResult {
             ("bytes_on_disk", disk.to_string()),
             ("recoveries", st.recoveries.to_string()),
             ("unblocked", st.unblocked.to_string()),
+            ("full_rejections", st.full_rejections.to_string()),
+            ("enqueue_latency", latency_text(&st.enqueue_latency)),
+            ("sync_wait", latency_text(&st.sync_wait)),
         ];
         for (k, v) in kv {
             out.line(&format!("{k:<14} {v}"))?;
@@ -486,6 +495,9 @@ pub fn stat(a: StatArgs) -> CmdResult {
                 "named_tailer {:?} position={}",
                 t.name, t.position
             ))?;
+        }
+        for p in &store.peer_links() {
+            out.line(&peer_text(p))?;
         }
     }
     out.flush()?;
