@@ -2,27 +2,21 @@
 //! a primary with two secondaries, a secondary killed with SIGKILL and
 //! restarted, and the HTTP endpoints.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use repliq::store::{Store, StoreOptions};
+use support::{free_port, http_get};
+
+mod support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_repliq");
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/founding-config.yaml"
 );
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn check(path: &Path) -> Output {
     Command::new(BIN)
@@ -219,21 +213,6 @@ fn cluster(n: usize, extra: &str) -> Cluster {
         });
     }
     Cluster { _dir: dir, nodes }
-}
-
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split(' ').nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|x| x.1.to_string())?;
-    Some((status, body))
 }
 
 fn wait_for(what: &str, secs: u64, nodes: &[Node], mut ok: impl FnMut() -> bool) {

@@ -20,8 +20,8 @@
 mod kubernetes;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -34,7 +34,10 @@ use axum::response::Response;
 use axum::routing::get;
 use repliq::store::{Store, StoreOptions};
 use serde_json::{json, Value};
+use support::{free_port, http_get};
 use tokio::sync::mpsc;
+
+mod support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_repliq");
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
@@ -504,14 +507,6 @@ fn client_configuration_errors_are_clear() {
 
 // ---------------------------------------------------------------- the daemon
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A `repliq daemon` process, killed when dropped.
 struct Daemon {
     child: Child,
@@ -547,20 +542,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split(' ').nth(1)?.parse().ok()?;
-    Some((status, buf.split_once("\r\n\r\n")?.1.to_string()))
 }
 
 async fn wait_until(what: &str, daemons: &[&Daemon], mut ok: impl FnMut() -> bool) {

@@ -4,43 +4,20 @@
 //! Telegraf configuration scrapes the daemon's default port and path.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use repliq::store::{Store, StoreOptions};
+use support::{free_port, http_get_full as http_get};
+
+mod support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_repliq");
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 fn repo(p: &str) -> PathBuf {
     Path::new(ROOT).join(p)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http_get(addr: &str, path: &str) -> Option<(u16, String, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let buf = String::from_utf8_lossy(&buf).to_string();
-    let status = buf.split(' ').nth(1)?.parse().ok()?;
-    let (head, body) = buf.split_once("\r\n\r\n")?;
-    Some((status, head.to_ascii_lowercase(), body.to_string()))
 }
 
 fn get_ok(addr: &str, path: &str) -> String {
