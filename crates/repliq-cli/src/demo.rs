@@ -3,7 +3,9 @@
 //! Creates a queue in a temporary directory, starts a writer process and a
 //! reader process on it (the `repliq bench ipc` machinery), first at a fixed
 //! one million 64-byte messages per second, then unthrottled, and explains
-//! what it measured. Everything is deleted at the end.
+//! what it measured; then runs three daemons in cluster mode, kills the
+//! queue's leader and shows the failover (`demo_cluster`). Everything is
+//! deleted at the end.
 
 use crate::bench::common::{fmt_ns, fmt_rate};
 use crate::bench::ipc::{run_ipc, IpcConfig, IpcReport};
@@ -90,7 +92,8 @@ fn tour(a: &DemoArgs) -> Result<(), String> {
     );
     println!("(median): no cross-process message can be delivered faster than that.");
     println!();
-    println!("The temporary queue has been deleted. More: `repliq bench ipc --help`,");
+    crate::demo_cluster::act(3)?;
+    println!("The temporary queues have been deleted. More: `repliq bench ipc --help`,");
     println!("`repliq bench throughput --help`, and docs/benchmarks.md.");
     Ok(())
 }

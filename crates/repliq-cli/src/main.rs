@@ -1,9 +1,11 @@
 //! `repliq`: the command line of the repliq queue.
 
 mod bench;
+mod cluster;
 mod commands;
 mod daemon;
 mod demo;
+mod demo_cluster;
 mod top;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +28,8 @@ enum Command {
     Daemon(daemon::DaemonArgs),
     /// Live view of a running daemon: nodes, queue rates, depth, lag.
     Top(top::TopArgs),
+    /// The cluster (cluster mode): members, the catalog, queue leaders and epochs.
+    Cluster(cluster::ClusterArgs),
     #[command(flatten)]
     Queue(commands::QueueCommand),
 }
@@ -38,6 +42,7 @@ fn main() {
         Command::Bench(a) => bench::run(a),
         Command::Daemon(a) => daemon::run(a),
         Command::Top(a) => top::run(a),
+        Command::Cluster(a) => cluster::run(a),
         Command::Queue(c) => commands::run(c),
     };
     std::process::exit(code);

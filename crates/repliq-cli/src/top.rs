@@ -85,7 +85,7 @@ fn fetch(addr: &str) -> Result<(Value, Value), String> {
 }
 
 /// `GET path` over HTTP/1.1 and parse the JSON body.
-fn get_json(addr: &str, path: &str) -> Result<Value, String> {
+pub(crate) fn get_json(addr: &str, path: &str) -> Result<Value, String> {
     let sa = addr
         .to_socket_addrs()
         .map_err(|e| format!("bad address: {e}"))?

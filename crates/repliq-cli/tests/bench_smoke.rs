@@ -49,17 +49,25 @@ fn ipc_json_is_sane() {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one JSON object expected, got {text}");
     let v: serde_json::Value = serde_json::from_str(lines[0]).expect("JSON");
+    // The writer sends every message scheduled in the window, however late,
+    // and the bench checks that the reader got each: the counts are exact.
     let count = field(&v, "count");
-    assert!(count > 50_000, "too few messages: {count}");
-    assert!(field(&v, "sent") >= count);
+    assert_eq!(count, 100_000, "1 s measured at 100,000 msg/s");
+    assert_eq!(field(&v, "sent"), 120_000, "1.2 s sent at 100,000 msg/s");
     let (p50, p99, max) = (field(&v, "p50"), field(&v, "p99"), field(&v, "max"));
     assert!(
         p50 > 0 && p50 <= p99 && p99 <= max,
         "p50 {p50} p99 {p99} max {max}"
     );
     assert!(field(&v, "p99_9") <= field(&v, "p99_99"));
+    // The throughput is measured over the reader's span, which a loaded
+    // machine stretches or shifts: only its order of magnitude is checked
+    // here (a unit or span error is off by 1000), not the machine's speed.
     let tput = v["throughput_msgs"].as_f64().expect("throughput_msgs");
-    assert!(tput > 50_000.0 && tput < 200_000.0, "throughput {tput}");
+    assert!(
+        tput > 1_000.0 && tput < 10_000_000.0,
+        "throughput {tput} msg/s is not of the order of the offered 100,000 msg/s"
+    );
     assert!(field(&v["pingpong_before"], "p50") > 0);
 }
 
@@ -78,6 +86,18 @@ fn demo_runs() {
     );
     for word in ["p50", "p99", "p99.99", "max", "msg/s"] {
         assert!(text.contains(word), "demo output lacks {word}: {text}");
+    }
+    // The cluster act: a leader killed, another elected, nothing replicated lost.
+    for phrase in [
+        "is killed with SIGKILL",
+        "and takes appends",
+        "Of the 1000 messages a had replicated, 1000 are on the new leader.",
+        "record for record",
+    ] {
+        assert!(
+            text.contains(phrase),
+            "demo output lacks {phrase:?}: {text}"
+        );
     }
 }
 

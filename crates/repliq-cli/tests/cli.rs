@@ -1,11 +1,16 @@
 //! End-to-end tests of the `repliq` binary: every command, the output
 //! formats, the exit codes and the error paths.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use repliq::store::{Store, StoreOptions};
+use support::{signal, wait_exit, KillOnDrop, Sig, PATIENCE};
+
+mod support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_repliq");
 
@@ -103,25 +108,41 @@ fn new_queue(t: &TempDir, name: &str) -> PathBuf {
     q
 }
 
-fn wait_exit(c: &mut Child, within: Duration) -> Option<i32> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Some(s) = c.try_wait().unwrap() {
-            return s.code();
-        }
-        std::thread::sleep(Duration::from_millis(10));
+/// The exit code of `c` once it exits after a signal. The bound only keeps
+/// a process that ignores the signal from hanging the test.
+fn exit_code_after_signal(c: &mut KillOnDrop, sig: Sig) -> Option<i32> {
+    match wait_exit(c, PATIENCE) {
+        Some(s) => s.code(),
+        None => panic!("still running {PATIENCE:?} after SIG{sig:?}: the signal did not stop it"),
     }
-    let _ = c.kill();
-    let _ = c.wait();
-    None
 }
 
-fn signal(c: &Child, sig: &str) {
-    let s = Command::new("kill")
-        .args(["-s", sig, &c.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(s.success());
+/// Waits until `cond` holds of the queue at `q`, as another process sees it.
+fn wait_for_queue(q: &Path, what: &str, mut cond: impl FnMut(&Store) -> bool) {
+    let s = Store::open(q, &StoreOptions::open().skip_recovery()).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while !cond(&s) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {PATIENCE:?}; stats {:?}",
+            s.stats()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Readers asleep on the queue's shared futex.
+fn sleeping_readers(s: &Store) -> u32 {
+    s.sleeping_readers()
+}
+
+/// Messages the consumer group `group` has taken.
+fn taken_by(s: &Store, group: &str) -> u64 {
+    s.stats()
+        .groups
+        .iter()
+        .find(|g| g.name == group)
+        .map_or(0, |g| g.count)
 }
 
 fn flip_byte(file: &Path, off: usize) {
@@ -245,38 +266,36 @@ fn tail_follow_sees_appends_from_another_process_and_stops_on_sigint() {
     let t = TempDir::new();
     let q = new_queue(&t, "q");
     ok(&["append", p(&q), "before"]);
-    let mut follower = repliq(&["tail", p(&q), "-f"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut follower = KillOnDrop(
+        repliq(&["tail", p(&q), "-f"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "64 1 before");
     ok(&["append", p(&q), "during 1", "during 2"]);
     assert!(lines.next().unwrap().unwrap().ends_with(" 1 during 1"));
     assert!(lines.next().unwrap().unwrap().ends_with(" 1 during 2"));
-    let sent = Instant::now();
-    signal(&follower, "INT");
-    assert_eq!(wait_exit(&mut follower, Duration::from_secs(5)), Some(0));
-    assert!(
-        sent.elapsed() < Duration::from_secs(2),
-        "slow to stop: {:?}",
-        sent.elapsed()
-    );
+    signal(&mut follower, Sig::Int);
+    assert_eq!(exit_code_after_signal(&mut follower, Sig::Int), Some(0));
     assert!(lines.next().is_none());
 
     // SIGTERM too, with a named tailer that resumes where it stopped.
-    let mut named = repliq(&["tail", p(&q), "-f", "--named", "n1", "--format", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut named = KillOnDrop(
+        repliq(&["tail", p(&q), "-f", "--named", "n1", "--format", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut lines = BufReader::new(named.stdout.take().unwrap()).lines();
     for _ in 0..3 {
         assert!(lines.next().unwrap().unwrap().starts_with("{\"id\":"));
     }
-    signal(&named, "TERM");
-    assert_eq!(wait_exit(&mut named, Duration::from_secs(5)), Some(0));
+    signal(&mut named, Sig::Term);
+    assert_eq!(exit_code_after_signal(&mut named, Sig::Term), Some(0));
     ok(&["append", p(&q), "after"]);
     assert!(ok(&["tail", p(&q), "--named", "n1"]).ends_with(" 1 after\n"));
     assert_eq!(ok(&["tail", p(&q), "--named", "n1"]), "");
@@ -321,27 +340,48 @@ fn dequeue_groups_count_and_wait() {
             .count(),
         3
     );
-    let waiter = repliq(&[
-        "dequeue",
-        p(&q),
-        "--wait",
-        "-n",
-        "2",
-        "-g",
-        "w",
-        "--timeout",
-        "20s",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    let mut waiter = KillOnDrop(
+        repliq(&[
+            "dequeue",
+            p(&q),
+            "--wait",
+            "-n",
+            "2",
+            "-g",
+            "w",
+            "--timeout",
+            "60s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    // Append only once the waiter sleeps, and the second message only once
+    // it took the first and sleeps again: each append wakes it.
+    wait_for_queue(&q, "the waiter sleeps", |s| sleeping_readers(s) > 0);
     ok(&["append", p(&q), "w1"]);
-    std::thread::sleep(Duration::from_millis(100));
+    wait_for_queue(&q, "the waiter takes w1 and sleeps again", |s| {
+        taken_by(s, "w") == 4 && sleeping_readers(s) > 0
+    });
     ok(&["append", p(&q), "w2"]);
-    let (c, stdout, stderr) = out(waiter.wait_with_output().unwrap());
-    assert_eq!(c, 0, "{stderr}");
+    let status = wait_exit(&mut waiter, PATIENCE).unwrap_or_else(|| {
+        panic!("dequeue --wait -n 2 still running {PATIENCE:?} after both appends")
+    });
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    waiter
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    waiter
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
     assert_eq!(stdout.lines().count(), 2, "{stdout}");
     assert!(stdout.ends_with(" 1 w1\n160 1 w2\n"), "{stdout}");
 
@@ -352,14 +392,15 @@ fn dequeue_groups_count_and_wait() {
     );
     assert!(e.contains("timed out after taking 0 of 1"), "{e}");
     // SIGINT while waiting: exit 8 too.
-    let mut c = repliq(&["dequeue", p(&q), "-g", "w", "--wait"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    signal(&c, "INT");
-    assert_eq!(wait_exit(&mut c, Duration::from_secs(5)), Some(8));
+    let mut c = KillOnDrop(
+        repliq(&["dequeue", p(&q), "-g", "w", "--wait"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    signal(&mut c, Sig::Int);
+    assert_eq!(exit_code_after_signal(&mut c, Sig::Int), Some(8));
     // -n 0 is a usage error; --timeout needs --wait.
     fails(&["dequeue", p(&q), "-n", "0"], 2);
     fails(&["dequeue", p(&q), "--timeout", "1s"], 2);

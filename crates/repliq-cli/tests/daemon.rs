@@ -5,10 +5,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use repliq::store::{Store, StoreOptions};
-use support::{free_port, http_get};
+use support::{free_port, http_get, signal, wait_exit, Sig, PATIENCE};
 
 mod support;
 
@@ -142,23 +143,12 @@ impl Node {
             let _ = c.wait();
         }
     }
+    /// SIGTERM, once the daemon handles it; the exit code, or `None` if it
+    /// was still running [`PATIENCE`] later (then it is killed).
     fn terminate(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(st)) = c.try_wait() {
-                return st.code();
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        signal(&mut c, Sig::Term);
+        wait_exit(&mut c, PATIENCE).and_then(|s| s.code())
     }
     fn queue(&self, q: &str) -> PathBuf {
         self.data.join(q)
@@ -180,6 +170,8 @@ struct Cluster {
 }
 
 /// Writes configs for a primary and `n - 1` secondaries (static discovery).
+/// No test here is about session timeouts: a long one keeps a loaded machine
+/// from dropping a session (peers and reconnections are asserted).
 fn cluster(n: usize, extra: &str) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let names: Vec<String> = (0..n).map(|i| format!("node-{i}")).collect();
@@ -195,7 +187,7 @@ fn cluster(n: usize, extra: &str) -> Cluster {
         let text = format!(
             "node:\n  name: {name}\n\
              replication:\n  mode: async\n  primary: node-0\n  listen: 127.0.0.1:{}\n  \
-             timeout_ms: 2000\n  heartbeat_ms: 100\n{extra}  discovery:\n    method: static\n    peers:\n{peers}\
+             timeout_ms: 30000\n  heartbeat_ms: 100\n{extra}  discovery:\n    method: static\n    peers:\n{peers}\
              http:\n  listen: {http}\n\
              queue:\n  capacity: 1000000\n  names: [orders]\n  persistence:\n    path: {}\n",
             repl[i],
@@ -215,14 +207,15 @@ fn cluster(n: usize, extra: &str) -> Cluster {
     Cluster { _dir: dir, nodes }
 }
 
-fn wait_for(what: &str, secs: u64, nodes: &[Node], mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
+/// Waits for `ok`, up to [`PATIENCE`]; prints the logs and fails naming `what`.
+fn wait_for(what: &str, nodes: &[Node], mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
     while !ok() {
         if Instant::now() > deadline {
             for n in nodes {
                 eprintln!("---- {} log:\n{}", n.name, n.logs());
             }
-            panic!("timed out waiting for {what}");
+            panic!("timed out waiting {PATIENCE:?} for {what}");
         }
         std::thread::sleep(Duration::from_millis(25));
     }
@@ -303,7 +296,7 @@ fn primary_and_two_secondaries_replicate_and_serve_http() {
         n.start();
     }
     let pq = c.nodes[0].queue("orders");
-    wait_for("the primary's queue", 20, &c.nodes, || {
+    wait_for("the primary's queue", &c.nodes, || {
         tail_of(&pq).is_some() && http_get(&c.nodes[0].http, "/healthz").is_some()
     });
     let lines: String = (0..20_000).map(|i| format!("message-{i:05}\n")).collect();
@@ -311,7 +304,7 @@ fn primary_and_two_secondaries_replicate_and_serve_http() {
     let ptail = tail_of(&pq).unwrap();
     for n in &c.nodes[1..] {
         let q = n.queue("orders");
-        wait_for("a secondary to catch up", 30, &c.nodes, || {
+        wait_for("a secondary to catch up", &c.nodes, || {
             tail_of(&q) == Some(ptail)
         });
         assert_identical(&pq, &q);
@@ -325,7 +318,7 @@ fn primary_and_two_secondaries_replicate_and_serve_http() {
     for n in &c.nodes {
         let (st, body) = http_get(&n.http, "/healthz").unwrap();
         assert_eq!((st, body.trim()), (200, "ok"));
-        wait_for("readiness", 10, &c.nodes, || {
+        wait_for("readiness", &c.nodes, || {
             http_get(&n.http, "/readyz").is_some_and(|(st, _)| st == 200)
         });
     }
@@ -345,7 +338,7 @@ fn primary_and_two_secondaries_replicate_and_serve_http() {
         m.contains("repliq_connected_peers{node=\"node-0\"} 2"),
         "{m}"
     );
-    wait_for("acknowledgements", 10, &c.nodes, || {
+    wait_for("acknowledgements", &c.nodes, || {
         http_get(&c.nodes[0].http, "/metrics").is_some_and(|(_, m)| {
             m.contains(
                 r#"repliq_replication_lag_bytes{node="node-0",queue="orders",peer="node-1"} 0"#,
@@ -367,7 +360,7 @@ fn primary_and_two_secondaries_replicate_and_serve_http() {
 
     // A secondary is not ready without its primary; SIGTERM exits cleanly.
     assert_eq!(c.nodes[0].terminate(), Some(0));
-    wait_for("not ready without a primary", 10, &c.nodes, || {
+    wait_for("not ready without a primary", &c.nodes, || {
         http_get(&c.nodes[1].http, "/readyz").is_some_and(|(st, _)| st == 503)
     });
     assert_eq!(c.nodes[1].terminate(), Some(0));
@@ -384,7 +377,7 @@ fn killed_secondary_catches_up_without_gap_or_duplicate_in_sync_mode() {
         n.start();
     }
     let pq = c.nodes[0].queue("orders");
-    wait_for("the primary's queue", 20, &c.nodes, || {
+    wait_for("the primary's queue", &c.nodes, || {
         tail_of(&pq).is_some() && http_get(&c.nodes[0].http, "/healthz").is_some()
     });
     let (_, m) = http_get(&c.nodes[0].http, "/metrics").unwrap();
@@ -393,12 +386,24 @@ fn killed_secondary_catches_up_without_gap_or_duplicate_in_sync_mode() {
         "{m}"
     );
 
+    // The writer runs in three phases, each started by the test: while
+    // node-1 replicates, while it is dead, and while it restarts and catches
+    // up. (Timing alone cannot promise that writes overlap the kill.)
     const N: u32 = 30_000;
+    const PHASE: u32 = N / 3;
+    let (go, go_rx) = mpsc::channel::<()>();
+    let (paused_tx, paused) = mpsc::channel::<u32>();
     let writer = {
         let pq = pq.clone();
         std::thread::spawn(move || {
             let p = Store::open(&pq, &StoreOptions::open()).unwrap();
             for i in 0..N {
+                if i % PHASE == 0 {
+                    let _ = paused_tx.send(i);
+                    if go_rx.recv().is_err() {
+                        return;
+                    }
+                }
                 p.append(format!("m{i:06}").repeat((i % 7) as usize + 1).as_bytes())
                     .unwrap();
                 if i % 100 == 0 {
@@ -407,21 +412,32 @@ fn killed_secondary_catches_up_without_gap_or_duplicate_in_sync_mode() {
             }
         })
     };
+    let wait_paused_at = |at: u32| {
+        assert_eq!(
+            paused.recv_timeout(PATIENCE),
+            Ok(at),
+            "the writer reaches message {at} within {PATIENCE:?}"
+        );
+    };
+    wait_paused_at(0);
+    go.send(()).unwrap();
     let s1 = c.nodes[1].queue("orders");
-    wait_for("replication under way", 10, &c.nodes, || {
+    wait_for("replication under way", &c.nodes, || {
         tail_of(&s1).is_some_and(|t| t > 4096)
     });
     c.nodes[1].kill9();
     let at_kill = tail_of(&s1).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(!writer.is_finished(), "the write should still be running");
+    wait_paused_at(PHASE);
+    go.send(()).unwrap();
+    wait_paused_at(2 * PHASE);
     c.nodes[1].start();
+    go.send(()).unwrap();
     writer.join().unwrap();
     assert!(at_kill < tail_of(&pq).unwrap());
     let ptail = tail_of(&pq).unwrap();
     for n in &c.nodes[1..] {
         let q = n.queue("orders");
-        wait_for("a secondary to catch up", 30, &c.nodes, || {
+        wait_for("a secondary to catch up", &c.nodes, || {
             tail_of(&q) == Some(ptail)
         });
         assert_identical(&pq, &q);
@@ -433,9 +449,82 @@ fn killed_secondary_catches_up_without_gap_or_duplicate_in_sync_mode() {
         }
     }
     // In sync mode the replicated watermark reaches the tail.
-    wait_for("replicated watermark", 10, &c.nodes, || {
+    wait_for("replicated watermark", &c.nodes, || {
         open_ro(&pq).is_some_and(|s| s.stats().replicated >= ptail)
     });
+}
+
+/// The bug the fault harness found on main (docs/reliability.md): another
+/// process appending on a secondary's replica diverged it for good. The role
+/// word in the control file now refuses it in every process, with a clear
+/// error, and replication goes on byte-identical.
+#[test]
+fn an_append_on_a_secondary_from_another_process_is_refused_and_replication_goes_on() {
+    let mut c = cluster(2, "");
+    for n in &mut c.nodes {
+        n.start();
+    }
+    let pq = c.nodes[0].queue("orders");
+    let sq = c.nodes[1].queue("orders");
+    wait_for("the primary's queue", &c.nodes, || tail_of(&pq).is_some());
+    append_cli(&pq, "one\ntwo\n");
+    let ptail = tail_of(&pq).unwrap();
+    wait_for("the replica to catch up", &c.nodes, || {
+        tail_of(&sq) == Some(ptail)
+    });
+
+    // `repliq append` on the replica, from its own process.
+    let mut c2 = Command::new(BIN)
+        .arg("append")
+        .arg(&sq)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c2.stdin.take().unwrap().write_all(b"rogue\n").unwrap();
+    let out = c2.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the append on a replica succeeded");
+    assert!(err.contains("is a replica"), "unclear error: {err}");
+    assert_eq!(
+        tail_of(&sq),
+        Some(ptail),
+        "the refused append moved the tail"
+    );
+    // The same through the library, as any other process would.
+    let other = Store::open(&sq, &StoreOptions::open().skip_recovery()).unwrap();
+    assert!(
+        matches!(
+            other.append(b"rogue"),
+            Err(repliq::store::StoreError::ReadOnly(_))
+        ),
+        "a library append on the replica was accepted"
+    );
+    drop(other);
+
+    // Replication goes on, byte-identical, and nothing rogue reached it.
+    append_cli(&pq, "three\n");
+    let ptail = tail_of(&pq).unwrap();
+    wait_for("the replica to catch up again", &c.nodes, || {
+        tail_of(&sq) == Some(ptail)
+    });
+    assert_identical(&pq, &sq);
+    let got: Vec<Vec<u8>> = payloads(&sq);
+    assert_eq!(
+        got,
+        vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+    );
+
+    // The word outlives the daemon: a stopped secondary's replica still
+    // refuses local appends.
+    assert_eq!(c.nodes[1].terminate(), Some(0));
+    let after = Store::open(&sq, &StoreOptions::open()).unwrap();
+    assert_eq!(after.role(), repliq::store::Role::Secondary);
+    assert!(matches!(
+        after.append(b"rogue"),
+        Err(repliq::store::StoreError::ReadOnly(_))
+    ));
 }
 
 #[test]
@@ -460,17 +549,173 @@ fn dns_discovery_finds_the_primary() {
         n.start();
     }
     let pq = c.nodes[0].queue("orders");
-    wait_for("the primary's queue", 20, &c.nodes, || {
-        tail_of(&pq).is_some()
-    });
+    wait_for("the primary's queue", &c.nodes, || tail_of(&pq).is_some());
     append_cli(&pq, "one\ntwo\nthree\n");
     let ptail = tail_of(&pq).unwrap();
     let q = c.nodes[1].queue("orders");
-    wait_for("the secondary to catch up", 20, &c.nodes, || {
+    wait_for("the secondary to catch up", &c.nodes, || {
         tail_of(&q) == Some(ptail)
     });
     assert_identical(&pq, &q);
     let out = tail_cli(&q);
     assert_eq!(out.len(), 3);
     assert!(out[2].ends_with(" three"));
+}
+
+/// Issue 13: the replication port serves `replication.max_connections`
+/// connections at once; one more is closed as it arrives, while the others
+/// stay open (they would only end at the hello timeout).
+#[test]
+fn connections_beyond_max_connections_are_closed_as_they_arrive() {
+    use std::io::Read;
+    let mut c = cluster(1, "  max_connections: 2\n");
+    let node = &mut c.nodes[0];
+    node.start();
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    let port = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("listen: 127.0.0.1:"))
+        .unwrap()
+        .to_string();
+    let addr = format!("127.0.0.1:{port}");
+    // The first connection that succeeds is one of the two held.
+    let mut first = None;
+    wait_for("the replication port listens", &c.nodes, || {
+        first = std::net::TcpStream::connect(&addr).ok();
+        first.is_some()
+    });
+    let held = vec![first.unwrap(), std::net::TcpStream::connect(&addr).unwrap()];
+    // Give the daemon the two connections before the third arrives: each
+    // new connection is accepted in order, so one round trip on a fresh
+    // one after them is enough; it is the one refused.
+    let mut extra = std::net::TcpStream::connect(&addr).unwrap();
+    extra.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut b = [0u8; 1];
+    let n = extra.read(&mut b).unwrap_or(0);
+    assert_eq!(n, 0, "the connection beyond the cap is closed");
+    for mut h in held {
+        h.set_nonblocking(true).unwrap();
+        match h.read(&mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("a connection within the cap was closed: {other:?}"),
+        }
+    }
+    let logs = c.nodes[0].logs();
+    assert!(
+        logs.contains("replication.max_connections reached"),
+        "{logs}"
+    );
+}
+
+/// Issue 13: a hostile peer that is not a configured node cannot follow a
+/// queue, so invented names cannot take the queue's peer slots (each would
+/// pin retention for good).
+#[test]
+fn a_follower_with_an_invented_name_is_refused_and_takes_no_peer_slot() {
+    use std::io::{Read, Write};
+    let mut c = cluster(2, "");
+    c.nodes[0].start();
+    let text = std::fs::read_to_string(&c.nodes[0].config).unwrap();
+    let port = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("listen: 127.0.0.1:"))
+        .unwrap()
+        .to_string();
+    let q = c.nodes[0].queue("orders");
+    wait_for("the primary opened orders", &c.nodes, || {
+        q.join("control.rq").is_file()
+    });
+    let hello = |node: &str| {
+        let mut body = vec![1u8]; // Hello
+        body.extend_from_slice(b"RPLQ");
+        body.extend_from_slice(&2u16.to_le_bytes());
+        for s in [node, "orders"] {
+            body.extend_from_slice(&(s.len() as u16).to_le_bytes());
+            body.extend_from_slice(s.as_bytes());
+        }
+        body.extend_from_slice(&[0u8; 8 * 3 + 4 + 4]); // ids, position, epoch, no history
+        let mut f = (body.len() as u32).to_le_bytes().to_vec();
+        f.extend_from_slice(&body);
+        f
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let mut conn = None;
+    wait_for("the replication port listens", &c.nodes, || {
+        conn = std::net::TcpStream::connect(&addr).ok();
+        conn.is_some()
+    });
+    let mut s = conn.unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.write_all(&hello("intruder")).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(answer.len() > 5, "an answer before the close: {answer:?}");
+    assert_eq!(answer[4], 6, "an Error message");
+    let msg = String::from_utf8_lossy(&answer);
+    assert!(msg.contains("intruder"), "{msg}");
+    let peers = Store::open(&q, &StoreOptions::open().skip_recovery())
+        .unwrap()
+        .peer_links();
+    assert!(
+        peers.iter().all(|p| p.node != "intruder"),
+        "the intruder took a peer slot: {peers:?}"
+    );
+}
+
+/// Issue 13: the HTTP server gives a client `http.header_timeout_ms` to send
+/// its headers and serves `http.max_connections` connections at once.
+#[test]
+fn http_closes_slow_header_senders_and_connections_beyond_its_cap() {
+    use std::io::{Read, Write};
+    let mut c = cluster(1, "");
+    let base = std::fs::read_to_string(&c.nodes[0].config).unwrap();
+    let http = c.nodes[0].http.clone();
+    let with = |extra: &str| {
+        let cfg = base.replace(
+            &format!("http:\n  listen: {http}\n"),
+            &format!("http:\n  listen: {http}\n{extra}"),
+        );
+        assert!(cfg.contains(extra), "{cfg}");
+        cfg
+    };
+    // Headers never finished: the server closes the connection.
+    std::fs::write(&c.nodes[0].config, with("  header_timeout_ms: 300\n")).unwrap();
+    c.nodes[0].start();
+    wait_for("the daemon answers", &c.nodes, || {
+        http_get(&http, "/healthz").is_some()
+    });
+    let mut slow = std::net::TcpStream::connect(&http).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut rest = Vec::new();
+    let r = slow.read_to_end(&mut rest);
+    assert!(r.is_ok(), "the slow client was not disconnected: {r:?}");
+    assert_eq!(c.nodes[0].terminate(), Some(0));
+
+    // Two idle connections take both slots (the default header timeout, 10 s,
+    // keeps them); a third is closed at once, while the two are still open.
+    std::fs::write(&c.nodes[0].config, with("  max_connections: 2\n")).unwrap();
+    c.nodes[0].start();
+    let mut first = None;
+    wait_for("the daemon listens again", &c.nodes, || {
+        first = std::net::TcpStream::connect(&http).ok();
+        first.is_some()
+    });
+    let held = vec![first.unwrap(), std::net::TcpStream::connect(&http).unwrap()];
+    let mut extra = std::net::TcpStream::connect(&http).unwrap();
+    extra.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut b = [0u8; 1];
+    assert_eq!(
+        extra.read(&mut b).unwrap_or(0),
+        0,
+        "the third connection is closed"
+    );
+    for mut h in held {
+        h.set_nonblocking(true).unwrap();
+        match h.read(&mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("a connection within the cap was closed: {other:?}"),
+        }
+    }
 }

@@ -7,17 +7,13 @@
 //! `MODIFIED`, `DELETED`), or an `ERROR` event with a `410 Expired` status
 //! when `N` was compacted away. The real kube client and watcher talk to it.
 //!
-//! * the discovery module (included from the daemon's source) follows pods
+//! * the discovery module (`repliq_node::kubernetes`) follows pods
 //!   becoming Ready, being deleted, and a `410` after which the re-listed
 //!   state wins;
 //! * `repliq daemon` with `method: kubernetes` finds a primary daemon whose
 //!   pod becomes Ready while it runs, and replicates from it;
 //! * the founding config shipped in `deploy/k8s` loads and starts without a
 //!   primary or an API server.
-
-#[allow(dead_code)]
-#[path = "../src/daemon/kubernetes.rs"]
-mod kubernetes;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -33,8 +29,9 @@ use axum::http::{header, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use repliq::store::{Store, StoreOptions};
+use repliq_node::kubernetes;
 use serde_json::{json, Value};
-use support::{free_port, http_get};
+use support::{free_port, http_get, PATIENCE};
 use tokio::sync::mpsc;
 
 mod support;
@@ -358,7 +355,7 @@ fn repliq_pod(name: &str, node: &str, ip: Option<&str>, ready: bool) -> Value {
 
 /// Waits until the candidates are exactly `want`.
 async fn expect(rx: &mut kubernetes::Candidates, want: &[&str], stub: &Stub) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let now: Vec<String> = rx.borrow_and_update().to_vec();
         if now == want {
@@ -369,7 +366,7 @@ async fn expect(rx: &mut kubernetes::Candidates, want: &[&str], stub: &Stub) {
             .is_err()
         {
             panic!(
-                "candidates are {now:?}, expected {want:?}; requests: {:#?}",
+                "candidates are {now:?}, expected {want:?} within {PATIENCE:?}; requests: {:#?}",
                 stub.requests()
             );
         }
@@ -461,28 +458,49 @@ async fn discovery_ends_when_the_candidates_are_dropped() {
     let client = kubernetes::client(Some(&stub.url())).unwrap();
     let mut rx = kubernetes::start_with_client(client, NS, SELECTOR, 4000, None);
     expect(&mut rx, &["127.0.0.11:4000"], &stub).await;
-    drop(rx);
-    // The task stops: its watch connection closes and no request follows.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let open = stub
-            .state
+    // The watcher lists, then watches, one request at a time. Wait until the
+    // watch has reached the stub, so that no request of the live task is
+    // still in flight when the receiver goes (on a busy machine the watch
+    // request can arrive long after the list was answered).
+    let open_watches = |stub: &Stub| {
+        stub.state
             .lock()
             .unwrap()
             .watchers
             .iter()
             .filter(|w| !w.tx.is_closed())
-            .count();
-        if open == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the watch stays open");
+            .count()
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while open_watches(&stub) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no watch request reached the stub within {PATIENCE:?}; requests: {:#?}",
+            stub.requests()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(rx);
+    // The promise: the task stops, so its watch connection closes and no
+    // request follows.
+    let deadline = Instant::now() + PATIENCE;
+    while open_watches(&stub) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the watch is still open {PATIENCE:?} after the receiver was dropped"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let n = stub.requests().len();
     stub.put(repliq_pod("repliq-b", "node-b", Some("127.0.0.12"), true));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(stub.requests().len(), n);
+    // A live watcher would re-watch or re-list at once; none may come.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        stub.requests().len(),
+        n,
+        "a request followed after the task ended: {:#?}",
+        stub.requests()
+    );
 }
 
 #[tokio::test]
@@ -545,13 +563,13 @@ impl Drop for Daemon {
 }
 
 async fn wait_until(what: &str, daemons: &[&Daemon], mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + PATIENCE;
     while !ok() {
         if Instant::now() > deadline {
             for d in daemons {
                 eprintln!("---- {}:\n{}", d.log.display(), d.log());
             }
-            panic!("timed out waiting for {what}");
+            panic!("timed out waiting {PATIENCE:?} for {what}");
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -644,7 +662,18 @@ async fn daemon_with_kubernetes_discovery_replicates_from_the_primary_pod() {
         stub.count(true) >= 1
     })
     .await;
-    let (st, body) = http_get(&http_s, "/readyz").unwrap();
+    // Its HTTP server may start after its watch: wait for an answer.
+    let mut ready = None;
+    wait_until(
+        "the secondary's HTTP server",
+        &[&primary, &secondary],
+        || {
+            ready = http_get(&http_s, "/readyz");
+            ready.is_some()
+        },
+    )
+    .await;
+    let (st, body) = ready.unwrap();
     assert_eq!(st, 503, "{body}");
     assert_eq!(secondary.exited(), None, "{}", secondary.log());
 

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use repliq::store::{Store, StoreOptions};
-use support::{free_port, http_get_full as http_get};
+use support::{free_port, http_get_full as http_get, KillOnDrop, PATIENCE};
 
 mod support;
 
@@ -56,6 +56,8 @@ struct Cluster {
 
 impl Cluster {
     /// A primary (`node-0`) and a secondary (`node-1`) serving `orders`.
+    /// The tests count reconnections (none may happen): a long session
+    /// timeout keeps a loaded machine from dropping a session.
     fn start() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let names = ["node-0", "node-1"];
@@ -71,7 +73,7 @@ impl Cluster {
             let text = format!(
                 "node:\n  name: {name}\n\
                  replication:\n  mode: async\n  primary: node-0\n  listen: 127.0.0.1:{}\n  \
-                 heartbeat_ms: 100\n  discovery:\n    method: static\n    peers:\n{peers}\
+                 timeout_ms: 30000\n  heartbeat_ms: 100\n  discovery:\n    method: static\n    peers:\n{peers}\
                  http:\n  listen: {http}\n\
                  queue:\n  capacity: 100000\n  names: [orders]\n  persistence:\n    path: {}\n",
                 repl[i],
@@ -105,14 +107,15 @@ impl Cluster {
             .join("data/orders")
     }
 
-    fn wait_for(&self, what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
+    /// Waits for `ok`, up to [`PATIENCE`]; prints the logs and fails naming `what`.
+    fn wait_for(&self, what: &str, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + PATIENCE;
         while !ok() {
             if Instant::now() > deadline {
                 for n in &self.nodes {
                     eprintln!("---- {} log:\n{}", n.name, n.logs());
                 }
-                panic!("timed out waiting for {what}");
+                panic!("timed out waiting {PATIENCE:?} for {what}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -129,7 +132,7 @@ const SECRET: &str = "payload-never-exposed";
 fn loaded_pair() -> Cluster {
     let c = Cluster::start();
     let pq = c.queue(0);
-    c.wait_for("the primary's queue", 30, || {
+    c.wait_for("the primary's queue", || {
         pq.join("control.rq").is_file() && http_get(&c.nodes[0].http, "/healthz").is_some()
     });
     let s = Store::open(&pq, &StoreOptions::open()).unwrap();
@@ -142,11 +145,11 @@ fn loaded_pair() -> Cluster {
     }
     let tail = s.tail_position();
     let sq = c.queue(1);
-    c.wait_for("the secondary to catch up", 30, || {
+    c.wait_for("the secondary to catch up", || {
         Store::open(&sq, &StoreOptions::open().skip_recovery())
             .is_ok_and(|r| r.tail_position() == tail)
     });
-    c.wait_for("the link on both ends", 20, || {
+    c.wait_for("the link on both ends", || {
         let p = http_get(&c.nodes[0].http, "/metrics").map(|m| m.2);
         let q = http_get(&c.nodes[1].http, "/metrics").map(|m| m.2);
         p.is_some_and(|m| {
@@ -664,24 +667,29 @@ fn telegraf_scrapes_the_daemons_default_http_port_and_path() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["daemon", "--config"])
-        .arg(&cfg)
-        .env("NODE_NAME", "t")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args(["daemon", "--config"])
+            .arg(&cfg)
+            .env("NODE_NAME", "t")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + PATIENCE;
     let got = loop {
         if let Some(r) = http_get(&http, path.as_deref().unwrap()) {
             break r;
         }
-        assert!(Instant::now() < deadline, "the daemon did not answer");
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not answer within {PATIENCE:?}: {:?}",
+            child.try_wait()
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert_eq!(got.0, 200);
     assert!(
         got.2.contains(r#"repliq_role{node="t",role="primary"} 1"#),

@@ -15,6 +15,9 @@
 //! preallocating the next segment) happen inside the timed region, as they do
 //! in real use.
 //!
+//! The queues use `none` durability; set `REPLIQ_BENCH_DURABILITY=batch` (or
+//! `always`) to measure another path under the same benchmark names.
+//!
 //! Run with `cargo bench -p repliq --bench append`.
 
 use std::hint::black_box;
@@ -46,6 +49,17 @@ fn bench_root() -> PathBuf {
     }
 }
 
+/// The durability of the benchmark queues: `REPLIQ_BENCH_DURABILITY`
+/// (`none`, `batch` or `always`), `none` if unset.
+fn durability() -> Durability {
+    match std::env::var("REPLIQ_BENCH_DURABILITY") {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|e| panic!("REPLIQ_BENCH_DURABILITY={v}: {e}")),
+        Err(_) => Durability::None,
+    }
+}
+
 /// A queue in its own temporary directory, removed on drop.
 struct TempQueue {
     store: Store,
@@ -64,7 +78,7 @@ impl TempQueue {
             &StoreOptions::create()
                 .capacity(CAPACITY)
                 .segment_size(SEGMENT_SIZE)
-                .durability(Durability::None),
+                .durability(durability()),
         )
         .expect("create queue");
         TempQueue {

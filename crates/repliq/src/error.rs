@@ -64,7 +64,9 @@ impl From<StoreError> for QueueError {
                 return QueueError::InvalidConfig(e.to_string())
             }
             StoreError::TooLarge { .. } => return QueueError::Serialization(e.to_string()),
-            StoreError::ReadOnly(_) => return QueueError::Replication(e.to_string()),
+            StoreError::ReadOnly(_) | StoreError::StaleEpoch { .. } => {
+                return QueueError::Replication(e.to_string())
+            }
             StoreError::NoSlot { .. } => return QueueError::Other(e.to_string()),
             StoreError::Io { source, .. } => source.kind(),
             StoreError::NotADirectory(_) => K::NotADirectory,

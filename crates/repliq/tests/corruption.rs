@@ -607,3 +607,72 @@ fn damaged_last_record_below_the_flushed_mark_is_kept_and_reported() {
         }
     }
 }
+
+/// A frame header lost below the flushed mark (its word reads zero, as a
+/// lost sector would leave it) is damage to acknowledged data, not the end
+/// of the log: recovery keeps every record after it, reports it, and readers
+/// get an error with its id instead of waiting there or seeing the log end.
+#[test]
+fn zeroed_header_below_the_flushed_mark_is_reported_and_the_records_after_it_kept() {
+    for durability in [Durability::Batch, Durability::Always] {
+        let d = tempfile::tempdir().unwrap();
+        let o = StoreOptions::create()
+            .segment_size(65536)
+            .capacity(1000)
+            .durability(durability);
+        let ids: Vec<u64> = {
+            let s = Store::open(d.path(), &o).unwrap();
+            let ids = (0..5u8).map(|i| s.append(&[i; 100]).unwrap()).collect();
+            s.flush().unwrap();
+            ids
+        };
+        let (p, off) = locate(d.path(), 65536, ids[2]);
+        write_at(&p, off, &[0u8; 8]);
+        let s = Store::open(d.path(), &o).unwrap();
+        let rep = s.recovery_report().clone();
+        assert_eq!(rep.corrupt, vec![ids[2]], "{durability:?}: {rep:?}");
+        assert_eq!(rep.cut_from, None, "{durability:?}: {rep:?}");
+        assert_eq!(rep.tail_after, rep.tail_before, "{durability:?}");
+        let mut t = s.tailer();
+        assert_eq!(t.next().unwrap().unwrap().id, ids[0]);
+        assert_eq!(t.next().unwrap().unwrap().id, ids[1]);
+        let e = t.next().unwrap_err();
+        assert_eq!(e.corrupt_id(), Some(ids[2]), "{durability:?}: {e}");
+        // The records after the damage are still there, intact.
+        let mut after = s.tailer();
+        after.seek(ids[3]).unwrap();
+        assert_eq!(after.next().unwrap().unwrap().payload, vec![3u8; 100]);
+        assert_eq!(after.next().unwrap().unwrap().payload, vec![4u8; 100]);
+    }
+}
+
+/// Above the flushed mark, with a durability mode, a bad frame followed by
+/// valid ones is what a power loss leaves (pages written back out of order):
+/// the log ends at the bad frame, and readers are not stopped by an error
+/// at a record that was never acknowledged.
+#[test]
+fn torn_frame_above_the_flushed_mark_ends_the_log_under_batch() {
+    let d = tempfile::tempdir().unwrap();
+    let o = StoreOptions::create()
+        .segment_size(65536)
+        .capacity(1000)
+        .durability(Durability::Batch)
+        .flush_interval(std::time::Duration::from_secs(3600));
+    let ids: Vec<u64> = {
+        let s = Store::open(d.path(), &o).unwrap();
+        let first: Vec<u64> = (0..2u8).map(|i| s.append(&[i; 100]).unwrap()).collect();
+        s.flush().unwrap();
+        let more: Vec<u64> = (2..5u8).map(|i| s.append(&[i; 100]).unwrap()).collect();
+        first.into_iter().chain(more).collect()
+    };
+    let (p, off) = locate(d.path(), 65536, ids[2]);
+    flip_bit(&p, off + 16 + 50, 3);
+    let s = Store::open(d.path(), &o).unwrap();
+    let rep = s.recovery_report().clone();
+    assert_eq!(rep.cut_from, Some(ids[2]), "{rep:?}");
+    assert!(rep.corrupt.is_empty(), "{rep:?}");
+    let mut t = s.tailer();
+    assert_eq!(t.next().unwrap().unwrap().id, ids[0]);
+    assert_eq!(t.next().unwrap().unwrap().id, ids[1]);
+    assert!(t.next().unwrap().is_none());
+}

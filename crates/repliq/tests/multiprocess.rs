@@ -13,7 +13,7 @@ use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use mp_support::{check_payload, child_exit, fill_payload, payload_len, say, ChildProc};
+use mp_support::{check_payload, child_exit, fill_payload, payload_len, say, ChildProc, PATIENCE};
 use repliq::store::{Durability, IdleStrategy, Store, StoreOptions};
 
 const ENTRY: &str = "multiprocess_child_entry";
@@ -24,8 +24,9 @@ const CONSUMERS: u32 = 3;
 const TAILERS: u32 = 2;
 const MAX_FILLER: usize = 24;
 const SEGMENT: u64 = 1 << 20;
-/// A child that has not finished by then has hung.
-const CHILD_DEADLINE: Duration = Duration::from_secs(90);
+/// A child that has not finished by then has hung (it takes seconds, more
+/// on a busy machine: nine processes share two cores here).
+const CHILD_DEADLINE: Duration = Duration::from_secs(3 * 60);
 
 fn opts() -> StoreOptions {
     StoreOptions::create()
@@ -57,10 +58,12 @@ fn multiprocess_child_entry() {
     child_exit(r)
 }
 
+/// All children start appending/reading at about the same time, once the
+/// parent has seen every child ready. (Only a convenience: a child that
+/// starts early is still correct, so the wait is bounded and never fails.)
 fn wait_go(dir: &Path) {
-    // All children start appending/reading at about the same time.
     let go = dir.with_extension("go");
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + PATIENCE;
     while !go.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -241,7 +244,7 @@ fn four_writers_three_consumers_two_tailers() {
         ));
     }
     for (ch, _, _) in &mut children {
-        ch.expect_line("READY", Duration::from_secs(30));
+        ch.expect_line("READY", PATIENCE);
     }
     std::fs::write(dir.with_extension("go"), b"").unwrap();
     // Writers first, then the readers, which stop once everything is read.

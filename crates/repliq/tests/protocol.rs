@@ -16,6 +16,16 @@ fn samples() -> Vec<Message> {
             segment_size: 1 << 20,
             position: 64,
             epoch: 3,
+            history: vec![
+                repliq::store::epochs::EpochEntry {
+                    epoch: 1,
+                    start: 64,
+                },
+                repliq::store::epochs::EpochEntry {
+                    epoch: 3,
+                    start: 1 << 20,
+                },
+            ],
         }),
         Message::Welcome(Welcome {
             version: PROTOCOL_VERSION,
@@ -36,6 +46,7 @@ fn samples() -> Vec<Message> {
             tail: 1,
             committed: 2,
             sent_unix_ns: 3,
+            first: 4096,
         }),
         Message::Error {
             code: 2,
@@ -182,6 +193,20 @@ proptest! {
 #[test]
 fn corpus_pins_the_wire_format() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/protocol");
+    // After a deliberate change of the wire format (and of `docs/protocol.md`):
+    // REPLIQ_REGEN_CORPUS=1 cargo test -p repliq --test protocol corpus_pins
+    if std::env::var_os("REPLIQ_REGEN_CORPUS").is_some() {
+        for (i, m) in samples().iter().enumerate() {
+            let f = encode(m);
+            std::fs::write(dir.join(format!("valid-{i}")), &f).unwrap();
+            std::fs::write(dir.join(format!("truncated-{i}")), &f[..f.len() / 2]).unwrap();
+            let mut huge = f.clone();
+            huge[..4].copy_from_slice(&0x7f00_00ffu32.to_le_bytes());
+            std::fs::write(dir.join(format!("huge-length-{i}")), &huge).unwrap();
+        }
+        let all: Vec<u8> = samples().iter().flat_map(encode).collect();
+        std::fs::write(dir.join("stream"), all).unwrap();
+    }
     for (i, m) in samples().iter().enumerate() {
         let golden = std::fs::read(dir.join(format!("valid-{i}"))).unwrap();
         assert_eq!(golden, encode(m), "encoding of sample {i} changed");

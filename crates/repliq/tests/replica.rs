@@ -33,25 +33,30 @@ fn replica_is_byte_identical_with_same_ids_and_epochs() {
     let p = Store::open(d.path().join("p"), &opts()).unwrap();
     let s = Store::open(d.path().join("s"), &opts().queue_id(p.queue_id())).unwrap();
     s.set_read_only(true);
-    // Concurrent writers, some epochs, segment rolls.
-    std::thread::scope(|sc| {
-        for w in 0..3u32 {
-            let p = p.clone();
-            sc.spawn(move || {
-                for i in 0..2000u32 {
-                    if i == 1000 && w == 0 {
-                        p.set_epoch(7);
+    // Concurrent writers, two epochs, segment rolls. An epoch begins while
+    // no append is in flight (as a new leader starts one before it lets
+    // writers in): a writer that read the old epoch must not commit after
+    // the new epoch's start, which a replica would refuse as fenced.
+    for (phase, epoch) in [(0u32, None), (1, Some(7))] {
+        if let Some(e) = epoch {
+            p.begin_epoch(e).unwrap();
+        }
+        std::thread::scope(|sc| {
+            for w in 0..3u32 {
+                let p = p.clone();
+                sc.spawn(move || {
+                    for i in phase * 1000..(phase + 1) * 1000 {
+                        let len = ((i * 31 + w * 7) % 700) as usize;
+                        p.append(&vec![(i as u8) ^ (w as u8); len]).unwrap();
                     }
-                    let len = ((i * 31 + w * 7) % 700) as usize;
-                    p.append(&vec![(i as u8) ^ (w as u8); len]).unwrap();
-                }
-            });
-        }
-        // Replicate while they write.
-        for _ in 0..50 {
-            sync(&p, &s, 4096);
-        }
-    });
+                });
+            }
+            // Replicate while they write.
+            for _ in 0..25 {
+                sync(&p, &s, 4096);
+            }
+        });
+    }
     assert!(sync(&p, &s, 64 * 1024) > 0 || s.tail_position() == p.tail_position());
     sync(&p, &s, 64 * 1024);
     assert_eq!(s.tail_position(), p.tail_position());

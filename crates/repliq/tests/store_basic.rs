@@ -1,5 +1,8 @@
 //! Basic behaviour of the storage layer: appends, rolls, readers, capacity, retention.
 
+mod mp_support;
+
+use mp_support::PATIENCE;
 use repliq::store::{Durability, Store, StoreError, StoreOptions};
 
 fn small(dir: &std::path::Path) -> Store {
@@ -201,11 +204,11 @@ fn batch_durability_flushes_in_the_background_and_always_is_synchronous() {
     let end = s.tail_position();
     assert!(end > id);
     // The flusher runs every 5 ms; wait for it to cover the record (bounded).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + PATIENCE;
     while s.stats().flushed < end {
         assert!(
             std::time::Instant::now() < deadline,
-            "flusher never covered {end}"
+            "the flusher did not cover {end} within {PATIENCE:?}"
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
@@ -221,4 +224,34 @@ fn batch_durability_flushes_in_the_background_and_always_is_synchronous() {
     let id = a.append(b"synced").unwrap();
     assert_eq!(a.tailer().next().unwrap().unwrap().id, id);
     assert_eq!(a.config().durability, Durability::Always);
+}
+
+/// With segments larger than what replication carries, the payload limit is
+/// the replication one: a standalone queue refuses more too.
+#[test]
+fn payload_limit_is_the_replication_limit_with_large_segments() {
+    use repliq::store::layout::MAX_RECORD_PAYLOAD;
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(
+        d.path().join("q"),
+        &StoreOptions::create()
+            .segment_size(64 << 20)
+            .durability(repliq::store::Durability::None),
+    )
+    .unwrap();
+    assert_eq!(s.max_payload(), MAX_RECORD_PAYLOAD);
+    let over = vec![1u8; MAX_RECORD_PAYLOAD as usize + 1];
+    match s.append(&over) {
+        Err(StoreError::TooLarge { len, max }) => {
+            assert_eq!((len, max), (MAX_RECORD_PAYLOAD + 1, MAX_RECORD_PAYLOAD));
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    let exact = vec![2u8; MAX_RECORD_PAYLOAD as usize];
+    let id = s.append(&exact).unwrap();
+    let mut t = s.tailer();
+    assert_eq!(
+        t.next().unwrap().map(|r| (r.id, r.payload == exact)),
+        Some((id, true))
+    );
 }

@@ -5,12 +5,17 @@
 //! The tests of this file are serialised by a lock, because one of them
 //! measures the CPU time of the whole process.
 
+mod mp_support;
+
 use std::collections::HashSet;
+use std::future::Future;
 use std::path::Path;
-use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use mp_support::{ChildProc, PATIENCE};
 use repliq::store::{Durability, IdleStrategy, Store, StoreOptions};
 use repliq::RepliqQueue;
 
@@ -29,6 +34,19 @@ fn opts() -> StoreOptions {
 
 fn open(dir: &Path) -> Store {
     Store::open(dir, &opts()).unwrap()
+}
+
+/// Waits until at least `n` readers sleep on the queue's shared futex (the
+/// control file's waiter count, which every process sees).
+fn wait_for_sleepers(s: &Store, n: u32, what: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while s.sleeping_readers() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: fewer than {n} readers asleep after {PATIENCE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// User plus system CPU time of this process.
@@ -56,27 +74,23 @@ fn blocked_tailer_wakes_when_another_thread_appends() {
         let s = s.clone();
         std::thread::spawn(move || {
             let mut t = s.tailer();
-            let start = Instant::now();
             let r = t
-                .next_wait_with(IdleStrategy::Block, Some(Duration::from_secs(10)), |r| {
-                    r.payload.to_vec()
-                })
+                .next_wait_with(IdleStrategy::Block, Some(PATIENCE), |r| r.payload.to_vec())
                 .unwrap();
-            (r, start.elapsed())
+            (r, Instant::now())
         })
     };
-    std::thread::sleep(Duration::from_millis(200));
+    // Append only once the reader sleeps on the futex.
+    wait_for_sleepers(&s, 1, "the tailer blocks on an empty queue");
     let appended_at = Instant::now();
     s.append(b"wake up").unwrap();
-    let (r, waited) = reader.join().unwrap();
-    let latency = appended_at.elapsed();
-    assert_eq!(r.as_deref(), Some(&b"wake up"[..]));
-    assert!(
-        waited >= Duration::from_millis(150),
-        "returned before the append: {waited:?}"
+    let (r, returned_at) = reader.join().unwrap();
+    assert_eq!(
+        r.as_deref(),
+        Some(&b"wake up"[..]),
+        "the sleeping tailer returns the record appended meanwhile, before its {PATIENCE:?} timeout"
     );
-    assert!(waited < Duration::from_secs(5), "woke late: {waited:?}");
-    assert!(latency < Duration::from_secs(1), "{latency:?}");
+    assert!(returned_at >= appended_at, "returned before the append");
 }
 
 /// Writers see the sleeper and signal the shared futex: `notify_seq` is bumped
@@ -88,10 +102,7 @@ fn blocked_reader_is_signalled_through_the_futex() {
     let d = tempfile::tempdir().unwrap();
     let s = open(d.path());
     const N: u64 = 40;
-    let seq_before = s
-        .control()
-        .notify_seq()
-        .load(std::sync::atomic::Ordering::SeqCst);
+    let seq_before = s.notify_seq();
     let reader = {
         let s = s.clone();
         std::thread::spawn(move || {
@@ -99,37 +110,27 @@ fn blocked_reader_is_signalled_through_the_futex() {
             let mut got = Vec::new();
             for _ in 0..N {
                 got.push(
-                    t.next_wait_with(IdleStrategy::Block, Some(Duration::from_secs(10)), |r| {
+                    t.next_wait_with(IdleStrategy::Block, Some(PATIENCE), |r| {
                         u64::from_le_bytes(r.payload.try_into().unwrap())
                     })
                     .unwrap()
-                    .expect("message"),
+                    .expect("a message within the timeout"),
                 );
             }
             got
         })
     };
     for i in 0..N {
-        // Long enough for the reader to be asleep in the futex.
-        std::thread::sleep(Duration::from_millis(15));
+        wait_for_sleepers(&s, 1, "the reader sleeps in the futex before each append");
         s.append(&i.to_le_bytes()).unwrap();
     }
     assert_eq!(reader.join().unwrap(), (0..N).collect::<Vec<_>>());
-    let bumps = s
-        .control()
-        .notify_seq()
-        .load(std::sync::atomic::Ordering::SeqCst)
-        .wrapping_sub(seq_before);
+    let bumps = s.notify_seq().wrapping_sub(seq_before);
     assert!(
         u64::from(bumps) >= N / 2,
         "only {bumps} of {N} appends signalled the sleeping reader"
     );
-    assert_eq!(
-        s.control()
-            .waiters()
-            .load(std::sync::atomic::Ordering::SeqCst),
-        0
-    );
+    assert_eq!(s.sleeping_readers(), 0);
 }
 
 #[test]
@@ -141,13 +142,19 @@ fn blocked_consumer_wakes_when_another_thread_appends() {
         let s = s.clone();
         std::thread::spawn(move || {
             let mut c = s.consumer();
-            c.dequeue_wait_with(IdleStrategy::Block, None, |r| (r.id, r.payload.to_vec()))
-                .unwrap()
+            c.dequeue_wait_with(IdleStrategy::Block, Some(PATIENCE), |r| {
+                (r.id, r.payload.to_vec())
+            })
+            .unwrap()
         })
     };
-    std::thread::sleep(Duration::from_millis(150));
+    wait_for_sleepers(&s, 1, "the consumer blocks on an empty queue");
     let id = s.append(b"job").unwrap();
-    assert_eq!(reader.join().unwrap(), Some((id, b"job".to_vec())));
+    assert_eq!(
+        reader.join().unwrap(),
+        Some((id, b"job".to_vec())),
+        "the sleeping consumer takes the record appended meanwhile, before its {PATIENCE:?} timeout"
+    );
 }
 
 #[test]
@@ -168,9 +175,11 @@ fn blocking_wait_times_out_with_none() {
         let e = start.elapsed();
         assert_eq!(r, None, "{idle:?}");
         assert!(e >= timeout, "{idle:?}: returned after {e:?}");
+        // The promise is that a wait returns once its timeout has passed,
+        // never that a loaded machine schedules it back promptly.
         assert!(
-            e < timeout + Duration::from_secs(1),
-            "{idle:?}: returned after {e:?}"
+            e < timeout + PATIENCE,
+            "{idle:?}: a wait with a {timeout:?} timeout returned only after {e:?}: it hangs"
         );
 
         let start = Instant::now();
@@ -206,9 +215,7 @@ fn spin_and_yield_strategies_receive_from_another_thread() {
                         let mut got = Vec::new();
                         while got.len() < 100 {
                             let r = c
-                                .dequeue_wait_with(idle, Some(Duration::from_secs(10)), |r| {
-                                    r.payload.to_vec()
-                                })
+                                .dequeue_wait_with(idle, Some(PATIENCE), |r| r.payload.to_vec())
                                 .unwrap()
                                 .expect("message within the timeout");
                             got.push(r);
@@ -219,9 +226,7 @@ fn spin_and_yield_strategies_receive_from_another_thread() {
                         let mut got = Vec::new();
                         while got.len() < 100 {
                             let r = t
-                                .next_wait_with(idle, Some(Duration::from_secs(10)), |r| {
-                                    r.payload.to_vec()
-                                })
+                                .next_wait_with(idle, Some(PATIENCE), |r| r.payload.to_vec())
                                 .unwrap()
                                 .expect("message within the timeout");
                             got.push(r);
@@ -251,52 +256,66 @@ fn spin_and_yield_strategies_receive_from_another_thread() {
 
 const CHILD_ENV: &str = "REPLIQ_WAITING_CHILD_DIR";
 
-/// Not a test on its own: when re-executed with `CHILD_ENV` set, this is the
-/// writer process of `blocked_reader_wakes_when_another_process_appends`.
+/// Not a test on its own: when re-executed as a child (see `mp_support`),
+/// this is the writer process of
+/// `blocked_reader_wakes_when_another_process_appends`.
 #[test]
 fn child_writer_process() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else {
+    if mp_support::role().is_none() {
         return;
-    };
-    let s = Store::open(&dir, &StoreOptions::open()).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    for i in 0..5u32 {
-        s.append(format!("from child {i}").as_bytes()).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
     }
+    let r = (|| {
+        let dir = std::env::var(CHILD_ENV).map_err(|e| format!("{CHILD_ENV}: {e}"))?;
+        let s = Store::open(&dir, &StoreOptions::open()).map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_millis(300));
+        // Append only once the parent's reader sleeps, so that this process's
+        // appends are what wakes it.
+        let deadline = Instant::now() + PATIENCE;
+        while s.sleeping_readers() == 0 {
+            if Instant::now() > deadline {
+                return Err(format!("no reader asleep after {PATIENCE:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for i in 0..5u32 {
+            s.append(format!("from child {i}").as_bytes())
+                .map_err(|e| e.to_string())?;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    })();
+    mp_support::child_exit(r)
 }
 
 #[test]
 fn blocked_reader_wakes_when_another_process_appends() {
+    if mp_support::role().is_some() {
+        return;
+    }
     let _g = serial();
     let d = tempfile::tempdir().unwrap();
     let s = open(d.path());
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_writer_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, d.path())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("re-execute the test binary");
     let mut t = s.tailer();
     let mut c = s.consumer();
+    // Before the spawn: the child appends at least 300 ms after it starts.
     let start = Instant::now();
+    let mut child = ChildProc::spawn(
+        "child_writer_process",
+        "child writer",
+        "writer",
+        &[(CHILD_ENV, d.path().to_string_lossy().into_owned())],
+    );
     let mut got = Vec::new();
     while got.len() < 5 {
         match t
-            .next_wait_with(IdleStrategy::Block, Some(Duration::from_secs(20)), |r| {
-                r.payload.to_vec()
-            })
+            .next_wait_with(IdleStrategy::Block, Some(PATIENCE), |r| r.payload.to_vec())
             .unwrap()
         {
             Some(p) => got.push(String::from_utf8(p).unwrap()),
             None => panic!(
-                "no message from the child process after {:?}",
-                start.elapsed()
+                "no message from the child process after {:?}; child {:?}",
+                start.elapsed(),
+                child.exited()
             ),
         }
     }
@@ -307,22 +326,14 @@ fn blocked_reader_wakes_when_another_process_appends() {
     // The consumer, blocked as well, receives the same messages.
     for w in &want {
         let p = c
-            .dequeue_wait_with(IdleStrategy::Block, Some(Duration::from_secs(10)), |r| {
-                r.payload.to_vec()
-            })
+            .dequeue_wait_with(IdleStrategy::Block, Some(PATIENCE), |r| r.payload.to_vec())
             .unwrap()
-            .unwrap();
+            .expect("the consumer takes what the tailer saw");
         assert_eq!(&String::from_utf8(p).unwrap(), w);
     }
-    let status = child.wait().unwrap();
-    assert!(status.success(), "child writer failed: {status}");
+    child.wait_ok(PATIENCE);
     // The futex waiter count is back to zero once nobody waits.
-    assert_eq!(
-        s.control()
-            .waiters()
-            .load(std::sync::atomic::Ordering::SeqCst),
-        0
-    );
+    assert_eq!(s.sleeping_readers(), 0);
 }
 
 // ---------------------------------------------------------------------------
@@ -374,15 +385,15 @@ async fn dequeue_wait_and_next_async_complete_when_another_thread_appends_body()
         })
     };
     let id = writer.join().unwrap();
-    let rec = tokio::time::timeout(Duration::from_secs(5), tailer_task)
+    let rec = tokio::time::timeout(PATIENCE, tailer_task)
         .await
-        .expect("next_async woke")
+        .expect("next_async woke by the append")
         .unwrap()
         .unwrap();
     assert_eq!(rec.id, id);
-    let job = tokio::time::timeout(Duration::from_secs(5), deq_task)
+    let job = tokio::time::timeout(PATIENCE, deq_task)
         .await
-        .expect("dequeue_wait woke")
+        .expect("dequeue_wait woke by the append")
         .unwrap()
         .unwrap();
     assert_eq!(
@@ -392,17 +403,17 @@ async fn dequeue_wait_and_next_async_complete_when_another_thread_appends_body()
             name: "seven".into()
         }
     );
-    // Already available: completes at once.
+    // Already available: completes at once, at its first poll.
     q.enqueue_id(&Job {
         n: 8,
         name: "x".into(),
     })
     .unwrap();
-    let j = tokio::time::timeout(Duration::from_secs(1), q.dequeue_wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(j.n, 8);
+    let mut fut = std::pin::pin!(q.dequeue_wait());
+    match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(j) => assert_eq!(j.unwrap().n, 8),
+        Poll::Pending => panic!("dequeue_wait with an item available waits"),
+    }
 }
 
 #[test]
@@ -454,18 +465,18 @@ async fn fifty_waiting_tasks_complete_and_no_thread_spins_meanwhile_body() {
     writer.join().unwrap();
     let first = postcard::to_allocvec(&0u32).unwrap();
     for h in tailers {
-        let p = tokio::time::timeout(Duration::from_secs(5), h)
+        let p = tokio::time::timeout(PATIENCE, h)
             .await
-            .expect("tailer task completed")
+            .expect("tailer task completed after the appends")
             .unwrap()
             .unwrap();
         assert_eq!(p, first);
     }
     let mut seen = HashSet::new();
     for h in dequeuers {
-        let v = tokio::time::timeout(Duration::from_secs(5), h)
+        let v = tokio::time::timeout(PATIENCE, h)
             .await
-            .expect("dequeue task completed")
+            .expect("dequeue task completed after the appends")
             .unwrap()
             .unwrap();
         assert!(seen.insert(v), "item {v} dequeued twice");
@@ -479,15 +490,17 @@ fn idle_blocked_threads_do_not_spin() {
     let _g = serial();
     let d = tempfile::tempdir().unwrap();
     let s = open(d.path());
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicUsize::new(0));
     let threads: Vec<_> = (0..8)
         .map(|_| {
             let s = s.clone();
             let stop = stop.clone();
+            let received = received.clone();
             std::thread::spawn(move || {
                 let mut t = s.tailer();
                 let mut n = 0;
-                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                while !stop.load(SeqCst) {
                     if t.next_wait_with(
                         IdleStrategy::Block,
                         Some(Duration::from_millis(500)),
@@ -497,13 +510,14 @@ fn idle_blocked_threads_do_not_spin() {
                     .is_some()
                     {
                         n += 1;
+                        received.fetch_add(1, SeqCst);
                     }
                 }
                 n
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(100));
+    wait_for_sleepers(&s, 8, "8 readers block on an empty queue");
     let cpu0 = cpu_time();
     std::thread::sleep(Duration::from_millis(300));
     let cpu = cpu_time() - cpu0;
@@ -512,8 +526,16 @@ fn idle_blocked_threads_do_not_spin() {
         "8 blocked readers used {cpu:?}"
     );
     s.append(b"one").unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let deadline = Instant::now() + PATIENCE;
+    while received.load(SeqCst) < 8 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of 8 blocked readers received the record within {PATIENCE:?}",
+            received.load(SeqCst)
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    stop.store(true, SeqCst);
     for t in threads {
         assert_eq!(t.join().unwrap(), 1);
     }

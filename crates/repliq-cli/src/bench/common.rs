@@ -288,7 +288,7 @@ impl Janitor {
         let geo = self.store.geometry();
         if self.precreate {
             let head = geo.segment_of(self.store.tail_position());
-            let id = self.store.control().queue_id();
+            let id = self.store.queue_id();
             for k in head + 1..=head + 2 {
                 if let Err(e) =
                     repliq::store::segment::create_segment(self.store.dir(), k, geo, id, false)

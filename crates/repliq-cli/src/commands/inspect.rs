@@ -3,9 +3,8 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Acquire;
 
-use repliq::store::layout::{align_frame, CTL_CREATED_OFF, CTL_ROLE_OFF, CTL_VERSION_OFF};
+use repliq::store::layout::align_frame;
 use repliq::store::{segment, CursorStat, FrameInfo, FrameKind, LatencyStat, PeerLink, Store};
 
 use super::exit::{CliError, CmdResult, OK};
@@ -40,15 +39,6 @@ pub struct VerifyArgs {
     /// Print nothing on success.
     #[arg(long, short)]
     pub quiet: bool,
-}
-
-fn role_name(r: u32) -> String {
-    match r {
-        0 => "standalone".into(),
-        1 => "primary".into(),
-        2 => "secondary".into(),
-        n => format!("unknown({n})"),
-    }
 }
 
 fn groups_json(v: &[CursorStat]) -> Json {
@@ -285,14 +275,13 @@ fn scan_all(
 
 pub fn dump(a: DumpArgs) -> CmdResult {
     let store = super::open_inspect(&a.dir)?;
-    let ctl = store.control();
     let cfg = store.config();
     let st = store.stats();
-    let committed_raw = ctl.committed().load(Acquire);
-    let version = ctl.u32_at(CTL_VERSION_OFF).load(Acquire);
-    let created = ctl.u64_at(CTL_CREATED_OFF).load(Acquire);
-    let role = role_name(ctl.u32_at(CTL_ROLE_OFF).load(Acquire));
-    let queue_id = format!("{:#018x}", ctl.queue_id());
+    let committed_raw = store.committed_mark();
+    let version = store.format_version();
+    let created = store.created_unix_ns();
+    let role = store.role().name();
+    let queue_id = format!("{:#018x}", store.queue_id());
     let first = store.first_position();
     let peers = store.peer_links();
     let segs = segments(&store)?;
@@ -319,6 +308,7 @@ pub fn dump(a: DumpArgs) -> CmdResult {
             .put("low_segment", st.low_segment)
             .put("first_id", first)
             .put("unblocked", st.unblocked)
+            .put("truncated_records", st.truncated_records)
             .put("recoveries", st.recoveries)
             .put("flushed", st.flushed)
             .put("full_rejections", st.full_rejections)
@@ -359,6 +349,7 @@ pub fn dump(a: DumpArgs) -> CmdResult {
             ("low_segment", st.low_segment.to_string()),
             ("first_id", first.to_string()),
             ("unblocked", st.unblocked.to_string()),
+            ("truncated_records", st.truncated_records.to_string()),
             ("recoveries", st.recoveries.to_string()),
             ("flushed", st.flushed.to_string()),
             ("full_rejections", st.full_rejections.to_string()),
@@ -451,6 +442,7 @@ pub fn stat(a: StatArgs) -> CmdResult {
             .put("bytes_on_disk", disk)
             .put("recoveries", st.recoveries)
             .put("unblocked", st.unblocked)
+            .put("truncated_records", st.truncated_records)
             .put("full_rejections", st.full_rejections)
             .put("enqueue_latency", latency_json(&st.enqueue_latency))
             .put("sync_wait", latency_json(&st.sync_wait))
@@ -477,6 +469,7 @@ pub fn stat(a: StatArgs) -> CmdResult {
             ("bytes_on_disk", disk.to_string()),
             ("recoveries", st.recoveries.to_string()),
             ("unblocked", st.unblocked.to_string()),
+            ("truncated_records", st.truncated_records.to_string()),
             ("full_rejections", st.full_rejections.to_string()),
             ("enqueue_latency", latency_text(&st.enqueue_latency)),
             ("sync_wait", latency_text(&st.sync_wait)),

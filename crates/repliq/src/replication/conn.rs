@@ -25,22 +25,31 @@ impl<R: tokio::io::AsyncRead + Unpin> Reader<R> {
         }
     }
 
+    /// Changes the largest frame accepted from now on (a connection accepts
+    /// only a small frame until its `Hello` has been read).
+    pub(crate) fn set_max_frame(&mut self, max_frame: usize) {
+        self.codec = Codec::with_max_frame(max_frame);
+    }
+
     /// A message already buffered, without waiting.
     pub(crate) fn try_next(&mut self) -> Result<Option<Message>, ReplicationError> {
         Ok(self.codec.decode(&mut self.buf)?)
     }
 
-    /// The next message, failing after `timeout` of silence.
+    /// The next message, failing unless all of it arrives within `timeout`
+    /// (a deadline per message, not per read: a peer that feeds a frame a
+    /// byte at a time does not hold the connection and its buffer longer).
     pub(crate) async fn next(
         &mut self,
         timeout: Duration,
         what: &'static str,
     ) -> Result<Message, ReplicationError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(m) = self.codec.decode(&mut self.buf)? {
                 return Ok(m);
             }
-            let n = tokio::time::timeout(timeout, self.rd.read_buf(&mut self.buf))
+            let n = tokio::time::timeout_at(deadline, self.rd.read_buf(&mut self.buf))
                 .await
                 .map_err(|_| ReplicationError::Timeout(what))??;
             if n == 0 {

@@ -18,19 +18,22 @@ use crate::store::Store;
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one secondary on `stream`, choosing the queue by the name in its
-/// `Hello`: `lookup` returns the store and settings of a served queue, or
-/// `None` to refuse the session.
+/// `Hello`: `lookup(queue, node)` returns the store and settings of a queue
+/// served to that node, or `None` to refuse the session.
 pub async fn serve_registry(
-    lookup: impl Fn(&str) -> Option<(Store, Arc<PrimaryConfig>)>,
+    lookup: impl Fn(&str, &str) -> Option<(Store, Arc<PrimaryConfig>)>,
     stream: TcpStream,
 ) -> Result<(), ReplicationError> {
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
     let mut codec = Codec::with_max_frame(protocol::DEFAULT_MAX_FRAME);
-    let mut reader = Reader::new(rd, codec);
+    let mut reader = Reader::new(rd, Codec::with_max_frame(protocol::HELLO_MAX_FRAME));
     let hello = read_hello(&mut reader, HELLO_TIMEOUT).await?;
-    let Some((store, cfg)) = lookup(&hello.queue) else {
-        let why = format!("this node serves no queue named {:?}", hello.queue);
+    let Some((store, cfg)) = lookup(&hello.queue, &hello.node) else {
+        let why = format!(
+            "this node serves no queue named {:?} to {:?}",
+            hello.queue, hello.node
+        );
         let m = Message::Error {
             code: 2,
             message: why.clone(),
@@ -38,6 +41,8 @@ pub async fn serve_registry(
         let _ = send(&mut wr, &mut codec, &m).await;
         return Err(ReplicationError::Refused(why));
     };
+    reader.set_max_frame(cfg.max_frame);
+    codec = Codec::with_max_frame(cfg.max_frame);
     serve_session(store, cfg, hello, reader, wr, codec).await
 }
 

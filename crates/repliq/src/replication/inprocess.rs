@@ -166,6 +166,7 @@ impl Engine {
         match role {
             Role::Secondary => {
                 store.set_read_only(true);
+                store.set_role(crate::store::Role::Secondary);
                 let mut scfg =
                     SecondaryConfig::new(&cfg.node, &cfg.queue, &cfg.dir, &with_port(&cfg.primary));
                 scfg.backoff_max = Duration::from_secs(1);
@@ -181,6 +182,7 @@ impl Engine {
             }
             Role::Primary | Role::Unmatched => {
                 store.set_read_only(false);
+                store.set_role(crate::store::Role::Primary);
                 if role == Role::Unmatched {
                     tracing::warn!(node = %cfg.node, primary = %cfg.primary, queue = %cfg.queue,
                         "this node matches no configured node name; acting as the primary");

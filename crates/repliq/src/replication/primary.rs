@@ -59,8 +59,12 @@ pub async fn serve(
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
     let codec = Codec::with_max_frame(cfg.max_frame);
-    let mut reader = Reader::new(rd, codec);
+    let mut reader = Reader::new(
+        rd,
+        Codec::with_max_frame(protocol::HELLO_MAX_FRAME.min(cfg.max_frame)),
+    );
     let hello = read_hello(&mut reader, cfg.timeout).await?;
+    reader.set_max_frame(cfg.max_frame);
     serve_session(store, cfg, hello, reader, wr, codec).await
 }
 
@@ -116,17 +120,51 @@ pub(crate) async fn serve_session(
         let _ = send(&mut wr, &mut codec, &refuse(code, why.clone())).await;
         return Err(ReplicationError::Refused(why));
     }
+    // Fencing: a secondary that holds a newer epoch than this node has
+    // followed a newer leader; this node is not the queue's leader.
+    let mine = store.epoch();
+    let theirs = hello.history.last().map_or(hello.epoch, |e| e.epoch);
+    if hello.queue_id != 0 && theirs > mine {
+        // Error messages carry at most 63 characters on the wire.
+        let why = format!("not the queue's leader: epoch {mine} < the secondary's {theirs}");
+        let _ = send(&mut wr, &mut codec, &refuse(4, why.clone())).await;
+        return Err(ReplicationError::Refused(why));
+    }
     let first = store.first_position();
     let start = if hello.queue_id == 0 || hello.position <= geo.first_position(0) {
         first
     } else {
-        hello.position
+        // Where the two histories part (KIP-101: by epoch, never by a
+        // watermark); the secondary cuts back to it before streaming.
+        let ours = store.epoch_history()?;
+        let their_history = if hello.history.is_empty() {
+            vec![crate::store::epochs::EpochEntry {
+                epoch: 1,
+                start: crate::store::layout::SEGMENT_HEADER_LEN,
+            }]
+        } else {
+            hello.history.clone()
+        };
+        crate::store::epochs::divergence(
+            &ours,
+            store.tail_position(),
+            &their_history,
+            hello.position,
+        )
     };
     if start < first || start > store.tail_position() {
         let why = format!(
             "position {start} is outside the retained log [{first}, {}]",
             store.tail_position()
         );
+        let _ = send(&mut wr, &mut codec, &refuse(3, why.clone())).await;
+        return Err(ReplicationError::Refused(why));
+    }
+    // A position inside the retained range must also be where a record
+    // starts (or the write position): streaming from the middle of a frame
+    // would ship bytes the secondary cannot validate against its log.
+    if let Err(e) = store.tailer().seek(start) {
+        let why = format!("position {start} is not a record boundary of this queue: {e}");
         let _ = send(&mut wr, &mut codec, &refuse(3, why.clone())).await;
         return Err(ReplicationError::Refused(why));
     }
@@ -146,14 +184,25 @@ pub(crate) async fn serve_session(
     tracing::info!(peer = %hello.node, start, "secondary connected");
     let _link = LinkState::connected(&store, slot);
 
+    // The end of what this session has handed to the socket: a secondary
+    // cannot hold more, so an Ack beyond it is forged (or a bug) and ends
+    // the session without moving the peer's position or the watermark.
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(start));
     // Acks come back on the read half, handled concurrently.
     let acks = {
         let store = store.clone();
         let cfg = cfg.clone();
+        let sent = sent.clone();
         tokio::spawn(async move {
             loop {
                 match reader.next(cfg.timeout, "ack").await? {
                     Message::Ack { position } => {
+                        let limit = sent.load(std::sync::atomic::Ordering::Acquire);
+                        if position > limit {
+                            return Err(ReplicationError::Refused(format!(
+                                "ack of position {position} beyond the {limit} sent to this secondary"
+                            )));
+                        }
                         store.ack_peer(slot, position, cfg.min_acks);
                     }
                     Message::Heartbeat(_) => {}
@@ -171,7 +220,12 @@ pub(crate) async fn serve_session(
     };
     let mut acks = std::pin::pin!(acks);
     let mut pos = start;
+    // How long the sender has waited at a pending frame: a writer killed
+    // mid-append leaves one that only a reader resolves, and on a primary
+    // whose only readers are secondaries, the sender is that reader.
+    let mut stall = store.stall();
     let mut buf = BytesMut::with_capacity(cfg.batch_bytes + 64);
+    let mut first_sent = store.first_position();
     loop {
         // Batch complete frames straight from the mapped segments.
         while buf.len() < cfg.batch_bytes {
@@ -190,11 +244,19 @@ pub(crate) async fn serve_session(
             }
         }
         if !buf.is_empty() {
+            sent.store(pos, std::sync::atomic::Ordering::Release);
             tokio::select! {
                 r = wr.write_all(&buf) => r?,
                 r = &mut acks => return ack_end(r),
             }
             buf.clear();
+            // Retention moved the low watermark: tell the secondary now, so
+            // a replica of a busy queue deletes its segments too.
+            let first = store.first_position();
+            if first != first_sent {
+                first_sent = first;
+                send(&mut wr, &mut codec, &heartbeat(&store)).await?;
+            }
             continue;
         }
         let p = pos;
@@ -202,16 +264,26 @@ pub(crate) async fn serve_session(
         tokio::select! {
             _ = s2.ready_async(|| store.frame_ready(p, None)) => {}
             _ = tokio::time::sleep(cfg.heartbeat) => {
-                let hb = Message::Heartbeat(Heartbeat {
-                    tail: store.tail_position(),
-                    committed: store.committed_position(),
-                    sent_unix_ns: unix_ns(),
-                });
-                send(&mut wr, &mut codec, &hb).await?;
+                // Nothing ready for a heartbeat's time: if a dead or stalled
+                // writer holds the frame at `p`, turn it into padding by the
+                // readers' rule (an error here surfaces on the next read).
+                let _ = store.peek(p, &mut None, &mut stall);
+                first_sent = store.first_position();
+                send(&mut wr, &mut codec, &heartbeat(&store)).await?;
             }
             r = &mut acks => return ack_end(r),
         }
     }
+}
+
+/// The primary's progress report, its low watermark included.
+fn heartbeat(store: &Store) -> Message {
+    Message::Heartbeat(Heartbeat {
+        tail: store.tail_position(),
+        committed: store.committed_position(),
+        sent_unix_ns: unix_ns(),
+        first: store.first_position(),
+    })
 }
 
 fn ack_end(

@@ -1,4 +1,4 @@
-//! Replication wire protocol, version 1. `docs/protocol.md` is the prose
+//! Replication wire protocol, version 2. `docs/protocol.md` is the prose
 //! description of the same bytes.
 //!
 //! Every message is a frame: `length:u32 | type:u8 | body`, little-endian,
@@ -20,16 +20,24 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::store::epochs::EpochEntry;
+use crate::store::layout::EPOCHS_MAX_ENTRIES;
+
 /// Magic at the start of a `Hello` body (`b"RPLQ"`).
 pub const MAGIC: u32 = u32::from_le_bytes(*b"RPLQ");
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Bytes before a frame's body: length (4) and type (1).
 pub const FRAME_HEADER_LEN: usize = 5;
 /// Default largest frame accepted (16 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
 /// Longest node or queue name, in bytes.
 pub const MAX_NAME: usize = 255;
+/// Largest frame accepted before a connection's `Hello` has been read
+/// (64 KiB: a `Hello` with the longest names and a full epoch history takes
+/// under 50 KiB), so an anonymous peer cannot make the primary reserve a
+/// full-size frame buffer.
+pub const HELLO_MAX_FRAME: usize = 64 * 1024;
 
 /// Message type codes.
 pub mod kind {
@@ -64,6 +72,10 @@ pub struct Hello {
     pub position: u64,
     /// The epoch of the secondary's last record.
     pub epoch: u32,
+    /// The secondary's leader-epoch history (version 2): the primary finds
+    /// where the two logs part from it and answers with that point as
+    /// `Welcome::start`; the secondary cuts its log back to it.
+    pub history: Vec<EpochEntry>,
 }
 
 /// The primary's acceptance.
@@ -96,6 +108,10 @@ pub struct Heartbeat {
     pub committed: u64,
     /// Sender's wall clock, Unix nanoseconds (for lag in seconds).
     pub sent_unix_ns: u64,
+    /// Sender's oldest retained position (a primary's low watermark: a
+    /// secondary deletes its segments below it once its own readers passed
+    /// them). 0 from a secondary.
+    pub first: u64,
 }
 
 /// One protocol message.
@@ -317,7 +333,23 @@ impl tokio_util::codec::Decoder for Codec {
                     segment_size: b.u64()?,
                     position: b.u64()?,
                     epoch: b.u32()?,
+                    history: Vec::new(),
                 };
+                let mut h = h;
+                // Version 1 peers send no history; they are refused by the
+                // primary with a clear version error, not a decoding one.
+                if h.version >= 2 {
+                    let n = b.u32()? as usize;
+                    if n > EPOCHS_MAX_ENTRIES {
+                        return Err(ProtocolError::BadString("epoch history length"));
+                    }
+                    for _ in 0..n {
+                        h.history.push(EpochEntry {
+                            epoch: b.u32()?,
+                            start: b.u64()?,
+                        });
+                    }
+                }
                 b.end()?;
                 Message::Hello(h)
             }
@@ -369,6 +401,7 @@ impl tokio_util::codec::Decoder for Codec {
                     tail: b.u64()?,
                     committed: b.u64()?,
                     sent_unix_ns: b.u64()?,
+                    first: b.u64()?,
                 };
                 b.end()?;
                 Message::Heartbeat(h)
@@ -404,6 +437,14 @@ impl tokio_util::codec::Encoder<&Message> for Codec {
                 body.put_u64_le(h.segment_size);
                 body.put_u64_le(h.position);
                 body.put_u32_le(h.epoch);
+                if h.version >= 2 {
+                    let keep = &h.history[h.history.len().saturating_sub(EPOCHS_MAX_ENTRIES)..];
+                    body.put_u32_le(keep.len() as u32);
+                    for e in keep {
+                        body.put_u32_le(e.epoch);
+                        body.put_u64_le(e.start);
+                    }
+                }
                 kind::HELLO
             }
             Message::Welcome(w) => {
@@ -430,6 +471,7 @@ impl tokio_util::codec::Encoder<&Message> for Codec {
                 body.put_u64_le(h.tail);
                 body.put_u64_le(h.committed);
                 body.put_u64_le(h.sent_unix_ns);
+                body.put_u64_le(h.first);
                 kind::HEARTBEAT
             }
             Message::Error { code, message } => {
@@ -449,5 +491,26 @@ impl tokio_util::codec::Encoder<&Message> for Codec {
         dst.put_u8(ty);
         dst.put_slice(&body);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+    use crate::store::layout::{align_frame, FRAME_HEADER_LEN, MAX_RECORD_PAYLOAD};
+
+    /// The store's payload limit is what one `Records` frame carries: the
+    /// sender's room per frame (`max_frame - 16`, primary.rs) holds the whole
+    /// store frame of the largest record, and the codec encodes it.
+    #[test]
+    fn the_largest_record_fits_one_records_frame() {
+        let store_frame = align_frame(FRAME_HEADER_LEN + MAX_RECORD_PAYLOAD) as usize;
+        assert!(store_frame <= DEFAULT_MAX_FRAME - 16);
+        let mut dst = BytesMut::new();
+        assert!(Codec::default()
+            .encode_records_header(0, store_frame, &mut dst)
+            .is_ok());
+        // One byte more could not be sent: the limit is not below the room.
+        assert!(store_frame + 8 > DEFAULT_MAX_FRAME - 16);
     }
 }

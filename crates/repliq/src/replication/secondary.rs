@@ -59,6 +59,7 @@ pub async fn follow_with_status(cfg: SecondaryConfig, status: Option<Arc<FollowS
     let mut store = Store::open(&cfg.dir, &StoreOptions::open()).ok();
     if let Some(s) = &store {
         s.set_read_only(true);
+        s.set_role(crate::store::Role::Secondary);
     }
     let mut delay = cfg.backoff_min;
     loop {
@@ -107,6 +108,10 @@ pub async fn session_with_status(
         segment_size: store.as_ref().map_or(0, |s| s.geometry().size()),
         position: store.as_ref().map_or(0, Store::tail_position),
         epoch: store.as_ref().map_or(0, Store::epoch),
+        history: match store {
+            Some(s) => s.epoch_history()?,
+            None => Vec::new(),
+        },
     };
     send(&mut wr, &mut codec, &Message::Hello(hello)).await?;
     let w = match reader.next(cfg.timeout, "welcome").await? {
@@ -139,6 +144,7 @@ pub async fn session_with_status(
                     .durability(durability),
             )?;
             s.set_read_only(true);
+            s.set_role(crate::store::Role::Secondary);
             *store = Some(s.clone());
             s
         }
@@ -148,8 +154,14 @@ pub async fn session_with_status(
             "the primary serves another queue".into(),
         ));
     }
-    s.set_epoch(w.epoch);
-    if w.start != s.tail_position() {
+    // The log's epoch is its last record's, learned from the records
+    // themselves (see `Store::record_replicated_epochs`), not the leader's.
+    let tail = s.tail_position();
+    if w.start < tail {
+        // The leader's history parts from ours at `start`: cut back to it,
+        // keeping the cut records in quarantine.
+        s.truncate_suffix(w.start)?;
+    } else if w.start > tail {
         s.rebase_empty(w.start)?;
     }
     tracing::info!(primary = %w.node, start = w.start, "following primary");
@@ -168,7 +180,7 @@ pub async fn session_with_status(
                         Message::Records { position, bytes } => {
                             next = s.append_replicated(position, &bytes)?;
                         }
-                        Message::Heartbeat(_) => {}
+                        Message::Heartbeat(h) => retain_below(&s, h.first),
                         other => {
                             return Err(ReplicationError::Refused(format!("unexpected {other:?}")))
                         }
@@ -186,10 +198,12 @@ pub async fn session_with_status(
                 if let Some(st) = status {
                     st.heartbeat(h.tail, h.sent_unix_ns);
                 }
+                retain_below(&s, h.first);
                 let hb = Message::Heartbeat(Heartbeat {
                     tail: s.tail_position(),
                     committed: s.tail_position(),
                     sent_unix_ns: unix_ns(),
+                    first: 0,
                 });
                 send(&mut wr, &mut codec, &hb).await?;
                 send(
@@ -206,5 +220,16 @@ pub async fn session_with_status(
             }
             other => return Err(ReplicationError::Refused(format!("unexpected {other:?}"))),
         }
+    }
+}
+
+/// Deletes the replica's segments below the primary's low watermark that
+/// its own readers have passed too (see `Store::retain_replica`).
+fn retain_below(s: &Store, primary_first: u64) {
+    if primary_first == 0 {
+        return;
+    }
+    if let Err(e) = s.retain_replica(primary_first) {
+        tracing::warn!(queue = %s.dir().display(), "replica retention failed: {e}");
     }
 }

@@ -35,7 +35,18 @@ pub async fn wait_replicated(
     let ready = store.ready_async(|| ctl.replicated().load(Acquire) >= end);
     tokio::time::timeout(timeout, ready)
         .await
-        .map_err(|_| ReplicationError::Timeout("replication acknowledgements"))
+        .map_err(|_| ReplicationError::Timeout("replication acknowledgements"))?;
+    // Acknowledged only while this node still leads the queue: a leader that
+    // lost its lease (role flipped) may already have been replaced, and the
+    // new leader was chosen from replicas' positions as of then.
+    if !store.role().accepts_appends() {
+        return Err(ReplicationError::Refused(format!(
+            "this node stopped leading the queue (role {}) before the record was \
+             acknowledged; it may or may not survive",
+            store.role().name()
+        )));
+    }
+    Ok(())
 }
 
 /// The current replicated watermark of `store`.

@@ -44,10 +44,10 @@ impl std::fmt::Debug for Consumer {
 impl Consumer {
     pub(crate) fn new(store: Store, slot: usize) -> Consumer {
         Consumer {
+            stall: store.stall(),
             store,
             slot,
             seg: None,
-            stall: Stall::default(),
         }
     }
 
@@ -88,6 +88,8 @@ impl Consumer {
             let cur = self.slot().position().load(Acquire);
             match self.store.peek(cur, &mut self.seg, &mut self.stall)? {
                 Peek::Empty => return Ok(None),
+                // The truncation moved the group's cursor back already.
+                Peek::Truncated { .. } => {}
                 Peek::Skip { next } => {
                     self.advance(cur, next);
                 }

@@ -71,6 +71,7 @@ impl std::fmt::Display for Durability {
 
 /// The persistent configuration of a queue, fixed at creation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct QueueConfig {
     /// Messages the default group may hold undequeued.
     pub capacity: u64,
@@ -118,10 +119,16 @@ impl QueueConfig {
     }
 }
 
-/// The mapped control file of one queue, plus the descriptor that holds its `flock`.
-pub struct Control {
+/// The mapped control file of one queue, plus the descriptor it was mapped from.
+///
+/// Crate-private: its methods hand out the shared words as raw atomics, which
+/// only the store may write. Code outside the crate reads them through
+/// [`Store`](super::Store)'s typed accessors (for example
+/// [`Store::committed_mark`](super::Store::committed_mark)) and [`Store::stats`](super::Store::stats).
+pub(crate) struct Control {
     map: MmapMut,
-    file: File,
+    /// The descriptor the mapping was made from, kept open with it.
+    _file: File,
     path: PathBuf,
 }
 
@@ -133,7 +140,7 @@ impl std::fmt::Debug for Control {
 
 impl Control {
     /// Writes a fresh control file at `path`. The caller holds the directory lock.
-    pub fn create(path: &Path, cfg: &QueueConfig, queue_id: u64) -> Result<()> {
+    pub(crate) fn create(path: &Path, cfg: &QueueConfig, queue_id: u64) -> Result<()> {
         let tmp = path.with_extension("rq.tmp");
         let mut buf = vec![0u8; CONTROL_SIZE];
         let put64 =
@@ -174,11 +181,15 @@ impl Control {
         f.write_all(&buf).map_err(|e| StoreError::io(&tmp, e))?;
         f.sync_all().map_err(|e| StoreError::io(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e))?;
+        // The rename itself must survive a power loss too.
+        if let Some(dir) = path.parent() {
+            crate::store::segment::sync_dir(dir).map_err(|e| StoreError::io(dir, e))?;
+        }
         Ok(())
     }
 
     /// Opens and validates an existing control file.
-    pub fn open(path: &Path) -> Result<Control> {
+    pub(crate) fn open(path: &Path) -> Result<Control> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -223,7 +234,7 @@ impl Control {
         let map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| StoreError::io(path, e))?;
         let c = Control {
             map,
-            file,
+            _file: file,
             path: path.into(),
         };
         c.config()?.validate().map_err(|e| StoreError::Corrupt {
@@ -233,19 +244,9 @@ impl Control {
         Ok(c)
     }
 
-    /// The descriptor used for `flock`.
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-
-    /// The control file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The 64-bit atomic at byte offset `off`.
     #[inline]
-    pub fn u64_at(&self, off: usize) -> &AtomicU64 {
+    pub(crate) fn u64_at(&self, off: usize) -> &AtomicU64 {
         assert!(off % 8 == 0 && off + 8 <= CONTROL_SIZE);
         // SAFETY: in bounds and 8-aligned (asserted; the map is page-aligned);
         // the mapping lives as long as `self`, and all shared access to this
@@ -255,14 +256,14 @@ impl Control {
 
     /// The 32-bit atomic at byte offset `off`.
     #[inline]
-    pub fn u32_at(&self, off: usize) -> &AtomicU32 {
+    pub(crate) fn u32_at(&self, off: usize) -> &AtomicU32 {
         assert!(off % 4 == 0 && off + 4 <= CONTROL_SIZE);
         // SAFETY: as for `u64_at`, with 4-byte alignment.
         unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU32) }
     }
 
     /// The stored configuration.
-    pub fn config(&self) -> Result<QueueConfig> {
+    pub(crate) fn config(&self) -> Result<QueueConfig> {
         let d = self.u32_at(CTL_DURABILITY_OFF).load(Relaxed);
         let durability = Durability::from_u32(d).ok_or_else(|| StoreError::Corrupt {
             id: 0,
@@ -277,82 +278,102 @@ impl Control {
     }
 
     /// The random id of this queue, stamped in every segment.
-    pub fn queue_id(&self) -> u64 {
+    pub(crate) fn queue_id(&self) -> u64 {
         self.u64_at(CTL_QUEUE_ID_OFF).load(Relaxed)
     }
 
     /// The write position.
-    pub fn tail(&self) -> &AtomicU64 {
+    pub(crate) fn tail(&self) -> &AtomicU64 {
         self.u64_at(CTL_TAIL_OFF)
     }
 
     /// The committed-position hint.
-    pub fn committed(&self) -> &AtomicU64 {
+    pub(crate) fn committed(&self) -> &AtomicU64 {
         self.u64_at(CTL_COMMITTED_OFF)
     }
 
     /// Messages appended or in flight.
-    pub fn reserved(&self) -> &AtomicU64 {
+    pub(crate) fn reserved(&self) -> &AtomicU64 {
         self.u64_at(CTL_RESERVED_OFF)
     }
 
     /// Futex word for wake-ups.
-    pub fn notify_seq(&self) -> &AtomicU32 {
+    pub(crate) fn notify_seq(&self) -> &AtomicU32 {
         self.u32_at(CTL_NOTIFY_SEQ_OFF)
     }
 
     /// Number of sleepers.
-    pub fn waiters(&self) -> &AtomicU32 {
+    pub(crate) fn waiters(&self) -> &AtomicU32 {
         self.u32_at(CTL_WAITERS_OFF)
     }
 
     /// Current epoch.
-    pub fn epoch(&self) -> &AtomicU32 {
+    pub(crate) fn epoch(&self) -> &AtomicU32 {
         self.u32_at(CTL_EPOCH_OFF)
     }
 
     /// Replication role code.
-    pub fn role(&self) -> &AtomicU32 {
+    pub(crate) fn role(&self) -> &AtomicU32 {
         self.u32_at(CTL_ROLE_OFF)
     }
 
     /// Replicated (quorum) watermark.
-    pub fn replicated(&self) -> &AtomicU64 {
+    pub(crate) fn replicated(&self) -> &AtomicU64 {
         self.u64_at(CTL_REPLICATED_OFF)
     }
 
     /// Oldest segment on disk.
-    pub fn low_segment(&self) -> &AtomicU64 {
+    pub(crate) fn low_segment(&self) -> &AtomicU64 {
         self.u64_at(CTL_LOW_SEGMENT_OFF)
     }
 
     /// Stuck frames turned into padding.
-    pub fn unblocked(&self) -> &AtomicU64 {
+    pub(crate) fn unblocked(&self) -> &AtomicU64 {
         self.u64_at(CTL_UNBLOCKED_OFF)
     }
 
     /// Recoveries run on open.
-    pub fn recoveries(&self) -> &AtomicU64 {
+    pub(crate) fn recoveries(&self) -> &AtomicU64 {
         self.u64_at(CTL_RECOVERIES_OFF)
     }
 
     /// Position up to which segments were last flushed.
-    pub fn flushed(&self) -> &AtomicU64 {
+    pub(crate) fn flushed(&self) -> &AtomicU64 {
         self.u64_at(CTL_FLUSHED_OFF)
     }
 
     /// Highest segment index ever created.
-    pub fn high_segment(&self) -> &AtomicU64 {
+    pub(crate) fn high_segment(&self) -> &AtomicU64 {
         self.u64_at(CTL_HIGH_SEGMENT_OFF)
     }
 
+    /// Truncations of the log so far (odd while one is in progress).
+    pub(crate) fn truncations(&self) -> &AtomicU64 {
+        self.u64_at(CTL_TRUNCATIONS_OFF)
+    }
+
+    /// The position the last truncation cut the log at.
+    pub(crate) fn truncated_to(&self) -> &AtomicU64 {
+        self.u64_at(CTL_TRUNCATED_TO_OFF)
+    }
+
+    /// Records moved to quarantine by truncations, in total.
+    pub(crate) fn truncated_records(&self) -> &AtomicU64 {
+        self.u64_at(CTL_TRUNCATED_RECORDS_OFF)
+    }
+
     /// Flushes the control file to disk.
-    pub fn flush(&self) -> Result<()> {
-        self.map.flush().map_err(|e| StoreError::io(&self.path, e))
+    pub(crate) fn flush(&self) -> Result<()> {
+        let msync = || self.map.flush();
+        #[cfg(test)]
+        let r = crate::store::test_hooks::around_sync(&self.path, 0, CONTROL_SIZE as u64, msync);
+        #[cfg(not(test))]
+        let r = msync();
+        r.map_err(|e| StoreError::io(&self.path, e))
     }
 
     /// The slot at `index` of the region starting at `region`, `len` bytes each.
-    pub fn slot(&self, region: usize, len: usize, index: usize) -> Slot<'_> {
+    pub(crate) fn slot(&self, region: usize, len: usize, index: usize) -> Slot<'_> {
         Slot {
             ctl: self,
             base: region + index * len,
@@ -362,34 +383,34 @@ impl Control {
 
 /// A named slot of the control file: a consumer group, a named tailer or a peer.
 #[derive(Clone, Copy)]
-pub struct Slot<'a> {
+pub(crate) struct Slot<'a> {
     ctl: &'a Control,
     base: usize,
 }
 
 impl<'a> Slot<'a> {
     /// Slot state word.
-    pub fn state(&self) -> &'a AtomicU32 {
+    pub(crate) fn state(&self) -> &'a AtomicU32 {
         self.ctl.u32_at(self.base + SLOT_STATE_OFF)
     }
     /// The slot's position word.
-    pub fn position(&self) -> &'a AtomicU64 {
+    pub(crate) fn position(&self) -> &'a AtomicU64 {
         self.ctl.u64_at(self.base + SLOT_POSITION_OFF)
     }
     /// The slot's counter word.
-    pub fn count(&self) -> &'a AtomicU64 {
+    pub(crate) fn count(&self) -> &'a AtomicU64 {
         self.ctl.u64_at(self.base + SLOT_COUNT_OFF)
     }
     /// A peer slot's link state word (`LINK_*`).
-    pub fn link(&self) -> &'a AtomicU32 {
+    pub(crate) fn link(&self) -> &'a AtomicU32 {
         self.ctl.u32_at(self.base + SLOT_LINK_OFF)
     }
     /// A peer slot's time of last acknowledgement (Unix ns).
-    pub fn acked_at(&self) -> &'a AtomicU64 {
+    pub(crate) fn acked_at(&self) -> &'a AtomicU64 {
         self.ctl.u64_at(self.base + SLOT_ACKED_AT_OFF)
     }
     /// The slot's name; empty if unreadable.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         let len = (self.ctl.u32_at(self.base + SLOT_NAME_LEN_OFF).load(Acquire) as usize)
             .min(SLOT_NAME_MAX);
         let mut out = Vec::with_capacity(len);
@@ -404,7 +425,7 @@ impl<'a> Slot<'a> {
         String::from_utf8(out).unwrap_or_default()
     }
     /// Writes the name. Only while the slot is held `SLOT_BUSY` by the caller.
-    pub fn set_name(&self, name: &str) {
+    pub(crate) fn set_name(&self, name: &str) {
         let b = name.as_bytes();
         for i in 0..SLOT_NAME_MAX / 8 {
             let mut w = [0u8; 8];

@@ -10,6 +10,7 @@ use crate::store::layout::FORMAT_VERSION;
 /// Each variant names the file or the message id it concerns, so a one-line
 /// rendering is enough for an operator.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// An operating-system call failed.
     #[error("{path}: {source}")]
@@ -66,13 +67,28 @@ pub enum StoreError {
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
-    /// A message is larger than one segment can hold.
+    /// A message is larger than the store accepts: what one segment holds,
+    /// and at most what one replication frame carries
+    /// ([`MAX_RECORD_PAYLOAD`](crate::store::layout::MAX_RECORD_PAYLOAD)).
     #[error("message of {len} bytes exceeds the maximum of {max} bytes")]
     TooLarge {
         /// The message length.
         len: u64,
         /// The largest accepted length.
         max: u64,
+    },
+    /// A record or an epoch older than the epoch the log already holds: it
+    /// comes from a leader that was replaced (fencing).
+    #[error(
+        "record {id}: epoch {epoch} is older than the log's epoch {current} (a replaced leader)"
+    )]
+    StaleEpoch {
+        /// The record's id (position).
+        id: u64,
+        /// Its epoch.
+        epoch: u32,
+        /// The newest epoch this log holds.
+        current: u32,
     },
     /// The default group has `capacity` messages not yet dequeued.
     #[error("queue is full: capacity of {capacity} messages reached")]

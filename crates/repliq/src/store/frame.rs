@@ -132,6 +132,11 @@ mod tests {
     }
 
     #[test]
+    fn the_damage_marker_never_validates() {
+        assert!(decode_word0(crate::store::layout::DAMAGED_WORD0).is_err());
+    }
+
+    #[test]
     fn every_single_bit_flip_is_detected() {
         let w = encode_word0(1234, 0);
         for bit in 0..64 {

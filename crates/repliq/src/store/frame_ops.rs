@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering::{self, AcqRel, Acquire, Relaxed, SeqCst};
 
 use crate::store::frame::{self, HeaderFault};
 use crate::store::layout::{
-    align_frame, FLAG_NOT_COMPLETE, FLAG_PADDING, FRAME_HEADER_LEN, PADDING_MIN_LEN,
-    SEGMENT_HEADER_LEN,
+    align_frame, FLAG_NOT_COMPLETE, FLAG_PADDING, FRAME_HEADER_LEN, MAX_RECORD_PAYLOAD,
+    PADDING_MIN_LEN, SEGMENT_HEADER_LEN,
 };
 
 /// An atomic 64-bit word: the std type on mapped memory, loom's in the model.
@@ -122,9 +122,10 @@ impl Geometry {
             n
         }
     }
-    /// Largest payload that fits in one segment.
+    /// Largest payload accepted: what fits in one segment, and at most
+    /// [`MAX_RECORD_PAYLOAD`] (what one replication frame can carry).
     pub fn max_payload(self) -> u64 {
-        self.size() - SEGMENT_HEADER_LEN - FRAME_HEADER_LEN
+        (self.size() - SEGMENT_HEADER_LEN - FRAME_HEADER_LEN).min(MAX_RECORD_PAYLOAD)
     }
 }
 
@@ -144,13 +145,24 @@ pub enum ClaimStep {
     Corrupt(HeaderFault),
 }
 
+/// The smallest valid length of a frame with `flags`: a padding frame is
+/// word0 alone; every other frame, pending ones included, has word1 too.
+#[inline]
+pub fn min_frame_len(flags: u16) -> u64 {
+    if flags & FLAG_PADDING != 0 && flags & FLAG_NOT_COMPLETE == 0 {
+        PADDING_MIN_LEN
+    } else {
+        FRAME_HEADER_LEN
+    }
+}
+
 /// Moves `tail` past the (non-zero) frame `w0` at `t`, on behalf of whoever claimed it.
 #[inline]
 pub fn help_advance<W: Word>(tail: &W, geo: Geometry, t: u64, w0: u64) -> Result<(), HeaderFault> {
-    let (len, _) = frame::decode_word0(w0)?;
+    let (len, flags) = frame::decode_word0(w0)?;
     let aligned = align_frame(u64::from(len));
     let remaining = geo.size() - geo.offset_of(t);
-    if aligned < PADDING_MIN_LEN || aligned > remaining {
+    if u64::from(len) < min_frame_len(flags) || aligned > remaining {
         return Err(HeaderFault::Length);
     }
     let _ = tail.cas(t, geo.advance(t, aligned), AcqRel, Relaxed);
@@ -286,7 +298,7 @@ pub fn view<M: LogMemory>(mem: &M, geo: Geometry, off: u64) -> FrameView {
     };
     let aligned = align_frame(u64::from(len));
     let remaining = geo.size() - off;
-    if aligned > remaining || u64::from(len) < PADDING_MIN_LEN {
+    if aligned > remaining || u64::from(len) < min_frame_len(flags) {
         return FrameView::Corrupt(HeaderFault::Length);
     }
     if flags & FLAG_NOT_COMPLETE != 0 {
@@ -302,9 +314,6 @@ pub fn view<M: LogMemory>(mem: &M, geo: Geometry, off: u64) -> FrameView {
     }
     if flags & FLAG_PADDING != 0 {
         return FrameView::Padding { aligned };
-    }
-    if u64::from(len) < FRAME_HEADER_LEN {
-        return FrameView::Corrupt(HeaderFault::Length);
     }
     let w1 = mem.word1(off).load(Relaxed);
     FrameView::Data {
@@ -365,6 +374,122 @@ pub fn consume<W: Word>(cursor: &W, cur: u64, next: u64) -> bool {
     cursor.cas(cur, next, AcqRel, Relaxed).is_ok()
 }
 
+#[cfg(all(test, not(repliq_loom)))]
+mod header_tests {
+    //! Any word0 at any offset, the last word of the segment included: `view`
+    //! stays inside the segment and only reports frames that fit in it.
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::atomic::AtomicU64;
+
+    const SEG: u64 = 4096;
+
+    /// A segment of words whose accessors panic on any access past its end.
+    struct Mem(Vec<AtomicU64>);
+
+    impl Mem {
+        fn with(off: u64, w0: u64, w1: Option<u64>) -> Mem {
+            let m = Mem((0..SEG / 8).map(|_| AtomicU64::new(0)).collect());
+            m.0[(off / 8) as usize].store(w0, Relaxed);
+            if let Some(w1) = w1.filter(|_| off + 16 <= SEG) {
+                m.0[(off / 8 + 1) as usize].store(w1, Relaxed);
+            }
+            m
+        }
+    }
+
+    impl LogMemory for Mem {
+        type W = AtomicU64;
+        fn word0(&self, off: u64) -> &AtomicU64 {
+            &self.0[(off / 8) as usize]
+        }
+        fn word1(&self, off: u64) -> &AtomicU64 {
+            &self.0[(off / 8 + 1) as usize]
+        }
+        unsafe fn write(&self, _off: u64, _src: &[u8]) {
+            unreachable!("header tests do not write payloads")
+        }
+        unsafe fn read<R>(&self, off: u64, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+            assert!(off + len as u64 <= SEG, "read past the segment end");
+            f(&vec![0u8; len])
+        }
+    }
+
+    fn check(off: u64, w0: u64) {
+        let geo = Geometry::new(SEG);
+        let mem = Mem::with(off, w0, Some(u64::MAX));
+        let v = view(&mem, geo, off);
+        match v {
+            FrameView::Pending { word0, .. } => {
+                let len = u64::from(word0 as u32);
+                assert!(
+                    len >= FRAME_HEADER_LEN,
+                    "pending frame shorter than its header"
+                );
+                assert!(off + align_frame(len) <= SEG);
+            }
+            FrameView::Data { len, .. } => {
+                assert!(u64::from(len) >= FRAME_HEADER_LEN);
+                assert!(off + align_frame(u64::from(len)) <= SEG);
+                // SAFETY: a data view of `off`; `read` checks the bounds.
+                let _ = unsafe { read_payload(&mem, off, v, |_| ()) };
+            }
+            FrameView::Padding { aligned } => assert!(off + aligned <= SEG && aligned >= 8),
+            FrameView::Empty | FrameView::Corrupt(_) => {}
+        }
+    }
+
+    /// The hole found in review: a pending frame of length 8 to 15 in the
+    /// last word of a segment made `view` read word1 past the end.
+    #[test]
+    fn a_short_pending_frame_in_the_last_word_is_corrupt_not_read_past_the_end() {
+        let off = SEG - 8;
+        for len in 8..16u32 {
+            let mem = Mem::with(off, frame::pending_word0(len), None);
+            assert_eq!(
+                view(&mem, Geometry::new(SEG), off),
+                FrameView::Corrupt(HeaderFault::Length),
+                "pending length {len}"
+            );
+        }
+        // The tail helper refuses it too, instead of moving past it.
+        let tail = AtomicU64::new(off);
+        assert_eq!(
+            help_advance(&tail, Geometry::new(SEG), off, frame::pending_word0(12)),
+            Err(HeaderFault::Length)
+        );
+        // Padding of one word there is valid.
+        let mem = Mem::with(off, frame::padding_word0(8), None);
+        assert_eq!(
+            view(&mem, Geometry::new(SEG), off),
+            FrameView::Padding { aligned: 8 }
+        );
+    }
+
+    proptest! {
+        /// Valid-check headers of every kind and short length, at the last
+        /// words of the segment and anywhere else.
+        #[test]
+        fn view_of_any_encoded_header_stays_in_bounds(
+            len in 0u32..64,
+            flags in 0u16..8,
+            back in 1u64..8,
+            anywhere in 8u64..(SEG / 8),
+            last in any::<bool>(),
+        ) {
+            let off = if last { SEG - 8 * back } else { anywhere * 8 - 8 };
+            check(off, frame::encode_word0(len, flags));
+            check(off, frame::encode_word0(len + (SEG as u32 - 64), flags));
+        }
+
+        /// Arbitrary words, which mostly fail their check.
+        #[test]
+        fn view_of_any_word_stays_in_bounds(w0 in any::<u64>(), slot in 0u64..(SEG / 8)) {
+            check(slot * 8, w0);
+        }
+    }
+}
+
 #[cfg(all(test, repliq_loom))]
 mod loom_tests {
     //! Loom model of the shared-memory algorithm: the same functions as the
@@ -407,12 +532,18 @@ mod loom_tests {
                 let mut b = [0u8; 8];
                 b[..chunk.len()].copy_from_slice(chunk);
                 self.cells[(off / 8) as usize + i]
+                    // SAFETY: `p` points into the live cell; the caller owns
+                    // the range by claim (trait contract), so no other thread
+                    // touches the cell meanwhile; loom checks exactly that.
                     .with_mut(|p| unsafe { *p = u64::from_le_bytes(b) });
             }
         }
         unsafe fn read<R>(&self, off: u64, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
             let mut out = Vec::new();
             for i in 0..len.div_ceil(8) {
+                // SAFETY: `p` points into the live cell; the range is a
+                // committed frame (trait contract) whose writes happen-before
+                // this read through word0's release/acquire; loom checks it.
                 let v = self.cells[(off / 8) as usize + i].with(|p| unsafe { *p });
                 out.extend_from_slice(&v.to_le_bytes());
             }
@@ -442,8 +573,11 @@ mod loom_tests {
             match try_claim(mem, tail, geo(), t, len, pid) {
                 ClaimStep::Claimed { pending } => {
                     let off = geo().offset_of(t);
+                    // SAFETY: we just claimed the frame at `off` (`len` bytes,
+                    // header plus these 8) and have not committed it.
                     unsafe { mem.write(off + FRAME_HEADER_LEN, &payload) };
                     let crc = frame::frame_crc(len, 0, 1, &payload);
+                    // SAFETY: `off` is our claim with `pending`; 8 bytes fit in it.
                     if unsafe { commit(mem, off, pending, 0, 1, 8, crc) } {
                         return t;
                     }
@@ -461,6 +595,7 @@ mod loom_tests {
             FrameView::Empty | FrameView::Pending { .. } => None,
             FrameView::Padding { aligned } => Some((geo().advance(pos, aligned), None)),
             v @ FrameView::Data { len, .. } => {
+                // SAFETY: `v` is what `view` returned for `off` in `mem`, and is Data.
                 let msg = unsafe {
                     read_payload(mem, off, v, |p| u64::from_le_bytes(p.try_into().unwrap()))
                 }
@@ -555,8 +690,11 @@ mod loom_tests {
                 let (mem, tail) = (mem.clone(), tail.clone());
                 loom::thread::spawn(move || {
                     let payload = 42u64.to_le_bytes();
+                    // SAFETY: the frame at `t0` was claimed above with `pending`
+                    // for this writer (header plus 8 bytes) and is not committed.
                     unsafe { mem.write(geo().offset_of(t0) + FRAME_HEADER_LEN, &payload) };
                     let crc = frame::frame_crc(len, 0, 1, &payload);
+                    // SAFETY: `t0` is this writer's claim with `pending`; 8 bytes fit.
                     if unsafe { commit(&*mem, geo().offset_of(t0), pending, 0, 1, 8, crc) } {
                         t0
                     } else {

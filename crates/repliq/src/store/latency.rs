@@ -78,14 +78,14 @@ pub fn bucket_of(ns: u64) -> usize {
 }
 
 /// Records one sample of `ns` nanoseconds in the histogram at `region`.
-pub fn record(ctl: &Control, region: usize, ns: u64) {
+pub(crate) fn record(ctl: &Control, region: usize, ns: u64) {
     ctl.u64_at(region + 8 * bucket_of(ns)).fetch_add(1, Relaxed);
     ctl.u64_at(region + HIST_COUNT_OFF).fetch_add(1, Relaxed);
     ctl.u64_at(region + HIST_SUM_OFF).fetch_add(ns, Relaxed);
 }
 
 /// Reads the histogram at `region`.
-pub fn read(ctl: &Control, region: usize) -> LatencyStat {
+pub(crate) fn read(ctl: &Control, region: usize) -> LatencyStat {
     LatencyStat {
         buckets: (0..HIST_BUCKETS)
             .map(|i| (bucket_bound(i), ctl.u64_at(region + 8 * i).load(Relaxed)))

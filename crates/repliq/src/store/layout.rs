@@ -7,7 +7,10 @@
 //! | file | content |
 //! |---|---|
 //! | [`CONTROL_FILE`] | the control file, [`CONTROL_SIZE`] bytes, mapped shared by every process |
+//! | [`DIR_LOCK_FILE`] | empty; `flock`ed briefly to serialise queue creation and slot allocation |
 //! | `{index:020}.seg` ([`SEGMENT_SUFFIX`]) | segment `index`, exactly `segment_size` bytes, preallocated |
+//! | [`EPOCHS_FILE`] | the leader-epoch history (see `epochs`), absent until replication starts an epoch |
+//! | `quarantine-{from:020}-{unix_ns}.rq` ([`QUARANTINE_PREFIX`]) | records a truncation removed from the log (see `truncate`) |
 //!
 //! # Positions and message ids
 //!
@@ -78,10 +81,28 @@
 
 /// Name of the control file inside a queue directory.
 pub const CONTROL_FILE: &str = "control.rq";
+/// Name of the lock file serialising queue creation and slot allocation
+/// (an exclusive `flock`, held briefly; the file itself stays empty).
+pub const DIR_LOCK_FILE: &str = "control.lock";
 /// Suffix of segment files; the stem is the segment index as 20 decimal digits.
 pub const SEGMENT_SUFFIX: &str = ".seg";
 /// Suffix of a segment being created, before it is linked into place.
 pub const SEGMENT_TMP_SUFFIX: &str = ".seg.tmp";
+
+/// Name of the leader-epoch history file inside a queue directory.
+pub const EPOCHS_FILE: &str = "epochs.rq";
+/// Magic number at offset 0 of the epoch history (`b"RPLQEPCH"`).
+pub const EPOCHS_MAGIC: u64 = u64::from_le_bytes(*b"RPLQEPCH");
+/// Version of the epoch history's format.
+pub const EPOCHS_VERSION: u32 = 1;
+/// Entries kept in the epoch history (the newest).
+pub const EPOCHS_MAX_ENTRIES: usize = 4096;
+/// Prefix of quarantine files: records removed by a truncation.
+pub const QUARANTINE_PREFIX: &str = "quarantine-";
+/// Magic number at offset 0 of a quarantine file (`b"RPLQQUAR"`).
+pub const QUARANTINE_MAGIC: u64 = u64::from_le_bytes(*b"RPLQQUAR");
+/// Version of the quarantine file's format.
+pub const QUARANTINE_VERSION: u32 = 1;
 
 /// Magic number at offset 0 of the control file (`b"RPLQCTRL"`).
 pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"RPLQCTRL");
@@ -101,6 +122,13 @@ pub const FRAME_ALIGN: u64 = 8;
 /// Smallest frame: a padding frame is word0 alone.
 pub const PADDING_MIN_LEN: u64 = 8;
 
+/// Largest payload of one record, whatever the segment size: a replication
+/// `Records` frame is at most 16 MiB (`replication::protocol::DEFAULT_MAX_FRAME`,
+/// its kind byte and position included, and the sender leaves 16 bytes of
+/// it for them), and it must carry a record's whole store frame (16-byte
+/// header, payload, alignment). The store refuses anything larger with
+/// `TooLarge`, replicated or not, so that no record can stall replication.
+pub const MAX_RECORD_PAYLOAD: u64 = (16 << 20) - 16 - FRAME_HEADER_LEN;
 /// Smallest allowed segment size.
 pub const MIN_SEGMENT_SIZE: u64 = 4096;
 /// Largest allowed segment size (frame lengths are `u32`).
@@ -114,6 +142,10 @@ pub const FLAG_NOT_COMPLETE: u16 = 0x1;
 pub const FLAG_PADDING: u16 = 0x2;
 /// Frame flag: metadata frame, written by repliq itself, not delivered to applications.
 pub const FLAG_METADATA: u16 = 0x4;
+/// word0 that recovery writes where acknowledged data was lost (a zero word
+/// below the flushed position): it never validates, so readers report the
+/// position as corrupt instead of waiting there for a writer.
+pub const DAMAGED_WORD0: u64 = u64::MAX;
 /// Every flag bit this version knows. Others make a frame corrupt.
 pub const FLAGS_KNOWN: u16 = FLAG_NOT_COMPLETE | FLAG_PADDING | FLAG_METADATA;
 
@@ -165,8 +197,17 @@ pub const CTL_NOTIFY_SEQ_OFF: usize = 384;
 pub const CTL_WAITERS_OFF: usize = 388;
 /// Control: current epoch (leader term) stamped into new frames (atomic u32).
 pub const CTL_EPOCH_OFF: usize = 512;
-/// Control: replication role (atomic u32: 0 standalone, 1 primary, 2 secondary).
+/// Control: replication role (atomic u32: [`ROLE_STANDALONE`], [`ROLE_PRIMARY`]
+/// or [`ROLE_SECONDARY`]). Shared by every process that maps the queue: while
+/// it says secondary, `Store::append` refuses in every process, and only the
+/// replication receiver writes the log.
 pub const CTL_ROLE_OFF: usize = 516;
+/// Role word: a queue no replication layer has claimed (appends allowed).
+pub const ROLE_STANDALONE: u32 = 0;
+/// Role word: the queue is a primary's (appends allowed).
+pub const ROLE_PRIMARY: u32 = 1;
+/// Role word: the queue is a replica (appends refused in every process).
+pub const ROLE_SECONDARY: u32 = 2;
 /// Control: replicated (quorum) watermark position (atomic u64).
 pub const CTL_REPLICATED_OFF: usize = 520;
 /// Control: index of the oldest segment still on disk (atomic u64).
@@ -184,6 +225,17 @@ pub const CTL_HIGH_SEGMENT_OFF: usize = 672;
 
 /// Control: appends refused with `Full` (atomic u64).
 pub const CTL_FULL_REJECTIONS_OFF: usize = 680;
+
+/// Control: truncations of this log so far (atomic u64). A truncation
+/// replaces the files of the segments it cuts instead of rewriting mapped
+/// bytes, so a reader holding an old mapping reads old, intact frames; when
+/// such a reader finds no frame and sees this count changed, it drops its
+/// mappings and moves back to [`CTL_TRUNCATED_TO_OFF`] if it was past it.
+pub const CTL_TRUNCATIONS_OFF: usize = 688;
+/// Control: the position the last truncation cut the log at (atomic u64).
+pub const CTL_TRUNCATED_TO_OFF: usize = 696;
+/// Control: records moved to quarantine by truncations, in total (atomic u64).
+pub const CTL_TRUNCATED_RECORDS_OFF: usize = 704;
 
 /// Control: the sampled enqueue-latency histogram (see [`HIST_BUCKETS`]).
 /// Every process appending records one append in [`LATENCY_SAMPLE_EVERY`]

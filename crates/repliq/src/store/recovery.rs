@@ -4,13 +4,21 @@
 //! position, checking every frame's header and CRC:
 //!
 //! * a pending frame (its writer died) becomes padding;
-//! * a frame that fails its checks with valid frames after it is corruption in
-//!   the middle of the log: it is kept, reported, and readers get an error
-//!   carrying its id;
-//! * a frame that fails its checks with nothing valid after it is a torn
-//!   tail: it and everything after it in the segment is zeroed (cut) —
-//!   unless it lies below the recorded flushed position, in which case it was
-//!   durable before and is kept and reported as corruption, never dropped;
+//! * below the recorded flushed position (what was on disk before, and so
+//!   possibly acknowledged) nothing ends the log: a frame that fails its
+//!   checks, or a word that reads zero where a frame was, is damage to
+//!   acknowledged data. It is kept (a zero word is overwritten with
+//!   [`DAMAGED_WORD0`] so that readers do not wait there), reported in
+//!   [`RecoveryReport::corrupt`], and readers get an error carrying its id;
+//! * above the flushed position, with `batch` or `always` durability, the
+//!   first frame that fails its checks (or the first zero word) is the end of
+//!   the log: after a power loss pages come back in any order, so a bad frame
+//!   there is a torn write, and nothing after it was acknowledged. It and
+//!   everything after it is zeroed (cut);
+//! * with `none` durability (`kill -9` is the threat, not power loss), a frame
+//!   that fails its checks with valid frames after it is corruption in the
+//!   middle of the log: kept and reported; with nothing valid after it, it is
+//!   a torn tail and cut;
 //! * the write position, the committed position and the depth counters are
 //!   recomputed from what is on disk.
 
@@ -21,10 +29,11 @@ use crate::store::error::Result;
 use crate::store::frame_ops::{self, FrameView, Geometry, LogMemory};
 use crate::store::layout::*;
 use crate::store::segment::{self, Segment};
-use crate::store::Inner;
+use crate::store::{Durability, Inner};
 
 /// What recovery found and changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RecoveryReport {
     /// Whether recovery ran (false if other processes had the queue open).
     pub ran: bool,
@@ -42,6 +51,9 @@ pub struct RecoveryReport {
     pub corrupt: Vec<u64>,
     /// Temporary segment files of interrupted creations, removed.
     pub temporaries_removed: u64,
+    /// Segment files below the low mark (retention had passed them; an
+    /// interrupted retention or creation left them), removed.
+    pub retired_removed: u64,
     /// Messages the default group has not dequeued, recounted from disk.
     pub depth: u64,
     /// Time spent.
@@ -115,10 +127,36 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryReport> {
     // Exclusive: nobody is creating segments, so temporaries are debris of
     // a writer killed inside `create_segment`.
     remove_temporaries(&inner.dir, &mut rep);
-    let existing = segment::list_segments(&inner.dir)?;
-    let last_existing = existing.last().copied().unwrap_or(0);
     let low = ctl.low_segment().load(Acquire);
-    let start_seg = geo.segment_of(tail_before).min(last_existing).max(low);
+    let mut existing = segment::list_segments(&inner.dir)?;
+    // Files below the low mark are debris of a process killed between
+    // moving the mark and unlinking, or of a late creator (see
+    // `Store::ensure_segment`): no reader may visit them.
+    for &k in existing.iter().filter(|&&k| k < low) {
+        let p = segment::segment_path(&inner.dir, k);
+        match std::fs::remove_file(&p) {
+            Ok(()) => rep.retired_removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(crate::store::StoreError::io(&p, e)),
+        }
+    }
+    existing.retain(|&k| k >= low);
+    if (rep.retired_removed > 0 || rep.temporaries_removed > 0)
+        && inner.cfg.durability != Durability::None
+    {
+        segment::sync_dir(&inner.dir).map_err(|e| crate::store::StoreError::io(&inner.dir, e))?;
+    }
+    let last_existing = existing.last().copied().unwrap_or(0);
+    // With a durability mode, `flushed` marks what was acknowledged as on
+    // disk: the walk starts at its segment (or the tail's, if earlier), so
+    // that a torn frame above it in an earlier segment is found and cut.
+    let durable = inner.cfg.durability != Durability::None;
+    let walk_from = if durable {
+        tail_before.min(flushed_before)
+    } else {
+        tail_before
+    };
+    let start_seg = geo.segment_of(walk_from).min(last_existing).max(low);
     let mut pos = geo.first_position(start_seg);
     let open = |i: u64| Segment::open(&inner.dir, i, geo, inner.queue_id);
     let mut seg = match open(start_seg)? {
@@ -128,6 +166,14 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryReport> {
             open(start_seg)?.ok_or_else(|| {
                 crate::store::StoreError::NotFound(segment::segment_path(&inner.dir, start_seg))
             })?
+        }
+    };
+    // Where the walk goes on after damage at `off` below the flushed mark:
+    // the next valid frame in the segment, else the next segment.
+    let skip_damage = |seg: &Segment, off: u64| -> u64 {
+        match resync(seg, geo, off) {
+            Some(r) => geo.base_of(seg.index()) + r,
+            None => geo.first_position(seg.index() + 1),
         }
     };
     loop {
@@ -140,7 +186,19 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryReport> {
         }
         let off = geo.offset_of(pos);
         let v = frame_ops::view(&seg, geo, off);
+        // Below the flushed mark every frame was on disk before: damage
+        // there is never the end of the log. It is kept, reported, and
+        // readers get an error with its id.
+        let acknowledged = pos < flushed_before;
         match v {
+            FrameView::Empty if acknowledged => {
+                // A lost word where a frame was: mark it so readers report
+                // it instead of waiting there forever.
+                seg.word0(off).store(DAMAGED_WORD0, Release);
+                seg.flush_range(off, 8)?;
+                rep.corrupt.push(pos);
+                pos = skip_damage(&seg, off);
+            }
             FrameView::Empty => break,
             FrameView::Pending { word0, .. } => {
                 frame_ops::unblock(&seg, off, word0);
@@ -156,6 +214,17 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryReport> {
                     pos = next;
                     continue;
                 }
+                if acknowledged {
+                    rep.corrupt.push(pos);
+                    pos = next;
+                    continue;
+                }
+                if durable {
+                    // Above the flushed mark after a power loss, pages are
+                    // written back in any order: a bad frame is a torn write,
+                    // and nothing after it was acknowledged. The log ends here.
+                    break;
+                }
                 let next_valid = geo.segment_of(next) == si
                     && !matches!(
                         frame_ops::view(&seg, geo, geo.offset_of(next)),
@@ -167,16 +236,15 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryReport> {
                 } else if let Some(r) = resync(&seg, geo, off) {
                     rep.corrupt.push(pos);
                     pos = geo.base_of(si) + r;
-                } else if next <= flushed_before {
-                    // The frame was flushed to disk before: it is not a torn
-                    // write but damage to acknowledged data. Keep it (readers
-                    // get an error with its id) rather than cut it silently.
-                    rep.corrupt.push(pos);
-                    pos = next;
                 } else {
                     break;
                 }
             }
+            FrameView::Corrupt(_) if acknowledged => {
+                rep.corrupt.push(pos);
+                pos = skip_damage(&seg, off);
+            }
+            FrameView::Corrupt(_) if durable => break,
             FrameView::Corrupt(_) => match resync(&seg, geo, off) {
                 Some(r) => {
                     rep.corrupt.push(pos);

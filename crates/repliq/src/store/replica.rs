@@ -136,6 +136,7 @@ impl Store {
         let mut at = 0usize;
         let mut data_frames = 0u64;
         let mut frames = Vec::new();
+        let mut epochs = Vec::new();
         while at < bytes.len() {
             let w0 = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or_default());
             let (len, flags) = decode_word0(w0).map_err(|f| bad(at, f.describe()))?;
@@ -157,11 +158,16 @@ impl Store {
                 }
                 if flags & FLAG_METADATA == 0 {
                     data_frames += 1;
+                    epochs.push((w1 as u32, pos + at as u64));
                 }
             }
             frames.push((at, aligned, w0));
             at += aligned;
         }
+        // Fencing: a run from a replaced leader (an older epoch than this
+        // log holds) is refused; a newer epoch is recorded before its first
+        // record is written.
+        self.record_replicated_epochs(&epochs)?;
         let si = geo.segment_of(pos);
         let seg = self.segment(si)?.ok_or_else(|| {
             StoreError::NotFound(crate::store::segment::segment_path(self.dir(), si))
@@ -229,6 +235,8 @@ impl Store {
             0 => self.tail_position(),
             k => acked.get(k - 1).copied().unwrap_or(0),
         };
+        // Never past what this queue holds, whatever a peer claims.
+        let w = w.min(self.tail_position());
         ctl.replicated().fetch_max(w, AcqRel);
         wait::notify(ctl.notify_seq(), ctl.waiters());
         ctl.replicated().load(Acquire)

@@ -59,7 +59,7 @@ pub fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     Ok(out)
 }
 
-fn preallocate(f: &File, len: u64) -> io::Result<()> {
+pub(crate) fn preallocate(f: &File, len: u64) -> io::Result<()> {
     use rustix::fs::{fallocate, FallocateFlags};
     match fallocate(f, FallocateFlags::empty(), 0, len) {
         Ok(()) => Ok(()),
@@ -124,12 +124,21 @@ pub fn create_segment(
             Err(e) => return Err(e),
         }
         if sync {
-            File::open(dir)?.sync_all()?;
+            sync_dir(dir)?;
         }
         Ok(())
     })();
     let _ = std::fs::remove_file(&tmp);
     result.map_err(|e| StoreError::io(&path, e))
+}
+
+/// Fsyncs the directory `dir`, so that the names created, renamed or
+/// unlinked in it survive a power loss (the files' own fsync does not cover
+/// their directory entries).
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(test)]
+    crate::store::test_hooks::reached(crate::store::test_hooks::Point::DirSync, dir, 0);
+    File::open(dir)?.sync_all()
 }
 
 fn unique() -> u64 {
@@ -172,14 +181,14 @@ impl Segment {
                 ),
             });
         }
-        // SAFETY: the file has exactly `segment_size` bytes (checked above) and
-        // repliq never truncates a live segment, so every mapped page is backed
-        // by allocated blocks (segments are preallocated). Shared words are only
-        // accessed atomically; payload bytes only as the layout invariants allow.
         let mut mo = memmap2::MmapOptions::new();
         if populate {
             mo.populate();
         }
+        // SAFETY: the file has exactly `segment_size` bytes (checked above) and
+        // repliq never truncates a live segment, so every mapped page is backed
+        // by allocated blocks (segments are preallocated). Shared words are only
+        // accessed atomically; payload bytes only as the layout invariants allow.
         let map = unsafe { mo.map_mut(&file) }.map_err(|e| StoreError::io(&path, e))?;
         drop(file);
         let seg = Segment { index, map, path };
@@ -243,9 +252,12 @@ impl Segment {
         if len == 0 {
             return Ok(());
         }
-        self.map
-            .flush_range(off as usize, len as usize)
-            .map_err(|e| StoreError::io(&self.path, e))
+        let msync = || self.map.flush_range(off as usize, len as usize);
+        #[cfg(test)]
+        let r = crate::store::test_hooks::around_sync(&self.path, off, len, msync);
+        #[cfg(not(test))]
+        let r = msync();
+        r.map_err(|e| StoreError::io(&self.path, e))
     }
 
     /// Zeroes `[off, end of segment)`. Only during exclusive recovery.
@@ -265,24 +277,34 @@ impl LogMemory for Segment {
 
     #[inline]
     fn word0(&self, off: u64) -> &AtomicU64 {
-        debug_assert!(off % 8 == 0 && off + 8 <= self.map.len() as u64);
-        // SAFETY: `off` is 8-aligned and in bounds (frame offsets are validated
-        // against the segment size before use); the mapping is page-aligned and
+        // Checked in release builds too: a bad offset must never become an
+        // access outside the mapping, whatever a corrupt file says.
+        assert!(
+            off % 8 == 0 && off + 8 <= self.map.len() as u64,
+            "word0 at {off} outside the segment"
+        );
+        // SAFETY: `off` is 8-aligned and in bounds (asserted above); the mapping is page-aligned and
         // lives as long as `self`; shared header words are only used atomically.
         unsafe { &*(self.map.as_ptr().add(off as usize) as *const AtomicU64) }
     }
 
     #[inline]
     fn word1(&self, off: u64) -> &AtomicU64 {
-        debug_assert!(off % 8 == 0 && off + 16 <= self.map.len() as u64);
-        // SAFETY: as for word0, one word further.
+        assert!(
+            off % 8 == 0 && off + 16 <= self.map.len() as u64,
+            "word1 at {off} outside the segment"
+        );
+        // SAFETY: as for word0, one word further (asserted above).
         unsafe { &*(self.map.as_ptr().add(off as usize + 8) as *const AtomicU64) }
     }
 
     #[inline]
     unsafe fn write(&self, off: u64, src: &[u8]) {
-        debug_assert!(off as usize + src.len() <= self.map.len());
-        // SAFETY: the caller owns this range by claim (see trait contract); no
+        assert!(
+            (off as usize).saturating_add(src.len()) <= self.map.len(),
+            "write outside the segment"
+        );
+        // SAFETY: in bounds (asserted above); the caller owns this range by claim (see trait contract); no
         // other process reads it before the commit's release CAS.
         unsafe {
             std::ptr::copy_nonoverlapping(
@@ -295,8 +317,11 @@ impl LogMemory for Segment {
 
     #[inline]
     unsafe fn read<R>(&self, off: u64, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
-        debug_assert!(off as usize + len <= self.map.len());
-        // SAFETY: the range is a committed frame (trait contract), immutable
+        assert!(
+            (off as usize).saturating_add(len) <= self.map.len(),
+            "read outside the segment"
+        );
+        // SAFETY: in bounds (asserted above); the range is a committed frame (trait contract), immutable
         // from its commit on, inside the mapping that `self` keeps alive.
         f(unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(off as usize), len) })
     }
@@ -310,8 +335,11 @@ impl Segment {
     /// The caller owns `[off, off + len)` through a claim and has not committed it.
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn claimed_slice(&self, off: u64, len: usize) -> &mut [u8] {
-        debug_assert!(off as usize + len <= self.map.len());
-        // SAFETY: forwarded from the caller: exclusive ownership of the range.
+        assert!(
+            (off as usize).saturating_add(len) <= self.map.len(),
+            "claimed slice outside the segment"
+        );
+        // SAFETY: in bounds (asserted above); forwarded from the caller: exclusive ownership of the range.
         unsafe {
             std::slice::from_raw_parts_mut(self.map.as_ptr().add(off as usize) as *mut u8, len)
         }

@@ -70,11 +70,11 @@ impl std::fmt::Debug for Tailer {
 impl Tailer {
     pub(crate) fn new(store: Store, pos: u64, named: Option<usize>) -> Tailer {
         Tailer {
+            stall: store.stall(),
             store,
             pos,
             seg: None,
             named,
-            stall: Stall::default(),
             acked_only: false,
         }
     }
@@ -176,6 +176,11 @@ impl Tailer {
             }
             match self.store.peek(self.pos, &mut self.seg, &mut self.stall)? {
                 Peek::Empty => return Ok(None),
+                Peek::Truncated { to } => {
+                    if self.pos > to {
+                        self.set_pos(to);
+                    }
+                }
                 Peek::Skip { next } => self.set_pos(next),
                 Peek::Data { next, view } => {
                     let FrameView::Data { epoch, .. } = view else {

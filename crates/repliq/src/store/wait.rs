@@ -92,8 +92,12 @@ pub fn block_until(
 /// One parked thread per queue handle sleeps on the futex while at least one
 /// task waits; it holds `waiters` raised for as long as any waker is
 /// registered, so writers always signal it. No thread spins.
+///
+/// Dropping it stops and joins the thread, so that the control mapping is
+/// not touched after the queue is closed (see `background`).
 pub(crate) struct AsyncNotifier {
     shared: Arc<NotifierShared>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 struct NotifierShared {
@@ -140,10 +144,13 @@ impl AsyncNotifier {
             _keep: keep,
         });
         let s = shared.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("repliq-notify".into())
             .spawn(move || run(&s))?;
-        Ok(AsyncNotifier { shared })
+        Ok(AsyncNotifier {
+            shared,
+            thread: Some(thread),
+        })
     }
 
     /// Registers `w` to be woken at the next commit (or within 50 ms).
@@ -165,6 +172,14 @@ impl Drop for AsyncNotifier {
     fn drop(&mut self) {
         self.shared.stop.store(true, SeqCst);
         self.shared.cv.notify_one();
+        // Wake the futex wait at once (a spurious wake for any other waiter
+        // on the word, which re-checks), then wait for the thread to end.
+        let _ = futex::wake(self.shared.seq(), futex::Flags::empty(), i32::MAX as u32);
+        if let Some(t) = self.thread.take() {
+            if std::thread::current().id() != t.thread().id() {
+                let _ = t.join();
+            }
+        }
     }
 }
 
@@ -189,6 +204,9 @@ fn run(s: &NotifierShared) {
             tv_nsec: MAX_SLEEP.as_nanos() as _,
         };
         let _ = futex::wait(s.seq(), futex::Flags::empty(), last, Some(&ts));
+        if s.stop.load(SeqCst) {
+            continue; // the top of the loop wakes the remaining wakers and ends
+        }
         last = s.seq().load(SeqCst);
         let drained: Vec<Waker> = {
             let mut v = s.wakers.lock().unwrap_or_else(|p| p.into_inner());

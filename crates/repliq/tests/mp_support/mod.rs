@@ -14,6 +14,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+/// How long a test waits for a condition that normally holds within a
+/// second or two. Generous on purpose: a loaded 2-core machine must never
+/// fail a test by being slow, only by the condition never holding.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
 /// Environment variable holding a child's role; unset in the parent.
 pub const ROLE_ENV: &str = "REPLIQ_MP_ROLE";
 

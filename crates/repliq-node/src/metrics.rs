@@ -12,7 +12,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::snapshot::{LatencySnap, LinkSnap as L, NodeSnap, QueueSnap as Q, Snapshot};
+use crate::snapshot::{LatencySnap, LinkSnap as L, NodeSnap, QueueSnap as Q, Snapshot};
 
 /// Label pairs of one series.
 type Labels = Vec<(&'static str, String)>;
@@ -331,6 +331,63 @@ fn families(snap: &Snapshot) -> Families {
         C,
         "Frames left incomplete by dead writers and turned into padding",
         |q: &Q| Value::Counter(q.unblocked),
+    );
+    if let Some(c) = &snap.catalog {
+        fs.add("repliq_catalog_term", G, "Raft term of the cluster catalog")
+            .push(node(), Value::GaugeInt(clamp(c.term)));
+        fs.add(
+            "repliq_catalog_commit_index",
+            G,
+            "Last catalog log index applied on this node",
+        )
+        .push(node(), Value::GaugeInt(clamp(c.commit_index.unwrap_or(0))));
+        let f = fs.add(
+            "repliq_catalog_leader",
+            G,
+            "The catalog's Raft leader as this node sees it (1 for the labelled node)",
+        );
+        if let Some(l) = &c.leader {
+            f.push(
+                vec![("node", n.name.clone()), ("leader", l.clone())],
+                Value::GaugeInt(1),
+            );
+        }
+        let f = fs.add(
+            "repliq_failovers",
+            C,
+            "Leader changes of the queue recorded in the catalog (epochs after the first)",
+        );
+        for q in &c.queues {
+            f.push(
+                queue_labels(n, &q.name),
+                Value::Counter(q.epoch_history.len().saturating_sub(1) as u64),
+            );
+        }
+        let f = fs.add(
+            "repliq_in_sync_replicas",
+            G,
+            "Replicas of the queue in its in-sync set (the leader included)",
+        );
+        for q in &c.queues {
+            let n_in = q.replicas.iter().filter(|r| r.in_sync).count();
+            f.push(queue_labels(n, &q.name), Value::GaugeInt(n_in as i64));
+        }
+    }
+    per_queue(
+        &mut fs,
+        snap,
+        "repliq_truncated_records",
+        C,
+        "Records a truncation to the leader's history moved to a quarantine file",
+        |q: &Q| Value::Counter(q.truncated_records),
+    );
+    per_queue(
+        &mut fs,
+        snap,
+        "repliq_queue_leader_epoch",
+        G,
+        "Epoch of the queue's newest record on this node",
+        |q: &Q| Value::GaugeInt(i64::from(q.epoch)),
     );
     per_queue(
         &mut fs,

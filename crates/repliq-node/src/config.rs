@@ -68,6 +68,9 @@ struct RawReplication {
     min_acks: Option<u64>,
     timeout_ms: Option<u64>,
     heartbeat_ms: Option<u64>,
+    factor: Option<u64>,
+    failover_timeout_ms: Option<u64>,
+    max_connections: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -109,6 +112,8 @@ struct RawPersistence {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: Option<String>,
+    max_connections: Option<u64>,
+    header_timeout_ms: Option<u64>,
 }
 
 /// Replication mode.
@@ -184,20 +189,46 @@ pub struct Config {
     pub timeout_ms: u64,
     /// Heartbeat interval when idle (ms).
     pub heartbeat_ms: u64,
+    /// Connections the replication port serves at once; more are closed
+    /// as they arrive.
+    pub max_connections: usize,
     /// HTTP listen address.
     pub http_listen: SocketAddr,
+    /// HTTP connections served at once; more are closed as they arrive.
+    pub http_max_connections: usize,
+    /// Time a client has to send a request's headers (ms).
+    pub http_header_timeout_ms: u64,
     /// Capacity of queues created here, in messages.
     pub capacity: u64,
     /// Directory holding one directory per queue.
     pub path: PathBuf,
     /// Queues listed explicitly (those found on disk are added at start).
     pub queue_names: Vec<String>,
+    /// Cluster mode (no `replication.primary`, several members): the
+    /// catalog, per-queue leaders and automatic failover.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// The settings of cluster mode.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterSettings {
+    /// Every member, this node included.
+    pub members: Vec<Peer>,
+    /// The address other members reach this node at (its entry in `members`).
+    pub advertise: String,
+    /// Replicas of each queue (`replication.factor`, default `min(3, members)`).
+    pub factor: usize,
+    /// Silence of a queue's leader after which another replica takes over
+    /// (`replication.failover_timeout_ms`, default 3000). A leader that
+    /// cannot reach the catalog for half of it stops accepting appends.
+    pub failover_timeout_ms: u64,
 }
 
 impl Config {
-    /// True if this node is the primary.
+    /// True if this node is the primary (of every queue, outside cluster mode).
     pub fn is_primary(&self) -> bool {
-        self.primary.as_deref().is_none_or(|p| p == self.node_name)
+        self.cluster.is_none() && self.primary.as_deref().is_none_or(|p| p == self.node_name)
     }
     /// Timeout as a duration.
     pub fn timeout(&self) -> Duration {
@@ -416,10 +447,15 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
                         format!("must list the primary {p:?} (static discovery)"),
                     ));
                 }
-            } else if peers.iter().any(|q| q.name != node_name) {
+            } else if peers.iter().any(|q| q.name != node_name)
+                && !peers.iter().any(|q| q.name == node_name)
+            {
                 return Err(err(
-                    "replication.primary",
-                    "required when peers other than this node are listed".into(),
+                    "replication.discovery.peers",
+                    format!(
+                        "must list this node ({node_name:?}) too: without replication.primary \
+                         the peers form a cluster"
+                    ),
                 ));
             }
             peers
@@ -437,6 +473,67 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
             1
         }
         Discovery::Kubernetes { .. } => 1,
+    };
+    // Cluster mode: static peers besides this node and no fixed primary.
+    let cluster = match &discovery {
+        Discovery::Static { peers }
+            if primary.is_none() && peers.iter().any(|q| q.name != node_name) =>
+        {
+            let advertise = peers
+                .iter()
+                .find(|q| q.name == node_name)
+                .map(|q| q.address.clone())
+                .unwrap_or_default();
+            let factor = match r.factor {
+                None => peers.len().min(3),
+                Some(f) => {
+                    let f = usize::try_from(f).unwrap_or(usize::MAX);
+                    if f == 0 || f > peers.len() {
+                        return Err(err(
+                            "replication.factor",
+                            format!("{f} is not between 1 and the {} members", peers.len()),
+                        ));
+                    }
+                    f
+                }
+            };
+            let failover_timeout_ms = r.failover_timeout_ms.unwrap_or(3000);
+            if !(200..=600_000).contains(&failover_timeout_ms) {
+                return Err(err(
+                    "replication.failover_timeout_ms",
+                    format!("{failover_timeout_ms} is out of range 200..=600000"),
+                ));
+            }
+            Some(ClusterSettings {
+                members: peers.clone(),
+                advertise,
+                factor,
+                failover_timeout_ms,
+            })
+        }
+        _ => {
+            for (key, set) in [
+                ("replication.factor", r.factor.is_some()),
+                (
+                    "replication.failover_timeout_ms",
+                    r.failover_timeout_ms.is_some(),
+                ),
+            ] {
+                if set {
+                    return Err(err(
+                        key,
+                        "only applies to a cluster (static peers without replication.primary)"
+                            .into(),
+                    ));
+                }
+            }
+            None
+        }
+    };
+    let secondaries = match &cluster {
+        // The leader's acknowledgement counts: a majority of the replicas.
+        Some(c) => c.factor / 2,
+        None => secondaries,
     };
     let min_acks = match r.min_acks {
         Some(n) => {
@@ -458,6 +555,16 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
             format!("{timeout_ms} is out of range 10..=3600000"),
         ));
     }
+    let max_connections = match r.max_connections {
+        None => 1024,
+        Some(n) if (1..=65536).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(err(
+                "replication.max_connections",
+                format!("{n} is out of range 1..=65536"),
+            ))
+        }
+    };
     let heartbeat_ms = r.heartbeat_ms.unwrap_or(500);
     if heartbeat_ms == 0 || heartbeat_ms >= timeout_ms {
         return Err(err(
@@ -471,6 +578,23 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         .http
         .listen
         .unwrap_or_else(|| DEFAULT_HTTP_LISTEN.to_string());
+    let http_max_connections = match raw.http.max_connections {
+        None => 256,
+        Some(n) if (1..=65536).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(err(
+                "http.max_connections",
+                format!("{n} is out of range 1..=65536"),
+            ))
+        }
+    };
+    let http_header_timeout_ms = raw.http.header_timeout_ms.unwrap_or(10_000);
+    if !(100..=600_000).contains(&http_header_timeout_ms) {
+        return Err(err(
+            "http.header_timeout_ms",
+            format!("{http_header_timeout_ms} is out of range 100..=600000"),
+        ));
+    }
     let http_listen: SocketAddr = http_s.parse().map_err(|e| {
         err(
             "http.listen",
@@ -510,10 +634,14 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         min_acks,
         timeout_ms,
         heartbeat_ms,
+        max_connections,
         http_listen,
+        http_max_connections,
+        http_header_timeout_ms,
         capacity,
         path,
         queue_names,
+        cluster,
     })
 }
 

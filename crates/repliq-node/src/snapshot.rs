@@ -15,13 +15,9 @@ use repliq::store::{LatencyStat, Stats, Store};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::config::{Discovery, Mode};
-use super::history::{History, SAMPLE_EVERY};
-use super::run::{QueueState, Shared};
-
-/// A secondary is ready when every followed queue is within this many
-/// bytes of its primary's last known write position.
-pub const READY_LAG_BYTES: u64 = 1 << 20;
+use crate::config::{Discovery, Mode};
+use crate::history::{History, SAMPLE_EVERY};
+use crate::state::{QueueState, Shared, READY_LAG_BYTES};
 
 /// The version of this build.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -57,10 +53,10 @@ impl Observer {
     pub async fn sample(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
             let now = Instant::now();
-            for (name, q) in queues(&self.shared) {
+            for (name, q) in self.shared.queues() {
                 let tail = match &q.status {
-                    Some(st) => st.primary_tail(),
-                    None => q.store().map_or(0, |s| s.tail_position()),
+                    Some(st) if !self.shared.leads(&q) => st.primary_tail(),
+                    _ => q.store().map_or(0, |s| s.tail_position()),
                 };
                 if tail > 0 {
                     self.history.record(&name, now, tail);
@@ -73,15 +69,34 @@ impl Observer {
         }
     }
 
+    /// [`Observer::snapshot`] on the blocking pool: it reads directories and
+    /// `statvfs`, which must not stall the runtime's workers.
+    pub async fn snapshot_async(self: &Arc<Self>) -> Snapshot {
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || me.snapshot()).await {
+            Ok(s) => s,
+            Err(_) => self.snapshot(),
+        }
+    }
+
+    /// [`Observer::cluster`] on the blocking pool.
+    pub async fn cluster_async(self: &Arc<Self>) -> Cluster {
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || me.cluster()).await {
+            Ok(c) => c,
+            Err(_) => self.cluster(),
+        }
+    }
+
     /// Everything this node observes now.
     pub fn snapshot(&self) -> Snapshot {
         let sh = &self.shared;
         let now = Instant::now();
         let mut qs = Vec::new();
-        for (name, q) in queues(sh) {
+        for (name, q) in sh.queues() {
             qs.push(self.queue(&name, &q, now));
         }
-        let (ready, not_ready) = readiness(sh);
+        let (ready, not_ready) = sh.readiness();
         let connected_peers = if sh.primary {
             sh.connected
                 .load(std::sync::atomic::Ordering::Acquire)
@@ -93,7 +108,11 @@ impl Observer {
         };
         let node = NodeSnap {
             name: sh.cfg.node_name.clone(),
-            role: role(sh.primary),
+            role: if sh.is_cluster() {
+                "member"
+            } else {
+                role(sh.primary)
+            },
             mode: match sh.cfg.mode {
                 Mode::Async => "async",
                 Mode::Sync => "sync",
@@ -112,7 +131,14 @@ impl Observer {
             connected_peers,
             disk: disk(&sh.cfg.path),
         };
-        Snapshot { node, queues: qs }
+        let catalog = sh
+            .catalog()
+            .map(|c| catalog_view(c, sh.cfg.cluster.as_ref()));
+        Snapshot {
+            node,
+            queues: qs,
+            catalog,
+        }
     }
 
     fn queue(&self, name: &str, q: &QueueState, now: Instant) -> QueueSnap {
@@ -139,6 +165,7 @@ impl Observer {
             snap.full_rejections = st.full_rejections;
             snap.recoveries = st.recoveries;
             snap.unblocked = st.unblocked;
+            snap.truncated_records = st.truncated_records;
             snap.groups = st
                 .groups
                 .iter()
@@ -151,7 +178,7 @@ impl Observer {
             snap.enqueue_latency = LatencySnap::of(&st.enqueue_latency);
             snap.sync_wait = LatencySnap::of(&st.sync_wait);
         }
-        if sh.primary {
+        if sh.leads(q) {
             if let (Some(s), Some(st)) = (&store, &st) {
                 let base = s.geometry().first_position(0);
                 // Bytes and (estimated) messages under the replicated watermark.
@@ -164,7 +191,13 @@ impl Observer {
             let local = store.as_ref().map_or(0, Store::tail_position);
             let lag_bytes = status.primary_tail().saturating_sub(local);
             let mut l = LinkSnap {
-                peer: sh.cfg.primary.clone().unwrap_or_else(|| "primary".into()),
+                peer: q
+                    .leader
+                    .lock()
+                    .ok()
+                    .and_then(|l| l.clone())
+                    .or_else(|| sh.cfg.primary.clone())
+                    .unwrap_or_else(|| "primary".into()),
                 peer_role: "primary",
                 connected: status.connected(),
                 acked_position: local,
@@ -305,8 +338,149 @@ impl Observer {
             node: me.name.clone(),
             mode: me.mode,
             nodes,
+            catalog: snap.catalog.clone(),
         }
     }
+}
+
+/// The catalog as this node sees it (cluster mode).
+fn catalog_view(
+    c: &repliq_catalog::Catalog,
+    settings: Option<&crate::config::ClusterSettings>,
+) -> CatalogView {
+    let m = c.metrics();
+    let st = c.state();
+    let members = st
+        .members
+        .values()
+        .map(|x| CatalogMember {
+            name: x.name.clone(),
+            address: x.addr.clone(),
+            incarnation: x.incarnation,
+            voter: m.voters.contains(&x.name),
+            last_report: st.reports.get(&x.name).copied(),
+        })
+        .collect();
+    let queues = st
+        .queues
+        .values()
+        .map(|q| {
+            let progress = st.progress.get(&q.name);
+            let leader_tail = q
+                .leader
+                .as_ref()
+                .and_then(|l| progress.and_then(|p| p.get(l)))
+                .map_or(0, |p| p.tail);
+            CatalogQueue {
+                name: q.name.clone(),
+                queue_id: format!("{:016x}", q.queue_id),
+                leader: q.leader.clone(),
+                epoch: q.epoch,
+                epoch_history: q.epoch_history.clone(),
+                replicas: q
+                    .replicas
+                    .iter()
+                    .map(|r| {
+                        let p = progress.and_then(|p| p.get(r));
+                        CatalogReplica {
+                            node: r.clone(),
+                            in_sync: q.in_sync.contains(r),
+                            epoch: p.map(|p| p.epoch),
+                            tail: p.map(|p| p.tail),
+                            lag_bytes: p.map(|p| leader_tail.saturating_sub(p.tail)),
+                        }
+                    })
+                    .collect(),
+                min_insync: q.settings.min_insync,
+            }
+        })
+        .collect();
+    CatalogView {
+        leader: m.leader,
+        term: m.term,
+        commit_index: m.commit_index,
+        voters: m.voters,
+        initialized_here: c.initialized_here(),
+        incarnation: c.incarnation(),
+        factor: settings.map_or(0, |s| s.factor),
+        failover_timeout_ms: settings.map_or(0, |s| s.failover_timeout_ms),
+        members,
+        queues,
+    }
+}
+
+/// The catalog in `/api/v1/cluster` (cluster mode only).
+#[derive(Debug, Clone, Serialize)]
+pub struct CatalogView {
+    /// The catalog's Raft leader, if known.
+    pub leader: Option<String>,
+    /// Raft term.
+    pub term: u64,
+    /// Last log index applied on this node.
+    pub commit_index: Option<u64>,
+    /// The voters.
+    pub voters: Vec<String>,
+    /// Whether this process initialized the cluster (only ever on a fresh directory).
+    pub initialized_here: bool,
+    /// This node's incarnation.
+    pub incarnation: u64,
+    /// `replication.factor`.
+    pub factor: usize,
+    /// `replication.failover_timeout_ms`.
+    pub failover_timeout_ms: u64,
+    /// Members.
+    pub members: Vec<CatalogMember>,
+    /// Queues.
+    pub queues: Vec<CatalogQueue>,
+}
+
+/// A member in the catalog.
+#[derive(Debug, Clone, Serialize)]
+pub struct CatalogMember {
+    /// Node name.
+    pub name: String,
+    /// Its address.
+    pub address: String,
+    /// Its incarnation (a new one after it lost its data directory).
+    pub incarnation: u64,
+    /// Whether it votes in the catalog.
+    pub voter: bool,
+    /// Sequence number of its last report.
+    pub last_report: Option<u64>,
+}
+
+/// A queue in the catalog.
+#[derive(Debug, Clone, Serialize)]
+pub struct CatalogQueue {
+    /// Name.
+    pub name: String,
+    /// Queue id (hex).
+    pub queue_id: String,
+    /// Leader.
+    pub leader: Option<String>,
+    /// Leader epoch.
+    pub epoch: u32,
+    /// `(epoch, first id)` pairs.
+    pub epoch_history: Vec<(u32, u64)>,
+    /// Replicas with their reported progress.
+    pub replicas: Vec<CatalogReplica>,
+    /// Replicas (leader included) a synchronous append needs.
+    pub min_insync: u32,
+}
+
+/// One replica of a queue.
+#[derive(Debug, Clone, Serialize)]
+pub struct CatalogReplica {
+    /// Node name.
+    pub node: String,
+    /// In the in-sync set.
+    pub in_sync: bool,
+    /// Epoch of its last record, as last reported.
+    pub epoch: Option<u32>,
+    /// Its tail, as last reported.
+    pub tail: Option<u64>,
+    /// Bytes behind the leader's last reported tail.
+    pub lag_bytes: Option<u64>,
 }
 
 /// Everything this node observes at one moment.
@@ -316,6 +490,9 @@ pub struct Snapshot {
     pub node: NodeSnap,
     /// Its queues, by name.
     pub queues: Vec<QueueSnap>,
+    /// Cluster mode: the catalog as this node sees it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<CatalogView>,
 }
 
 /// This node.
@@ -400,6 +577,8 @@ pub struct QueueSnap {
     pub recoveries: u64,
     /// Stuck frames (of writers that died mid-append) turned into padding.
     pub unblocked: u64,
+    /// Records truncations moved to quarantine (see `repliq stat`).
+    pub truncated_records: u64,
     /// Consumer groups.
     pub groups: Vec<GroupSnap>,
     /// Sampled enqueue latency.
@@ -492,6 +671,9 @@ pub struct Cluster {
     pub mode: &'static str,
     /// This node first, then its peers.
     pub nodes: Vec<ClusterNode>,
+    /// Cluster mode: the catalog.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<CatalogView>,
 }
 
 /// A node as seen from this one.
@@ -526,40 +708,6 @@ pub fn role(primary: bool) -> &'static str {
     } else {
         "secondary"
     }
-}
-
-/// The node's queues, by name.
-pub fn queues(shared: &Shared) -> Vec<(String, Arc<QueueState>)> {
-    shared
-        .queues
-        .read()
-        .map(|q| q.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-        .unwrap_or_default()
-}
-
-/// Whether the node is ready, and why not: the primary always is; a
-/// secondary when every followed queue has a session and is within
-/// [`READY_LAG_BYTES`] of its primary.
-pub fn readiness(shared: &Shared) -> (bool, Vec<String>) {
-    if shared.primary {
-        return (true, Vec::new());
-    }
-    let mut not_ready = Vec::new();
-    for (name, q) in queues(shared) {
-        let s = q.store();
-        let Some(st) = &q.status else {
-            not_ready.push(format!("{name}: not followed"));
-            continue;
-        };
-        let local = s.as_ref().map_or(0, Store::tail_position);
-        let behind = st.primary_tail().saturating_sub(local);
-        if !st.connected() {
-            not_ready.push(format!("{name}: not connected"));
-        } else if behind > READY_LAG_BYTES || s.is_none() {
-            not_ready.push(format!("{name}: {behind} bytes behind"));
-        }
-    }
-    (not_ready.is_empty(), not_ready)
 }
 
 /// Estimated messages in `bytes` of log, from the queue's average frame size.

@@ -13,27 +13,27 @@ const FILES: &[(&str, &str, &[u8])] = &[
     (
         "index.html",
         "text/html; charset=utf-8",
-        include_bytes!("../../dashboard/index.html"),
+        include_bytes!("../dashboard/index.html"),
     ),
     (
         "dashboard.css",
         "text/css; charset=utf-8",
-        include_bytes!("../../dashboard/dashboard.css"),
+        include_bytes!("../dashboard/dashboard.css"),
     ),
     (
         "dashboard.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../../dashboard/dashboard.js"),
+        include_bytes!("../dashboard/dashboard.js"),
     ),
     (
         "vendor/chart.min.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../../dashboard/vendor/chart.min.js"),
+        include_bytes!("../dashboard/vendor/chart.min.js"),
     ),
     (
         "vendor/chart.js.copyright",
         "text/plain; charset=utf-8",
-        include_bytes!("../../dashboard/vendor/chart.js.copyright"),
+        include_bytes!("../dashboard/vendor/chart.js.copyright"),
     ),
 ];
 

@@ -5,15 +5,15 @@
 //! every `refresh_interval` seconds; a secondary tries them in turn, and
 //! only the primary answers with a welcome.
 //! `kubernetes`: the Ready pods matching `label_selector`, watched through
-//! the API server (see [`super::kubernetes`]).
+//! the API server (see [`crate::kubernetes`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::config::{Config, Discovery};
-use super::kubernetes;
+use crate::config::{Config, Discovery};
+use crate::kubernetes;
 
 /// Candidate addresses of the primary, kept current.
 pub type Candidates = watch::Receiver<Arc<Vec<String>>>;
@@ -75,7 +75,7 @@ pub fn start(cfg: &Config) -> Candidates {
             ),
             Err(e) => {
                 // The client configuration was checked before the runtime
-                // started (`daemon::run`); what remains (TLS set-up) is
+                // started ([`crate::preflight`]); what remains (TLS set-up) is
                 // logged, and without a client no primary is found.
                 tracing::error!("kubernetes discovery: {e}");
                 watch::channel(Arc::new(Vec::new())).1

@@ -1,0 +1,364 @@
+//! The [`Catalog`]: storage, Raft, server and the background tasks of one node.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use openraft::SnapshotPolicy;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::command::{Command, Response};
+use crate::error::{CatalogError, StoreError, WireError};
+use crate::forward::forward;
+use crate::membership::{bootstrap_and_join, upkeep};
+use crate::network::Network;
+use crate::server::{listen, ServerContext};
+use crate::state::CatalogState;
+use crate::storage::file::{read_atomic, write_atomic};
+use crate::storage::{LogStore, StateMachineStore};
+use crate::types::{node_id, NodeId, Raft};
+use crate::wire::{RpcReply, RpcRequest};
+
+/// Name of the file holding the node's incarnation.
+pub const INCARNATION_FILE: &str = "incarnation";
+
+/// Configuration of one catalog node.
+#[derive(Debug, Clone)]
+pub struct CatalogConfig {
+    /// This node's name, unique in the cluster.
+    pub node_name: String,
+    /// `host:port` this node listens on for catalog traffic (and peers connect to).
+    pub addr: String,
+    /// Directory of the durable state (created if missing).
+    pub dir: PathBuf,
+    /// All discovered members, `(name, addr)`, including this node.
+    pub peers: Vec<(String, String)>,
+    /// Election timeout range in milliseconds `(min, max)`.
+    pub election_timeout_ms: (u64, u64),
+    /// Leader heartbeat interval in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_logs: u64,
+    /// How many log entries to keep before the last snapshot when purging (the rest are
+    /// purged; a peer that needs purged entries receives the snapshot instead).
+    pub logs_kept_after_snapshot: u64,
+    /// Whether the catalog binds `addr` itself. `false` when the caller accepts
+    /// connections on a port it shares with another protocol and hands those that
+    /// start with `b"RQCL"` to [`serve_connection`](crate::serve_connection) with
+    /// [`Catalog::server_context`].
+    pub own_listener: bool,
+}
+
+impl CatalogConfig {
+    /// A configuration with default timings: election 500..1000 ms, heartbeat 100 ms,
+    /// a snapshot every 1000 entries, 1000 entries kept behind the snapshot.
+    pub fn new(
+        node_name: impl Into<String>,
+        addr: impl Into<String>,
+        dir: impl Into<PathBuf>,
+        peers: Vec<(String, String)>,
+    ) -> CatalogConfig {
+        CatalogConfig {
+            node_name: node_name.into(),
+            addr: addr.into(),
+            dir: dir.into(),
+            peers,
+            election_timeout_ms: (500, 1000),
+            heartbeat_ms: 100,
+            snapshot_logs: 1000,
+            logs_kept_after_snapshot: 1000,
+            own_listener: true,
+        }
+    }
+}
+
+/// A snapshot of the local Raft node's view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogMetrics {
+    /// Current Raft term.
+    pub term: u64,
+    /// Index of the last entry applied here (everything applied is committed).
+    pub commit_index: Option<u64>,
+    /// Name of the current leader, if known.
+    pub leader: Option<String>,
+    /// Names of the voters.
+    pub voters: Vec<String>,
+    /// Raft ids of the voters.
+    pub voter_ids: Vec<NodeId>,
+}
+
+/// One node of the cluster catalog: a Raft-replicated [`CatalogState`].
+///
+/// The node's Raft id is `node_id(name, incarnation)`. The incarnation is chosen the first
+/// time a data directory is used (Unix milliseconds above 20 random bits, so a later
+/// directory gets a higher one) and stored in it (file `incarnation`). A node
+/// that lost its directory therefore comes back under a new Raft id and never claims
+/// the votes or log of its former self; it joins again as a new member (a newer
+/// [`Command::Join`] incarnation replaces the old member record).
+///
+/// Only the first voter by name, and only with a completely fresh directory, calls
+/// Raft's `initialize`, after every initial voter answered and none reported being part of
+/// an initialized cluster. Restarts never initialize.
+///
+/// # Example
+///
+/// ```no_run
+/// use repliq_catalog::{Catalog, CatalogConfig, Command};
+///
+/// # async fn run() -> Result<(), repliq_catalog::CatalogError> {
+/// let peers = vec![
+///     ("a".to_string(), "10.0.0.1:31337".to_string()),
+///     ("b".to_string(), "10.0.0.2:31337".to_string()),
+///     ("c".to_string(), "10.0.0.3:31337".to_string()),
+/// ];
+/// let cfg = CatalogConfig::new("a", "10.0.0.1:31337", "/var/lib/repliq/catalog", peers);
+/// let catalog = Catalog::start(cfg).await?;
+/// let resp = catalog
+///     .propose(Command::SetLiveness { name: "b".into(), live: false })
+///     .await?;
+/// println!("{resp:?}, {} queues", catalog.state().queues.len());
+/// catalog.shutdown().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Catalog {
+    ctx: Arc<ServerContext>,
+    node_id: NodeId,
+    peers: Arc<Vec<(String, String)>>,
+    initialized_here: Arc<AtomicBool>,
+    log: LogStore,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Catalog {
+    /// Opens the storage in `cfg.dir`, starts Raft, the server on `cfg.addr`, and the
+    /// background tasks (bootstrap, join, membership upkeep).
+    pub async fn start(cfg: CatalogConfig) -> Result<Catalog, CatalogError> {
+        std::fs::create_dir_all(&cfg.dir).map_err(StoreError::io("create directory", &cfg.dir))?;
+        let inc_path = cfg.dir.join(INCARNATION_FILE);
+        let log = LogStore::open(&cfg.dir)?;
+        let sm = StateMachineStore::open(&cfg.dir)?;
+        let has_snapshot = crate::storage::snapshot::snapshot_path(&cfg.dir).exists();
+        let fresh = log.is_fresh() && !has_snapshot;
+        let incarnation = match read_atomic::<u64>(&inc_path)? {
+            Some(i) => i,
+            None if fresh => {
+                let i = new_incarnation()?;
+                write_atomic(&inc_path, &i)?;
+                i
+            }
+            None => {
+                return Err(CatalogError::Config(format!(
+                    "{} has Raft state but no incarnation file",
+                    cfg.dir.display()
+                )))
+            }
+        };
+        let id = node_id(&cfg.node_name, incarnation);
+        let (emin, emax) = cfg.election_timeout_ms;
+        let config = openraft::Config {
+            cluster_name: "repliq-catalog".into(),
+            election_timeout_min: emin,
+            election_timeout_max: emax,
+            heartbeat_interval: cfg.heartbeat_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
+            max_in_snapshot_log_to_keep: cfg.logs_kept_after_snapshot,
+            purge_batch_size: 1,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| CatalogError::Config(e.to_string()))?;
+        let raft = Raft::new(id, Arc::new(config), Network, log.clone(), sm.clone())
+            .await
+            .map_err(|e| CatalogError::Raft(e.to_string()))?;
+        let listener = if cfg.own_listener {
+            Some(bind(&cfg.addr).await?)
+        } else {
+            None
+        };
+        let ctx = Arc::new(ServerContext {
+            raft,
+            sm,
+            name: cfg.node_name.clone(),
+            addr: cfg.addr.clone(),
+            incarnation,
+        });
+        let mut peers = cfg.peers.clone();
+        if !peers.iter().any(|(n, _)| *n == cfg.node_name) {
+            peers.push((cfg.node_name.clone(), cfg.addr.clone()));
+        }
+        let peers = Arc::new(peers);
+        let initialized_here = Arc::new(AtomicBool::new(false));
+        tracing::info!(name = %cfg.node_name, id, incarnation, fresh, "catalog starting");
+        let mut tasks = Vec::new();
+        if let Some(l) = listener {
+            tasks.push(tokio::spawn(listen(l, ctx.clone())));
+        }
+        tasks.extend([
+            tokio::spawn(bootstrap_and_join(
+                ctx.clone(),
+                id,
+                peers.clone(),
+                fresh,
+                initialized_here.clone(),
+            )),
+            tokio::spawn(upkeep(ctx.clone(), id)),
+        ]);
+        Ok(Catalog {
+            ctx,
+            node_id: id,
+            peers,
+            initialized_here,
+            log,
+            tasks,
+        })
+    }
+
+    /// Proposes `cmd`: sends it to the leader (following redirects) and waits until it is
+    /// committed and applied there. A rejection by the state machine is an `Ok`
+    /// [`Response::Rejected`].
+    ///
+    /// If the connection to the leader fails after the request was sent, the outcome is
+    /// unknown and an error is returned (the command may have been applied).
+    pub async fn propose(&self, cmd: Command) -> Result<Response, CatalogError> {
+        match forward(
+            &self.ctx,
+            self.node_id,
+            &self.peers,
+            RpcRequest::Propose(cmd),
+            false,
+        )
+        .await?
+        {
+            RpcReply::Propose(Ok(r)) => Ok(r),
+            _ => Err(CatalogError::Wire(WireError::Unexpected)),
+        }
+    }
+
+    /// A linearizable read of the catalog, served by the leader after it confirmed its
+    /// leadership and applied everything committed before the call.
+    pub async fn read(&self) -> Result<CatalogState, CatalogError> {
+        let req = RpcRequest::Read { linearizable: true };
+        match forward(&self.ctx, self.node_id, &self.peers, req, true).await? {
+            RpcReply::Read(Ok(s)) => Ok(s),
+            _ => Err(CatalogError::Wire(WireError::Unexpected)),
+        }
+    }
+
+    /// The last state applied on this node (possibly behind the leader). Cheap.
+    pub fn state(&self) -> Arc<CatalogState> {
+        self.ctx.sm.state()
+    }
+
+    /// A receiver of every state applied on this node.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<CatalogState>> {
+        self.ctx.sm.subscribe()
+    }
+
+    /// This node's Raft view.
+    pub fn metrics(&self) -> CatalogMetrics {
+        let m = self.ctx.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let name_of = |id: NodeId| {
+            membership
+                .get_node(&id)
+                .map(|n| n.name.clone())
+                .unwrap_or_else(|| format!("#{id}"))
+        };
+        let voter_ids: Vec<NodeId> = membership.voter_ids().collect();
+        let mut voters: Vec<String> = voter_ids.iter().copied().map(name_of).collect();
+        voters.sort();
+        CatalogMetrics {
+            term: m.current_term,
+            commit_index: m.last_applied.map(|l| l.index),
+            leader: m.current_leader.map(name_of),
+            voters,
+            voter_ids,
+        }
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.ctx.name
+    }
+
+    /// This node's Raft id: `node_id(name, incarnation)`.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// This node's incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.ctx.incarnation
+    }
+
+    /// Whether this process called Raft's `initialize` (only ever on a fresh directory).
+    pub fn initialized_here(&self) -> bool {
+        self.initialized_here.load(Ordering::SeqCst)
+    }
+
+    /// The context to serve catalog connections accepted elsewhere (for example on a
+    /// port shared with the data protocol) with [`serve_connection`](crate::serve_connection).
+    pub fn server_context(&self) -> Arc<ServerContext> {
+        self.ctx.clone()
+    }
+
+    /// The Raft log store (for inspection).
+    pub fn log_store(&self) -> &LogStore {
+        &self.log
+    }
+
+    /// Stops the server and background tasks, and shuts Raft down.
+    pub async fn shutdown(mut self) -> Result<(), CatalogError> {
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+        self.ctx
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| CatalogError::Raft(e.to_string()))
+    }
+}
+
+impl Drop for Catalog {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// A new incarnation: Unix time in milliseconds in the high bits, 20 random bits below,
+/// so that a directory created later gets a higher incarnation (a `Join` with a lower one
+/// is rejected) unless the clock went backwards, and two directories created in the same
+/// millisecond still differ.
+fn new_incarnation() -> Result<u64, CatalogError> {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| CatalogError::Config(format!("clock before 1970: {e}")))?
+        .as_millis() as u64;
+    let random =
+        getrandom::u64().map_err(|e| CatalogError::Config(format!("random incarnation: {e}")))?;
+    Ok((millis << 20) | (random & 0xf_ffff))
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, CatalogError> {
+    let sa = tokio::net::lookup_host(addr)
+        .await
+        .map_err(WireError::Io)?
+        .next()
+        .ok_or_else(|| CatalogError::Config(format!("{addr} resolves to nothing")))?;
+    let socket = if sa.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(WireError::Io)?;
+    socket.set_reuseaddr(true).map_err(WireError::Io)?;
+    socket.bind(sa).map_err(WireError::Io)?;
+    Ok(socket.listen(1024).map_err(WireError::Io)?)
+}

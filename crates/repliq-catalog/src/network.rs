@@ -1,0 +1,242 @@
+//! The client side of the catalog protocol: a connection to one peer, and openraft's
+//! `RaftNetworkFactory` / `RaftNetwork` on top of it.
+
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use tokio::io::BufStream;
+use tokio::net::TcpStream;
+
+use crate::error::WireError;
+use crate::types::{CatalogNode, NodeId, TypeConfig};
+use crate::wire::{read_frame, write_frame, write_preamble, RpcReply, RpcRequest};
+
+/// Timeout for establishing a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default timeout for one request/response.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An error of one call: whether the connection could not be made (nothing was sent)
+/// or failed later (the request may have been processed).
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Connecting failed or timed out; the request was not sent.
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        /// Peer address.
+        addr: String,
+        /// Cause.
+        source: WireError,
+    },
+    /// The request or its reply failed.
+    #[error("call {addr}: {source}")]
+    Call {
+        /// Peer address.
+        addr: String,
+        /// Cause.
+        source: WireError,
+    },
+}
+
+/// A (lazily connected, reused) connection to one peer's catalog endpoint.
+#[derive(Debug)]
+pub struct PeerClient {
+    addr: String,
+    conn: Option<BufStream<TcpStream>>,
+}
+
+impl PeerClient {
+    /// A client for the peer at `addr` (`host:port`); connects on first use.
+    pub fn new(addr: impl Into<String>) -> PeerClient {
+        PeerClient {
+            addr: addr.into(),
+            conn: None,
+        }
+    }
+
+    async fn connect(&mut self) -> Result<&mut BufStream<TcpStream>, CallError> {
+        if self.conn.is_none() {
+            let addr = self.addr.clone();
+            let err = |source| CallError::Connect {
+                addr: addr.clone(),
+                source,
+            };
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
+                .await
+                .map_err(|_| err(WireError::Timeout))?
+                .map_err(|e| err(WireError::Io(e)))?;
+            let _ = stream.set_nodelay(true);
+            let mut s = BufStream::new(stream);
+            write_preamble(&mut s).await.map_err(err)?;
+            self.conn = Some(s);
+        }
+        match self.conn.as_mut() {
+            Some(c) => Ok(c),
+            None => Err(CallError::Connect {
+                addr: self.addr.clone(),
+                source: WireError::Unexpected,
+            }),
+        }
+    }
+
+    /// Sends `req` and waits for its reply, within `timeout`. On any error the
+    /// connection is dropped, and the next call reconnects.
+    pub async fn call(
+        &mut self,
+        req: &RpcRequest,
+        timeout: Duration,
+    ) -> Result<RpcReply, CallError> {
+        let addr = self.addr.clone();
+        let res = tokio::time::timeout(timeout, async {
+            let conn = self.connect().await?;
+            let io = async {
+                write_frame(conn, req).await?;
+                read_frame::<_, RpcReply>(conn)
+                    .await?
+                    .ok_or(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()))
+            };
+            io.await.map_err(|source| CallError::Call {
+                addr: addr.clone(),
+                source,
+            })
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(CallError::Call {
+                addr: self.addr.clone(),
+                source: WireError::Timeout,
+            })
+        });
+        if res.is_err() {
+            self.conn = None;
+        }
+        res
+    }
+}
+
+/// openraft's network factory for the catalog: one [`PeerConnection`] per target.
+#[derive(Debug, Clone, Default)]
+pub struct Network;
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &CatalogNode) -> PeerConnection {
+        PeerConnection {
+            target,
+            client: PeerClient::new(node.addr.clone()),
+        }
+    }
+}
+
+/// openraft's connection to one peer.
+#[derive(Debug)]
+pub struct PeerConnection {
+    target: NodeId,
+    client: PeerClient,
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, CatalogNode, RaftError<NodeId, E>>;
+
+impl PeerConnection {
+    async fn rpc(&mut self, req: RpcRequest, option: &RPCOption) -> Result<RpcReply, CallError> {
+        let timeout = option.hard_ttl().max(Duration::from_millis(50));
+        self.client.call(&req, timeout).await
+    }
+}
+
+fn map_call<E: std::error::Error>(e: CallError) -> RpcErr<E> {
+    match e {
+        CallError::Connect { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+        CallError::Call { .. } => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
+/// A wrong-node answer means the target id no longer lives at that address: report it
+/// unreachable, so openraft backs off.
+fn unexpected<E: std::error::Error>(reply: &RpcReply) -> RpcErr<E> {
+    match reply {
+        RpcReply::WrongNode(id) => {
+            RPCError::Unreachable(Unreachable::new(&WireError::WrongNode(*id)))
+        }
+        _ => RPCError::Network(NetworkError::new(&WireError::Unexpected)),
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        match self
+            .rpc(
+                RpcRequest::AppendEntries {
+                    to: self.target,
+                    rpc,
+                },
+                &option,
+            )
+            .await
+            .map_err(map_call)?
+        {
+            RpcReply::AppendEntries(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        match self
+            .rpc(
+                RpcRequest::InstallSnapshot {
+                    to: self.target,
+                    rpc,
+                },
+                &option,
+            )
+            .await
+            .map_err(map_call)?
+        {
+            RpcReply::InstallSnapshot(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
+        match self
+            .rpc(
+                RpcRequest::Vote {
+                    to: self.target,
+                    rpc,
+                },
+                &option,
+            )
+            .await
+            .map_err(map_call)?
+        {
+            RpcReply::Vote(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+}

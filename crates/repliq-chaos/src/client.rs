@@ -1,0 +1,253 @@
+//! The hidden `client` and `reader` subcommands, run inside a node's
+//! namespace with `ip netns exec`. They print one JSON [`Event`] per line.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use repliq::{QueueError, ReplicatedQueue, ReplicationMode, RepliqQueue};
+use repliq_chaos::history::{decode_value, Event, EventType, Mode, OpFn};
+
+/// CLOCK_MONOTONIC in ns: one clock shared by every network namespace.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// Arguments of `repliq-chaos client`.
+#[derive(clap::Args, Debug)]
+pub struct ClientArgs {
+    /// Queue directory on this node.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Queue name (for the history).
+    #[arg(long)]
+    pub queue: String,
+    /// This node's name.
+    #[arg(long)]
+    pub node: String,
+    /// The secondaries' names.
+    #[arg(long, value_delimiter = ',')]
+    pub secondaries: Vec<String>,
+    /// Port of this process's own (idle) replication listener.
+    #[arg(long)]
+    pub port: u16,
+    /// Unique process number; values are `process << 32 | sequence`.
+    #[arg(long)]
+    pub process: u64,
+    /// sync or async.
+    #[arg(long)]
+    pub mode: String,
+    /// Acknowledgements a sync enqueue waits for.
+    #[arg(long)]
+    pub min_acks: usize,
+    /// Operations per second.
+    #[arg(long)]
+    pub rate: f64,
+    /// Sync timeout in ms (then the outcome is unknown: info).
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
+    /// Stop when this file exists.
+    #[arg(long)]
+    pub stop_file: PathBuf,
+}
+
+fn emit(out: &mut impl Write, e: &Event) -> bool {
+    match serde_json::to_string(e) {
+        Ok(s) => writeln!(out, "{s}").and_then(|_| out.flush()).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Runs the writer: enqueues unique values through the founding API.
+pub fn client(a: ClientArgs) -> i32 {
+    let mode = match a.mode.as_str() {
+        "sync" => Mode::Sync,
+        "async" => Mode::Async,
+        m => {
+            eprintln!("repliq-chaos client: unknown mode {m:?} (sync or async)");
+            return 2;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("repliq-chaos client: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    let Some(dir) = a.dir.to_str() else {
+        eprintln!("repliq-chaos client: the queue path is not UTF-8");
+        return 2;
+    };
+    rt.block_on(async {
+        let q = match RepliqQueue::<u64>::open(dir) {
+            Ok(q) => q,
+            Err(e) => {
+                eprintln!("repliq-chaos client: cannot open {dir}: {e}");
+                return 1;
+            }
+        };
+        let mut q = q
+            .with_node_name(&a.node)
+            .with_sync_timeout(Duration::from_millis(a.timeout_ms))
+            .with_min_acks(a.min_acks);
+        let primary = format!("{}:{}", a.node, a.port);
+        let secs: Vec<String> = a
+            .secondaries
+            .iter()
+            .map(|s| format!("{s}:{}", a.port))
+            .collect();
+        let rm = match mode {
+            Mode::Sync => ReplicationMode::Synchronous,
+            Mode::Async => ReplicationMode::Asynchronous,
+        };
+        if let Err(e) = q.with_replication(&primary, secs.iter().map(String::as_str).collect(), rm)
+        {
+            eprintln!("repliq-chaos client: with_replication: {e}");
+            return 1;
+        }
+        let mut out = std::io::stdout().lock();
+        let period = Duration::from_secs_f64(1.0 / a.rate.max(0.01));
+        let mut seq: u64 = 0;
+        while !a.stop_file.exists() {
+            seq += 1;
+            let value = (a.process << 32) | seq;
+            let mut e = Event {
+                kind: EventType::Invoke,
+                f: OpFn::Enqueue,
+                process: a.process,
+                node: a.node.clone(),
+                queue: a.queue.clone(),
+                mode,
+                value,
+                group: None,
+                id: None,
+                epoch: None,
+                time_ns: now_ns(),
+                error: None,
+            };
+            if !emit(&mut out, &e) {
+                return 1;
+            }
+            let r = match mode {
+                Mode::Sync => q.enqueue(value).await.map(|()| None),
+                Mode::Async => q.enqueue_id(&value).map(Some),
+            };
+            e.time_ns = now_ns();
+            match r {
+                Ok(id) => {
+                    e.kind = EventType::Ok;
+                    e.id = id;
+                }
+                // A sync timeout leaves the record in the log: unknown.
+                Err(QueueError::Replication(m)) => {
+                    e.kind = EventType::Info;
+                    e.error = Some(m);
+                }
+                Err(err) => {
+                    e.kind = EventType::Fail;
+                    e.error = Some(err.to_string());
+                }
+            }
+            if !emit(&mut out, &e) {
+                return 1;
+            }
+            tokio::time::sleep(period).await;
+        }
+        0
+    })
+}
+
+/// Arguments of `repliq-chaos reader`.
+#[derive(clap::Args, Debug)]
+pub struct ReaderArgs {
+    /// Queue directory on this node.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Queue name (for the history).
+    #[arg(long)]
+    pub queue: String,
+    /// This node's name.
+    #[arg(long)]
+    pub node: String,
+    /// Consumer group.
+    #[arg(long)]
+    pub group: String,
+    /// Unique process number.
+    #[arg(long)]
+    pub process: u64,
+    /// Stop when this file exists and the queue is drained.
+    #[arg(long)]
+    pub stop_file: PathBuf,
+}
+
+/// Runs a consumer-group reader: dequeues until stopped and drained.
+pub fn reader(a: ReaderArgs) -> i32 {
+    let Some(dir) = a.dir.to_str() else {
+        eprintln!("repliq-chaos reader: the queue path is not UTF-8");
+        return 2;
+    };
+    let q = match RepliqQueue::<u64>::open(dir) {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!("repliq-chaos reader: cannot open {dir}: {e}");
+            return 1;
+        }
+    };
+    let mut c = match q.store().group_consumer(&a.group) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("repliq-chaos reader: group {}: {e}", a.group);
+            return 1;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let mut idle_after_stop = 0;
+    loop {
+        match c.dequeue_with(|r| (r.id, r.epoch, decode_value(r.payload))) {
+            Ok(Some((id, epoch, value))) => {
+                let e = Event {
+                    kind: EventType::Ok,
+                    f: OpFn::Dequeue,
+                    process: a.process,
+                    node: a.node.clone(),
+                    queue: a.queue.clone(),
+                    mode: Mode::Sync,
+                    value: value.unwrap_or(u64::MAX),
+                    group: Some(a.group.clone()),
+                    id: Some(id),
+                    epoch: Some(epoch),
+                    time_ns: now_ns(),
+                    error: value
+                        .is_none()
+                        .then(|| "payload is not a value".to_string()),
+                };
+                if !emit(&mut out, &e) {
+                    return 1;
+                }
+            }
+            Ok(None) => {
+                if a.stop_file.exists() {
+                    idle_after_stop += 1;
+                    if idle_after_stop > 20 {
+                        return 0;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                eprintln!("repliq-chaos reader: dequeue: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}

@@ -1,0 +1,862 @@
+//! `repliq-chaos run`: the cluster, the workload, the nemeses, the final
+//! heal and drain, and the check.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use repliq::store::{Store, StoreOptions};
+use repliq_chaos::checker;
+use repliq_chaos::history::{
+    Event, EventType, Fault, History, LogRecord, Mode, NodeLog, OpFn, TEXT_VALUE_PREFIX,
+};
+use repliq_chaos::prng::Prng;
+
+use crate::client::now_ns;
+use crate::cluster::{self, Cluster};
+use crate::report;
+
+/// Set by Ctrl-C / SIGTERM: stop, clean up, exit non-zero.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Every nemesis this tool knows.
+pub const NEMESES: &[&str] = &[
+    "kill",
+    "pause",
+    "partition",
+    "lost-disk",
+    "writer-kill",
+    "replica-write",
+    "netem",
+    "clock",
+];
+
+/// Parses `90`, `90s`, `2m`, `30m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mul) = if let Some(n) = s.strip_suffix('h') {
+        (n, 3600)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1)
+    } else {
+        (s, 1)
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}: use e.g. 90s, 2m, 30m, 1h"))?;
+    if n == 0 {
+        return Err(format!("duration {s:?} must be positive"));
+    }
+    Ok(Duration::from_secs(n * mul))
+}
+
+/// Parses `--nodes`: 3 or 5.
+fn parse_nodes(s: &str) -> Result<usize, String> {
+    match s {
+        "3" => Ok(3),
+        "5" => Ok(5),
+        _ => Err(format!("--nodes must be 3 or 5, not {s:?}")),
+    }
+}
+
+/// Arguments of `repliq-chaos run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3, value_parser = parse_nodes)]
+    pub nodes: usize,
+    /// Workload duration (e.g. 120s, 2m).
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// A soak run of this length (overrides --duration).
+    #[arg(long, value_parser = parse_duration)]
+    pub soak: Option<Duration>,
+    /// Comma-separated nemeses: kill, pause, partition, lost-disk,
+    /// writer-kill, replica-write, netem, clock; or `none`.
+    #[arg(long, default_value = "kill,pause,partition", value_delimiter = ',')]
+    pub nemesis: Vec<String>,
+    /// Seed of the nemesis schedule (default: from the clock; printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Mean seconds between the end of one fault and the start of the next.
+    #[arg(long, default_value_t = 6)]
+    pub interval: u64,
+    /// Enqueues per second per writer.
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// Workload modes: sync, async, or both.
+    #[arg(long, default_value = "sync,async", value_delimiter = ',')]
+    pub modes: Vec<String>,
+    /// Output directory (history.json, latency.svg, logs).
+    #[arg(long, default_value = "target/chaos")]
+    pub out: PathBuf,
+    /// The `repliq` binary.
+    #[arg(long, default_value = "target/release/repliq")]
+    pub repliq: PathBuf,
+}
+
+/// Arguments of `repliq-chaos check`.
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// A history.json written by `repliq-chaos run`.
+    pub history: PathBuf,
+}
+
+/// Re-checks a saved history; exit 0 on PASS, 1 on FAIL, 2 on bad input.
+pub fn check_file(a: CheckArgs) -> i32 {
+    let text = match std::fs::read_to_string(&a.history) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("repliq-chaos: {}: {e}", a.history.display());
+            return 2;
+        }
+    };
+    let v: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("repliq-chaos: {}: not JSON: {e}", a.history.display());
+            return 2;
+        }
+    };
+    let h: History = match serde_json::from_value(v.get("history").cloned().unwrap_or(v)) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("repliq-chaos: {}: not a history: {e}", a.history.display());
+            return 2;
+        }
+    };
+    let r = checker::check(&h);
+    print!("{}", report::summary(&h, &r, "re-check of a saved history"));
+    if r.pass() {
+        0
+    } else {
+        1
+    }
+}
+
+/// Runs `repliq-chaos cleanup`: removes what killed runs left behind.
+pub fn cleanup() -> i32 {
+    if let Err(e) = cluster::preflight() {
+        eprintln!("repliq-chaos: error: {e}");
+        return 2;
+    }
+    let removed = cluster::cleanup_stale();
+    for r in &removed {
+        println!("removed {r}");
+    }
+    if removed.is_empty() {
+        println!("nothing left over");
+    }
+    0
+}
+
+/// Sleeps up to `d`, returning false early if interrupted.
+fn nap(d: Duration) -> bool {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep((end - Instant::now()).min(Duration::from_millis(50)));
+    }
+    !INTERRUPTED.load(Ordering::Relaxed)
+}
+
+/// A planned fault.
+#[derive(Debug, Clone)]
+struct Planned {
+    kind: String,
+    target: usize,
+    hold: Duration,
+    gap: Duration,
+    pick: u64,
+}
+
+/// The schedule: a pure function of the seed, the nemeses and the length.
+fn plan(seed: u64, nemeses: &[String], n: usize, len: Duration, interval: u64) -> Vec<Planned> {
+    let mut p = Prng::new(seed);
+    let mut out = Vec::new();
+    let mut t = Duration::from_secs(5);
+    if nemeses.is_empty() {
+        return out;
+    }
+    loop {
+        let kind = nemeses[p.below(nemeses.len() as u64) as usize].clone();
+        let hold = Duration::from_millis(match kind.as_str() {
+            "pause" => p.between(3000, 5000),
+            "kill" | "lost-disk" | "writer-kill" => p.between(500, 3000),
+            "replica-write" => 0,
+            _ => p.between(3000, 6000),
+        });
+        let gap = Duration::from_millis(p.between(interval * 500, interval * 1500));
+        if t + hold + Duration::from_secs(8) > len {
+            break;
+        }
+        out.push(Planned {
+            kind,
+            target: p.below(n as u64) as usize,
+            hold,
+            gap,
+            pick: p.next_u64(),
+        });
+        t += hold + gap;
+    }
+    out
+}
+
+/// A writer client and where its events go.
+struct Writer {
+    slot: usize,
+    queue: String,
+    mode: Mode,
+}
+
+struct Run {
+    c: Cluster,
+    exe: PathBuf,
+    events: Arc<Mutex<Vec<Event>>>,
+    readers: Vec<JoinHandle<()>>,
+    next_process: u64,
+    min_acks: usize,
+    rate: f64,
+    stop_file: PathBuf,
+}
+
+impl Run {
+    fn collect(&mut self, mut child: Child) -> Child {
+        if let Some(out) = child.stdout.take() {
+            let events = self.events.clone();
+            self.readers.push(std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    match serde_json::from_str::<Event>(&line) {
+                        Ok(e) => {
+                            if let Ok(mut v) = events.lock() {
+                                v.push(e);
+                            }
+                        }
+                        Err(e) => eprintln!("repliq-chaos: bad event line {line:?}: {e}"),
+                    }
+                }
+            }));
+        }
+        child
+    }
+
+    fn spawn_writer(&mut self, queue: &str, mode: Mode) -> Result<usize, String> {
+        let process = self.next_process;
+        self.next_process += 1;
+        let secs: Vec<String> = self.c.nodes[1..].iter().map(|n| n.name.clone()).collect();
+        let log = self.c.log_file(&format!("client-{process}.log"))?;
+        let child = self
+            .c
+            .in_ns(0, &self.exe)
+            .arg("client")
+            .arg("--dir")
+            .arg(self.c.nodes[0].data.join(queue))
+            .args(["--queue", queue, "--node", &self.c.nodes[0].name])
+            .arg("--secondaries")
+            .arg(secs.join(","))
+            .arg("--port")
+            .arg((40000 + process).to_string())
+            .arg("--process")
+            .arg(process.to_string())
+            .arg("--mode")
+            .arg(if mode == Mode::Sync { "sync" } else { "async" })
+            .arg("--min-acks")
+            .arg(self.min_acks.to_string())
+            .arg("--rate")
+            .arg(self.rate.to_string())
+            .arg("--stop-file")
+            .arg(&self.stop_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start a client: {e}"))?;
+        let child = self.collect(child);
+        self.c.others.push(child);
+        Ok(self.c.others.len() - 1)
+    }
+
+    fn spawn_reader(&mut self, queue: &str, group: &str) -> Result<(), String> {
+        let process = self.next_process;
+        self.next_process += 1;
+        let log = self.c.log_file(&format!("reader-{process}.log"))?;
+        let child = self
+            .c
+            .in_ns(0, &self.exe)
+            .arg("reader")
+            .arg("--dir")
+            .arg(self.c.nodes[0].data.join(queue))
+            .args([
+                "--queue",
+                queue,
+                "--node",
+                &self.c.nodes[0].name,
+                "--group",
+                group,
+            ])
+            .arg("--process")
+            .arg(process.to_string())
+            .arg("--stop-file")
+            .arg(&self.stop_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start a reader: {e}"))?;
+        let child = self.collect(child);
+        self.c.others.push(child);
+        Ok(())
+    }
+
+    fn push(&self, e: Event) {
+        if let Ok(mut v) = self.events.lock() {
+            v.push(e);
+        }
+    }
+
+    fn heal_network(&self) {
+        for i in 0..self.c.nodes.len() {
+            let _ = self.c.ns_sh(i, &["iptables", "-F", "INPUT"]);
+            let _ = self.c.ns_sh(i, &["iptables", "-F", "OUTPUT"]);
+        }
+    }
+
+    /// Cuts every pair of nodes for which `allowed` is false.
+    fn partition(&self, allowed: impl Fn(usize, usize) -> bool) -> Result<(), String> {
+        let n = self.c.nodes.len();
+        for i in 0..n {
+            for j in 0..n {
+                if i != j && !allowed(i, j) {
+                    let ip = self.c.nodes[j].ip.clone();
+                    self.c
+                        .ns_sh(i, &["iptables", "-A", "INPUT", "-s", &ip, "-j", "DROP"])?;
+                    self.c
+                        .ns_sh(i, &["iptables", "-A", "OUTPUT", "-d", &ip, "-j", "DROP"])?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `repliq-chaos run`; returns the exit code (0 PASS, 1 FAIL, 2 usage
+/// or environment error, 130 interrupted).
+pub fn run(a: RunArgs) -> i32 {
+    match run_inner(a) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("repliq-chaos: error: {e}");
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                130
+            } else {
+                2
+            }
+        }
+    }
+}
+
+fn run_inner(a: RunArgs) -> Result<i32, String> {
+    let len = a.soak.unwrap_or(a.duration);
+    let mut nemeses: Vec<String> = a
+        .nemesis
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty() && s != "none")
+        .collect();
+    for n in &nemeses {
+        if !NEMESES.contains(&n.as_str()) {
+            return Err(format!(
+                "unknown nemesis {n:?}; known: {}",
+                NEMESES.join(", ")
+            ));
+        }
+    }
+    let mut modes = Vec::new();
+    for m in &a.modes {
+        match m.trim() {
+            "sync" => modes.push(Mode::Sync),
+            "async" => modes.push(Mode::Async),
+            other => return Err(format!("unknown mode {other:?}: sync or async")),
+        }
+    }
+    if modes.is_empty() {
+        return Err("--modes needs sync, async or both".into());
+    }
+    if !(a.rate > 0.0 && a.rate <= 1000.0) {
+        return Err("--rate must be in (0, 1000]".into());
+    }
+    let repliq = std::fs::canonicalize(&a.repliq).map_err(|e| {
+        format!(
+            "the repliq binary {}: {e} (build it: cargo build --release -p repliq-cli)",
+            a.repliq.display()
+        )
+    })?;
+    let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    cluster::preflight()?;
+    for r in cluster::cleanup_stale() {
+        println!("removed a leftover of an earlier run: {r}");
+    }
+    let seed = a
+        .seed
+        .unwrap_or_else(|| now_ns() ^ u64::from(std::process::id()));
+    let out = a.out.join(format!("run-{}-{seed}", std::process::id()));
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let out = std::fs::canonicalize(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::Relaxed))
+        .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
+
+    let mut unavailable: Vec<(String, String)> = Vec::new();
+    let n = a.nodes;
+    let min_acks = n / 2; // a majority, the primary included
+    let mut queues: Vec<(String, Mode)> = Vec::new();
+    for m in &modes {
+        match m {
+            Mode::Sync => {
+                queues.push(("s0".into(), Mode::Sync));
+                queues.push(("s1".into(), Mode::Sync));
+            }
+            Mode::Async => queues.push(("a0".into(), Mode::Async)),
+        }
+    }
+    let names: Vec<String> = queues.iter().map(|q| q.0.clone()).collect();
+    println!(
+        "repliq-chaos: {n} nodes, {} s, seed {seed}, nemeses [{}], output {}",
+        len.as_secs(),
+        nemeses.join(","),
+        out.display()
+    );
+    let c = Cluster::create(n, &out, &repliq, &names, min_acks)?;
+    // Queues made on the primary with small segments, so that rolls are
+    // frequent and kills land near them.
+    for q in &names {
+        let dir = c.nodes[0].data.join(q);
+        Store::open(
+            &dir,
+            &StoreOptions::create()
+                .capacity(100_000_000)
+                .segment_size(1 << 16),
+        )
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let stop_file = out.join("stop");
+    let mut r = Run {
+        c,
+        exe,
+        events: Arc::new(Mutex::new(Vec::new())),
+        readers: Vec::new(),
+        next_process: 1,
+        min_acks,
+        rate: a.rate,
+        stop_file,
+    };
+    for i in 0..n {
+        r.c.start(i)?;
+    }
+    // Probe what this kernel can do.
+    if nemeses.iter().any(|k| k == "netem") {
+        match r.c.ns_sh(
+            0,
+            &[
+                "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms",
+            ],
+        ) {
+            Ok(()) => {
+                let _ = r.c.ns_sh(0, &["tc", "qdisc", "del", "dev", "lo", "root"]);
+            }
+            Err(e) => {
+                println!("nemesis netem: UNAVAILABLE on this machine: {e}");
+                unavailable.push(("netem".into(), e));
+                nemeses.retain(|k| k != "netem");
+            }
+        }
+    }
+    if nemeses.iter().any(|k| k == "clock") {
+        let why = "not injected: the daemons read the host's clock (no time namespace for \
+                   CLOCK_REALTIME); see docs/reliability.md"
+            .to_string();
+        println!("nemesis clock: UNAVAILABLE: {why}");
+        unavailable.push(("clock".into(), why));
+        nemeses.retain(|k| k != "clock");
+    }
+    if !nap(Duration::from_secs(2)) {
+        return Ok(130);
+    }
+    let mut writers = Vec::new();
+    for (q, m) in &queues {
+        let count = if q == "s0" { 2 } else { 1 };
+        for _ in 0..count {
+            let slot = r.spawn_writer(q, *m)?;
+            writers.push(Writer {
+                slot,
+                queue: q.clone(),
+                mode: *m,
+            });
+        }
+        if *m == Mode::Sync {
+            r.spawn_reader(q, "g1")?;
+            if q == "s0" {
+                r.spawn_reader(q, "g2")?;
+            }
+        }
+    }
+
+    // The nemesis loop.
+    let started = Instant::now();
+    let schedule = plan(seed, &nemeses, n, len, a.interval);
+    let mut faults: Vec<Fault> = Vec::new();
+    let mut replica_writes = 0u64;
+    for p in &schedule {
+        if !nap(p.gap.min(len.saturating_sub(started.elapsed()))) {
+            break;
+        }
+        if started.elapsed() + p.hold + Duration::from_secs(5) > len {
+            break;
+        }
+        for d in r.c.reap_dead() {
+            println!("warning: daemon died on its own: {d}");
+        }
+        let role = |i: usize| if i == 0 { "primary" } else { "secondary" };
+        let t0 = now_ns();
+        let (kind, target) = match p.kind.as_str() {
+            "kill" => {
+                let i = p.target;
+                r.c.kill(i)?;
+                nap(p.hold);
+                r.c.start(i)?;
+                ("kill".to_string(), format!("node{i} ({})", role(i)))
+            }
+            "pause" => {
+                let i = p.target;
+                if let Some(pid) = r.c.pid(i) {
+                    cluster::signal(pid, libc::SIGSTOP)?;
+                    r.c.nodes[i].paused = true;
+                    nap(p.hold);
+                    cluster::signal(pid, libc::SIGCONT)?;
+                    r.c.nodes[i].paused = false;
+                }
+                ("pause".to_string(), format!("node{i} ({})", role(i)))
+            }
+            "partition" => {
+                let variant = p.pick % 3;
+                let mut order: Vec<usize> = (0..n).collect();
+                let mut q = Prng::new(p.pick);
+                for k in (1..n).rev() {
+                    order.swap(k, q.below(k as u64 + 1) as usize);
+                }
+                let (kind, desc) = match variant {
+                    0 => {
+                        let minority: Vec<usize> = order[..n / 2].to_vec();
+                        let side = |i: usize| minority.contains(&i);
+                        r.partition(|i, j| side(i) == side(j))?;
+                        (
+                            "partition-majority",
+                            format!(
+                                "minority {:?}",
+                                minority
+                                    .iter()
+                                    .map(|i| format!("node{i}"))
+                                    .collect::<Vec<_>>()
+                            ),
+                        )
+                    }
+                    1 => {
+                        r.partition(|i, j| i != 0 && j != 0)?;
+                        ("partition-primary", "node0 (primary) isolated".to_string())
+                    }
+                    _ => {
+                        let b = order[0];
+                        let rest: Vec<usize> = order[1..].to_vec();
+                        let half = rest.len() / 2;
+                        let side = |i: usize| rest[..half].contains(&i);
+                        r.partition(|i, j| i == b || j == b || side(i) == side(j))?;
+                        ("partition-bridge", format!("node{b} sees both sides"))
+                    }
+                };
+                nap(p.hold);
+                r.heal_network();
+                (kind.to_string(), desc)
+            }
+            "lost-disk" => {
+                // A secondary: the primary's disk is where the writers are.
+                let i = 1 + p.target % (n - 1);
+                r.c.kill(i)?;
+                let data = r.c.nodes[i].data.clone();
+                std::fs::remove_dir_all(&data)
+                    .map_err(|e| format!("lost-disk: {}: {e}", data.display()))?;
+                nap(p.hold);
+                r.c.start(i)?;
+                ("lost-disk".to_string(), format!("node{i} (secondary)"))
+            }
+            "writer-kill" => {
+                let w = &writers[(p.pick % writers.len() as u64) as usize];
+                let (slot, queue, mode) = (w.slot, w.queue.clone(), w.mode);
+                if let Some(ch) = r.c.others.get_mut(slot) {
+                    let _ = ch.kill();
+                    let _ = ch.wait();
+                }
+                nap(p.hold);
+                let new = r.spawn_writer(&queue, mode)?;
+                // The new writer takes the old one's place in `others`.
+                let ch = r.c.others.swap_remove(new);
+                let mut old = std::mem::replace(&mut r.c.others[slot], ch);
+                let _ = old.wait();
+                (
+                    "writer-kill".to_string(),
+                    format!("writer of {queue} on node0"),
+                )
+            }
+            "replica-write" => {
+                let i = 1 + p.target % (n - 1);
+                let (q, _) = &queues[(p.pick % queues.len() as u64) as usize];
+                replica_writes += 1;
+                let value = (999_000u64 << 32) | replica_writes;
+                let dir = r.c.nodes[i].data.join(q);
+                let mut e = Event {
+                    kind: EventType::Invoke,
+                    f: OpFn::Enqueue,
+                    process: 999_000,
+                    node: r.c.nodes[i].name.clone(),
+                    queue: q.clone(),
+                    mode: Mode::Async,
+                    value,
+                    group: None,
+                    id: None,
+                    epoch: None,
+                    time_ns: now_ns(),
+                    error: None,
+                };
+                r.push(e.clone());
+                let repliq = r.c.repliq.clone();
+                let res =
+                    r.c.in_ns(i, &repliq)
+                        .arg("append")
+                        .arg(&dir)
+                        .arg(format!("{TEXT_VALUE_PREFIX}{value}"))
+                        .arg("--print-ids")
+                        .stdin(Stdio::null())
+                        .output();
+                e.time_ns = now_ns();
+                match res {
+                    Ok(o) if o.status.success() => {
+                        e.kind = EventType::Ok;
+                        e.id = String::from_utf8_lossy(&o.stdout).trim().parse().ok();
+                    }
+                    Ok(o) => {
+                        e.kind = EventType::Fail;
+                        e.error = Some(String::from_utf8_lossy(&o.stderr).trim().to_string());
+                    }
+                    Err(err) => {
+                        e.kind = EventType::Info;
+                        e.error = Some(err.to_string());
+                    }
+                }
+                println!(
+                    "replica-write on node{i}/{q}: {:?}{}",
+                    e.kind,
+                    e.error
+                        .as_deref()
+                        .map(|m| format!(" ({m})"))
+                        .unwrap_or_default()
+                );
+                r.push(e);
+                (
+                    "replica-write".to_string(),
+                    format!("node{i} (secondary) {q}"),
+                )
+            }
+            "netem" => {
+                let i = p.target;
+                r.c.ns_sh(
+                    i,
+                    &[
+                        "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "100ms",
+                        "20ms", "loss", "10%",
+                    ],
+                )?;
+                nap(p.hold);
+                let _ = r.c.ns_sh(i, &["tc", "qdisc", "del", "dev", "eth0", "root"]);
+                ("netem".to_string(), format!("node{i} ({})", role(i)))
+            }
+            other => return Err(format!("nemesis {other} has no implementation")),
+        };
+        faults.push(Fault {
+            kind,
+            target,
+            start_ns: t0,
+            end_ns: now_ns(),
+        });
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        eprintln!("repliq-chaos: interrupted; cleaning up");
+        return Ok(130);
+    }
+    if !nap(len.saturating_sub(started.elapsed())) {
+        eprintln!("repliq-chaos: interrupted; cleaning up");
+        return Ok(130);
+    }
+
+    // Final heal: network, pauses, dead daemons.
+    r.heal_network();
+    for i in 0..n {
+        if let Some(pid) = r.c.pid(i) {
+            let _ = cluster::signal(pid, libc::SIGCONT);
+        }
+    }
+    for d in r.c.reap_dead() {
+        println!("warning: daemon died on its own: {d}");
+    }
+    for i in 0..n {
+        if r.c.pid(i).is_none() {
+            r.c.start(i)?;
+        }
+    }
+    // Stop the workload, let readers drain.
+    std::fs::write(&r.stop_file, b"stop").map_err(|e| format!("stop file: {e}"))?;
+    let t = Instant::now();
+    for ch in r.c.others.iter_mut() {
+        loop {
+            match ch.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None)
+                    if t.elapsed() < Duration::from_secs(60)
+                        && !INTERRUPTED.load(Ordering::Relaxed) =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => {
+                    let _ = ch.kill();
+                    let _ = ch.wait();
+                    break;
+                }
+            }
+        }
+    }
+    for h in r.readers.drain(..) {
+        let _ = h.join();
+    }
+    // Drain: wait until every replica's write position reaches the primary's.
+    let drain_start = Instant::now();
+    let mut drained = false;
+    while drain_start.elapsed() < Duration::from_secs(60) && !INTERRUPTED.load(Ordering::Relaxed) {
+        let pos = |i: usize, q: &str| -> Option<u64> {
+            let s = Store::open(
+                r.c.nodes[i].data.join(q),
+                &StoreOptions::open().skip_recovery(),
+            )
+            .ok()?;
+            Some(s.tail_position())
+        };
+        drained = names.iter().all(|q| {
+            let p = pos(0, q);
+            p.is_some() && (1..n).all(|i| pos(i, q) == p)
+        });
+        if drained {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        eprintln!("repliq-chaos: interrupted; cleaning up");
+        return Ok(130);
+    }
+    if !drained {
+        println!("warning: replicas did not reach the primary's write position within 60 s");
+    }
+    for i in 0..n {
+        r.c.stop(i, Duration::from_secs(10))?;
+    }
+
+    // Final logs.
+    let mut logs = Vec::new();
+    for q in &names {
+        for (i, node) in r.c.nodes.iter().enumerate() {
+            let (records, error) = match read_log(&node.data.join(q)) {
+                Ok(v) => (Some(v), None),
+                Err(e) => (None, Some(e)),
+            };
+            logs.push(NodeLog {
+                queue: q.clone(),
+                node: node.name.clone(),
+                primary: i == 0,
+                records,
+                error,
+            });
+        }
+    }
+    let events = r.events.lock().map(|v| v.clone()).unwrap_or_default();
+    let h = History {
+        events,
+        faults,
+        logs,
+        unavailable,
+    };
+    let rep = checker::check(&h);
+    let header = format!(
+        "repliq-chaos: {n} nodes, {} s, seed {seed}, nemeses [{}]",
+        len.as_secs(),
+        a.nemesis.join(",")
+    );
+    let hist_path = out.join("history.json");
+    let doc = serde_json::json!({
+        "seed": seed,
+        "nodes": n,
+        "duration_s": len.as_secs(),
+        "nemeses": a.nemesis,
+        "report": rep,
+        "history": h,
+    });
+    let text = serde_json::to_string(&doc).map_err(|e| format!("history: {e}"))?;
+    std::fs::write(&hist_path, text).map_err(|e| format!("{}: {e}", hist_path.display()))?;
+    let plot_path = out.join("latency.svg");
+    if let Err(e) = report::plot(&h, &plot_path) {
+        println!("warning: plot: {e}");
+    }
+    println!("history: {}", hist_path.display());
+    println!("plot:    {}", plot_path.display());
+    print!("{}", report::summary(&h, &rep, &header));
+    drop(r);
+    Ok(if rep.pass() { 0 } else { 1 })
+}
+
+/// Reads every record of a queue directory, running recovery as a
+/// restarted daemon would.
+fn read_log(dir: &Path) -> Result<Vec<LogRecord>, String> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let s =
+        Store::open(dir, &StoreOptions::open()).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut t = s.tailer();
+    t.seek_start();
+    let mut v = Vec::new();
+    while let Some(rec) = t.next().map_err(|e| format!("{}: {e}", dir.display()))? {
+        v.push(LogRecord {
+            id: rec.id,
+            epoch: rec.epoch,
+            payload: rec.payload,
+        });
+    }
+    Ok(v)
+}
+
+/// Faults by kind, for the summary.
+pub fn fault_counts(h: &History) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for f in &h.faults {
+        *m.entry(f.kind.clone()).or_default() += 1;
+    }
+    m
+}

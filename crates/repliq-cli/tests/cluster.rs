@@ -1,0 +1,473 @@
+//! Cluster mode as real processes on loopback: three `repliq daemon`s with
+//! static peers and no `replication.primary` form a cluster with a Raft
+//! catalog; queues get per-queue leaders, followers refuse appends, a killed
+//! leader is replaced by the replica with every record, the old leader comes
+//! back truncating its unreplicated suffix into quarantine, a leader cut off
+//! from the catalog stops taking appends, and a whole-cluster restart loses
+//! nothing. Every wait is on a condition, bounded by `PATIENCE`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
+
+use support::{free_port, http_get, KillOnDrop, PATIENCE};
+
+mod support;
+
+const BIN: &str = env!("CARGO_BIN_EXE_repliq");
+
+/// One member: its directory, configuration and process.
+struct Node {
+    name: String,
+    root: PathBuf,
+    http: String,
+    child: Option<KillOnDrop>,
+    starts: u32,
+}
+
+impl Node {
+    fn data(&self) -> PathBuf {
+        self.root.join("data")
+    }
+    fn queue(&self, q: &str) -> PathBuf {
+        self.data().join(q)
+    }
+    fn start(&mut self) {
+        self.starts += 1;
+        let log = std::fs::File::create(self.root.join(format!("log-{}", self.starts))).unwrap();
+        let child = Command::new(BIN)
+            .args(["daemon", "--config"])
+            .arg(self.root.join("config.yaml"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(KillOnDrop(child));
+    }
+    /// SIGKILL, reaped.
+    fn kill(&mut self) {
+        self.child.take();
+    }
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let s = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(s.success(), "kill {sig} {pid}");
+    }
+    fn logs(&self) -> String {
+        (1..=self.starts)
+            .map(|k| {
+                std::fs::read_to_string(self.root.join(format!("log-{k}"))).unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n--- restart ---\n")
+    }
+}
+
+struct Cluster {
+    _tmp: tempfile::TempDir,
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// Three members `a`, `b`, `c`, started.
+    fn start(failover_timeout_ms: u64) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let names = ["a", "b", "c"];
+        let ports: Vec<(u16, u16)> = names.iter().map(|_| (free_port(), free_port())).collect();
+        let peers: String = names
+            .iter()
+            .zip(&ports)
+            .map(|(n, (r, _))| format!("      - {{name: {n}, address: \"127.0.0.1:{r}\"}}\n"))
+            .collect();
+        let mut nodes = Vec::new();
+        for (n, (r, h)) in names.iter().zip(&ports) {
+            let root = tmp.path().join(n);
+            std::fs::create_dir_all(&root).unwrap();
+            let cfg = format!(
+                "node:\n  name: {n}\nreplication:\n  mode: async\n  listen: 127.0.0.1:{r}\n  \
+                 failover_timeout_ms: {failover_timeout_ms}\n  discovery:\n    method: static\n    \
+                 peers:\n{peers}queue:\n  capacity: 100000\n  persistence:\n    path: {}\n\
+                 http:\n  listen: 127.0.0.1:{h}\n",
+                root.join("data").display()
+            );
+            std::fs::write(root.join("config.yaml"), cfg).unwrap();
+            nodes.push(Node {
+                name: n.to_string(),
+                root,
+                http: format!("127.0.0.1:{h}"),
+                child: None,
+                starts: 0,
+            });
+        }
+        for n in &mut nodes {
+            n.start();
+        }
+        Cluster { _tmp: tmp, nodes }
+    }
+
+    fn node(&mut self, name: &str) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.name == name).unwrap()
+    }
+
+    /// Waits for `cond`, printing every member's log if it never holds.
+    fn wait(&self, what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        while !cond() {
+            if Instant::now() > deadline {
+                for n in &self.nodes {
+                    eprintln!("===== {} =====\n{}", n.name, n.logs());
+                }
+                panic!("{what}: not within {PATIENCE:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// The catalog as member `name` serves it in `/api/v1/cluster`.
+    fn catalog(&self, name: &str) -> Option<serde_json::Value> {
+        let n = self.nodes.iter().find(|n| n.name == name)?;
+        let (status, body) = http_get(&n.http, "/api/v1/cluster")?;
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v.get("catalog").cloned()
+    }
+}
+
+fn repliq(args: &[&str], dir: &Path) -> Output {
+    Command::new(BIN).args(args).arg(dir).output().unwrap()
+}
+
+fn append(dir: &Path, msgs: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("append")
+        .arg(dir)
+        .args(msgs)
+        .output()
+        .unwrap()
+}
+
+/// `(id, epoch, payload)` of every record, as `repliq tail` prints them.
+fn records(dir: &Path) -> Vec<(u64, u32, String)> {
+    if !dir.join("control.rq").is_file() {
+        return Vec::new();
+    }
+    let out = repliq(&["tail"], dir);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ' ');
+            Some((
+                it.next()?.parse().ok()?,
+                it.next()?.parse().ok()?,
+                it.next()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+fn quarantine_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("quarantine-"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_queue_created_on_one_member_is_replicated_byte_identical_and_refused_on_its_followers() {
+    // No failover here: a long timeout, so a loaded machine never fails over.
+    let mut c = Cluster::start(30_000);
+    let a = c.node("a").queue("orders");
+    let out = repliq(&["create"], &a);
+    assert!(out.status.success(), "{out:?}");
+    let msgs: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
+    let refs: Vec<&str> = msgs.iter().map(String::as_str).collect();
+    let out = append(&a, &refs);
+    assert!(out.status.success(), "{out:?}");
+    let expected = records(&a);
+    assert_eq!(expected.len(), 50);
+    let (b, cq) = (c.node("b").queue("orders"), c.node("c").queue("orders"));
+    c.wait("orders replicated to b and c", || {
+        records(&b) == expected && records(&cq) == expected
+    });
+    // Byte-identical: the segment files are the same bytes.
+    let seg = "00000000000000000000.seg";
+    let sa = std::fs::read(a.join(seg)).unwrap();
+    assert!(
+        sa == std::fs::read(b.join(seg)).unwrap(),
+        "segment differs on b"
+    );
+    assert!(
+        sa == std::fs::read(cq.join(seg)).unwrap(),
+        "segment differs on c"
+    );
+    // A follower refuses local appends, in any process, naming the reason.
+    let out = append(&b, &["intruder"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("replica"), "{err}");
+    assert_eq!(records(&b), expected, "the refused append left no trace");
+    // The catalog names a as the leader of epoch 1 on every member.
+    c.wait("every member's catalog shows a leading orders", || {
+        ["a", "b", "c"].iter().all(|n| {
+            c.catalog(n).is_some_and(|cat| {
+                cat["queues"].as_array().is_some_and(|qs| {
+                    qs.iter()
+                        .any(|q| q["name"] == "orders" && q["leader"] == "a" && q["epoch"] == 1)
+                })
+            })
+        })
+    });
+    let out = Command::new(BIN)
+        .args(["cluster", "status", &c.node("b").http.clone()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("orders       a            1"), "{text}");
+}
+
+#[test]
+fn a_killed_leader_is_replaced_by_a_replica_holding_every_record_and_rejoins_truncating_its_suffix()
+{
+    let mut c = Cluster::start(3000);
+    let a = c.node("a").queue("orders");
+    assert!(repliq(&["create"], &a).status.success());
+    let msgs: Vec<String> = (0..20).map(|i| format!("before-{i}")).collect();
+    let refs: Vec<&str> = msgs.iter().map(String::as_str).collect();
+    assert!(append(&a, &refs).status.success());
+    let replicated = records(&a);
+    let (b, cq) = (c.node("b").queue("orders"), c.node("c").queue("orders"));
+    c.wait("orders replicated to b and c", || {
+        records(&b) == replicated && records(&cq) == replicated
+    });
+
+    c.node("a").kill();
+    // Records a took just before it died, never replicated: its queue still
+    // says primary, as a killed leader's does.
+    let out = append(&a, &["lost-1", "lost-2"]);
+    assert!(out.status.success(), "{out:?}");
+    let lost: Vec<u64> = records(&a).iter().skip(20).map(|r| r.0).collect();
+    assert_eq!(lost.len(), 2);
+
+    // One of b and c takes over and accepts appends.
+    let mut leader = String::new();
+    c.wait("a new leader accepts appends", || {
+        for n in ["b", "c"] {
+            let dir = if n == "b" { &b } else { &cq };
+            if append(dir, &[&format!("after-{n}")]).status.success() {
+                leader = n.to_string();
+                return true;
+            }
+        }
+        false
+    });
+    let new_dir = if leader == "b" { b.clone() } else { cq.clone() };
+    let now = records(&new_dir);
+    assert_eq!(
+        &now[..20],
+        &replicated[..],
+        "every replicated record is on the new leader"
+    );
+    // Epoch 2, or later if a loaded machine made the catalog fail over twice.
+    assert!(
+        now[20].1 >= 2,
+        "the new leader writes in a new epoch: {now:?}"
+    );
+    assert_eq!(
+        now[20].0, lost[0],
+        "epoch 2 starts where a's lost records were"
+    );
+
+    // a comes back: it follows, cuts its two records into quarantine, and
+    // then holds exactly the new leader's log.
+    c.node("a").start();
+    c.wait("a follows the new leader's history", || {
+        records(&a) == records(&new_dir)
+    });
+    let q = quarantine_files(&a);
+    assert_eq!(q.len(), 1, "{q:?}");
+    let out = repliq(&["stat"], &a);
+    let stat = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stat.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["truncated_records", "2"]),
+        "{stat}"
+    );
+    assert_eq!(append(&a, &["on-the-old-leader"]).status.code(), Some(1));
+}
+
+#[test]
+fn a_leader_cut_off_from_the_catalog_refuses_appends_once_its_lease_runs_out() {
+    let mut c = Cluster::start(2000);
+    let a = c.node("a").queue("orders");
+    assert!(repliq(&["create"], &a).status.success());
+    c.wait("orders registered", || {
+        c.catalog("a").is_some_and(|cat| {
+            cat["queues"].as_array().is_some_and(|qs| {
+                qs.iter()
+                    .any(|q| q["name"] == "orders" && q["leader"] == "a")
+            })
+        })
+    });
+    c.wait("a accepts appends as the leader", || {
+        append(&a, &["x"]).status.success()
+    });
+    // b and c stop: a cannot reach a catalog majority any more.
+    c.node("b").signal("-STOP");
+    c.node("c").signal("-STOP");
+    c.wait("a refuses appends once its lease ran out", || {
+        let out = append(&a, &["y"]);
+        out.status.code() == Some(1) && String::from_utf8_lossy(&out.stderr).contains("replica")
+    });
+    let frozen = records(&a);
+    c.node("b").signal("-CONT");
+    c.node("c").signal("-CONT");
+    // The cluster serves appends again, on whichever node leads now.
+    let dirs: Vec<PathBuf> = ["a", "b", "c"]
+        .iter()
+        .map(|n| c.node(n).queue("orders"))
+        .collect();
+    c.wait("some member accepts appends again", || {
+        dirs.iter().any(|d| append(d, &["z"]).status.success())
+    });
+    // Nothing a wrote before it was fenced was lost or reordered.
+    c.wait("every member holds what a had when it was fenced", || {
+        dirs.iter().all(|d| {
+            let r = records(d);
+            r.len() >= frozen.len() && r[..frozen.len()] == frozen[..]
+        })
+    });
+}
+
+#[test]
+fn restarting_the_whole_cluster_loses_nothing_and_never_initializes_again() {
+    let mut c = Cluster::start(30_000);
+    let a = c.node("a").queue("orders");
+    assert!(repliq(&["create"], &a).status.success());
+    assert!(append(&a, &["1", "2", "3"]).status.success());
+    let want = records(&a);
+    let dirs: Vec<PathBuf> = ["a", "b", "c"]
+        .iter()
+        .map(|n| c.node(n).queue("orders"))
+        .collect();
+    c.wait("replicated everywhere", || {
+        dirs.iter().all(|d| records(d) == want)
+    });
+    let initialized: Vec<bool> = ["a", "b", "c"]
+        .iter()
+        .map(|n| c.catalog(n).expect("catalog")["initialized_here"] == true)
+        .collect();
+    assert_eq!(
+        initialized.iter().filter(|x| **x).count(),
+        1,
+        "{initialized:?}"
+    );
+    for n in ["a", "b", "c"] {
+        c.node(n).signal("-TERM");
+    }
+    for n in ["a", "b", "c"] {
+        let node = c.node(n);
+        if let Some(mut ch) = node.child.take() {
+            assert!(
+                support::wait_exit(&mut ch.0, PATIENCE).is_some(),
+                "{n} did not stop"
+            );
+        }
+    }
+    for n in ["a", "b", "c"] {
+        c.node(n).start();
+    }
+    c.wait("the catalog is back with its queue", || {
+        ["a", "b", "c"].iter().all(|n| {
+            c.catalog(n).is_some_and(|cat| {
+                cat["initialized_here"] == false
+                    && cat["queues"]
+                        .as_array()
+                        .is_some_and(|qs| qs.iter().any(|q| q["name"] == "orders"))
+            })
+        })
+    });
+    for d in &dirs {
+        assert_eq!(records(d), want);
+    }
+    c.wait("the cluster takes appends again", || {
+        dirs.iter().any(|d| append(d, &["4"]).status.success())
+    });
+}
+
+#[test]
+fn a_planned_transfer_moves_the_leader_with_nothing_lost_and_promote_needs_unclean() {
+    let mut c = Cluster::start(30_000);
+    let a = c.node("a").queue("orders");
+    assert!(repliq(&["create"], &a).status.success());
+    let msgs: Vec<String> = (0..100).map(|i| format!("t{i}")).collect();
+    let refs: Vec<&str> = msgs.iter().map(String::as_str).collect();
+    assert!(append(&a, &refs).status.success());
+    let before = records(&a);
+    let (b, cq) = (c.node("b").queue("orders"), c.node("c").queue("orders"));
+    c.wait("orders replicated", || {
+        records(&b) == before && records(&cq) == before
+    });
+
+    let http = c.node("a").http.clone();
+    let out = Command::new(BIN)
+        .args(["cluster", "transfer", "orders", "b", "--http", &http])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.starts_with("b leads orders in epoch 2"), "{text}");
+    c.wait("b takes appends", || append(&b, &["on-b"]).status.success());
+    assert_eq!(
+        append(&a, &["on-a"]).status.code(),
+        Some(1),
+        "a no longer takes appends"
+    );
+    let now = records(&b);
+    assert_eq!(&now[..100], &before[..], "nothing lost in the transfer");
+    assert_eq!(now[100].1, 2);
+    c.wait("a follows b", || records(&a) == records(&b));
+    assert!(
+        quarantine_files(&a).is_empty(),
+        "a planned transfer truncates nothing"
+    );
+
+    // promote refuses without --unclean, and with it elects at once.
+    let out = Command::new(BIN)
+        .args(["cluster", "promote", "orders", "c", "--http", &http])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = Command::new(BIN)
+        .args([
+            "cluster",
+            "promote",
+            "orders",
+            "c",
+            "--unclean",
+            "--http",
+            &http,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    c.wait("c takes appends after the promotion", || {
+        append(&cq, &["on-c"]).status.success()
+    });
+    c.wait("c leads epoch 3", || {
+        records(&cq).last().is_some_and(|r| r.1 == 3)
+    });
+}

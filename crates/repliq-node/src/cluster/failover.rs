@@ -1,0 +1,241 @@
+//! Automatic failover, run by the catalog's leader.
+//!
+//! The catalog's leader notes, on its own clock, when each member's report
+//! last changed. A queue whose leader has been silent for the failover
+//! timeout gets a new leader, chosen so that no acknowledged record is lost:
+//!
+//! 1. The decision time `D` is noted. Only reports that reach the catalog
+//!    after `D` count: by then the old leader's lease (half the timeout,
+//!    counted from before its last report) has run out, so it acknowledges
+//!    nothing more, and every acknowledged record is on the replicas that
+//!    acknowledged it.
+//! 2. It waits for such fresh reports from `replicas - min_insync + 1`
+//!    replicas other than the old leader: any `min_insync` replicas holding
+//!    an acknowledged record meet that set.
+//! 3. It elects the freshly reported replica with the newest log (highest
+//!    last epoch, then highest tail; ties by name), with a compare-and-set on
+//!    the epoch, so that two catalog leaders in a row cannot both elect.
+//!
+//! Every member notes report arrivals as it applies the catalog's log, so a
+//! newly elected catalog leader already knows when it last saw each report:
+//! any member applies a report only after it was sent, so a silence counted
+//! from there is never shorter than the silence the lease rule assumes. A
+//! member this node never saw report is counted from when this node started
+//! watching.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use repliq_catalog::{Catalog, CatalogState, Command, QueueEntry, Response};
+
+/// What the catalog's leader knows of one member's reports.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    seq: u64,
+    at: Instant,
+}
+
+/// Watches and elects until cancelled. `every` is the check interval.
+pub async fn run(catalog: Arc<Catalog>, timeout: Duration, every: Duration) {
+    let mut rx = catalog.subscribe();
+    let mut seen: HashMap<String, Seen> = HashMap::new();
+    let mut suspect: HashMap<String, Instant> = HashMap::new();
+    let watching = Instant::now();
+    loop {
+        let state = catalog.state();
+        let now = Instant::now();
+        for (node, &seq) in &state.reports {
+            let e = seen
+                .entry(node.clone())
+                .or_insert(Seen { seq, at: watching });
+            if e.seq != seq {
+                *e = Seen { seq, at: now };
+            }
+        }
+        // Leaders that never reported while this node watched count from
+        // when it started watching.
+        for q in state.queues.values() {
+            if let Some(l) = &q.leader {
+                seen.entry(l.clone()).or_insert(Seen {
+                    seq: 0,
+                    at: watching,
+                });
+            }
+        }
+        if catalog.metrics().leader.as_deref() == Some(catalog.name()) {
+            for (name, q) in &state.queues {
+                check(&catalog, &state, &seen, &mut suspect, name, q, timeout).await;
+            }
+        } else {
+            suspect.clear();
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+async fn check(
+    catalog: &Catalog,
+    state: &CatalogState,
+    seen: &HashMap<String, Seen>,
+    suspect: &mut HashMap<String, Instant>,
+    name: &str,
+    q: &QueueEntry,
+    timeout: Duration,
+) {
+    let alive = |n: &str| seen.get(n).is_some_and(|s| s.at.elapsed() < timeout);
+    let leader_ok = q.leader.as_deref().is_some_and(alive);
+    if leader_ok {
+        suspect.remove(name);
+        return;
+    }
+    let decided = *suspect.entry(name.to_string()).or_insert_with(|| {
+        tracing::warn!(queue = %name, leader = ?q.leader, epoch = q.epoch, "queue leader silent for the failover timeout");
+        Instant::now()
+    });
+    let Some(choice) = choose(state, seen, q, decided) else {
+        return;
+    };
+    let cmd = Command::ElectLeader {
+        queue: name.to_string(),
+        new_leader: choice.0.clone(),
+        expected_epoch: q.epoch,
+        first_id: choice.2,
+        unclean: false,
+    };
+    match catalog.propose(cmd).await {
+        Ok(Response::Queue(e)) => {
+            tracing::warn!(queue = %name, old = ?q.leader, new = %choice.0, epoch = e.epoch, "failover: new leader elected");
+            suspect.remove(name);
+        }
+        Ok(other) => tracing::warn!(queue = %name, "failover refused: {other:?}"),
+        Err(e) => tracing::warn!(queue = %name, "failover proposal failed: {e}"),
+    }
+}
+
+/// The replica to elect, from reports that arrived after `decided`:
+/// `(node, last epoch, tail)`, or `None` while too few are fresh.
+fn choose(
+    state: &CatalogState,
+    seen: &HashMap<String, Seen>,
+    q: &QueueEntry,
+    decided: Instant,
+) -> Option<(String, u32, u64)> {
+    let progress = state.progress.get(&q.name);
+    let fresh: Vec<(String, u32, u64)> = q
+        .replicas
+        .iter()
+        .filter(|r| Some(r.as_str()) != q.leader.as_deref() && q.in_sync.contains(r))
+        .filter_map(|r| {
+            let s = seen.get(r)?;
+            if s.at <= decided {
+                return None;
+            }
+            let p = progress?.get(r)?;
+            // The progress must come from the fresh report itself.
+            (p.seq == s.seq).then(|| (r.clone(), p.epoch, p.tail))
+        })
+        .collect();
+    let needed = q
+        .replicas
+        .len()
+        .saturating_sub(q.settings.min_insync as usize)
+        + 1;
+    if fresh.len() < needed {
+        return None;
+    }
+    fresh.into_iter().max_by(|a, b| {
+        (a.1, a.2, std::cmp::Reverse(&a.0)).cmp(&(b.1, b.2, std::cmp::Reverse(&b.0)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use repliq_catalog::{Durability, Progress, QueueSettings, ReplicationMode};
+
+    fn entry() -> QueueEntry {
+        QueueEntry {
+            name: "q".into(),
+            queue_id: 1,
+            replicas: vec!["a".into(), "b".into(), "c".into()],
+            leader: Some("a".into()),
+            epoch: 1,
+            epoch_history: vec![(1, 64)],
+            in_sync: vec!["a".into(), "b".into(), "c".into()],
+            settings: QueueSettings {
+                capacity: 10,
+                segment_size: 1 << 16,
+                durability: Durability::Batch,
+                mode: ReplicationMode::Sync,
+                min_insync: 2,
+            },
+            transfer_to: None,
+        }
+    }
+
+    #[test]
+    fn the_newest_freshly_reported_log_wins_and_stale_reports_do_not_count() {
+        let decided = Instant::now();
+        std::thread::sleep(Duration::from_millis(2));
+        let later = Instant::now();
+        let mut state = CatalogState::default();
+        let mut p = std::collections::BTreeMap::new();
+        p.insert(
+            "b".to_string(),
+            Progress {
+                epoch: 1,
+                tail: 500,
+                seq: 7,
+            },
+        );
+        p.insert(
+            "c".to_string(),
+            Progress {
+                epoch: 1,
+                tail: 900,
+                seq: 3,
+            },
+        );
+        state.progress.insert("q".into(), p);
+        let mut seen = HashMap::new();
+        seen.insert("b".to_string(), Seen { seq: 7, at: later });
+        // c's last report came before the decision: not fresh.
+        seen.insert(
+            "c".to_string(),
+            Seen {
+                seq: 3,
+                at: decided - Duration::from_millis(1),
+            },
+        );
+        assert_eq!(
+            choose(&state, &seen, &entry(), decided),
+            None,
+            "one fresh report of two needed"
+        );
+        seen.insert("c".to_string(), Seen { seq: 3, at: later });
+        assert_eq!(
+            choose(&state, &seen, &entry(), decided),
+            Some(("c".into(), 1, 900))
+        );
+        // A newer epoch beats a longer log.
+        state.progress.get_mut("q").unwrap().insert(
+            "b".into(),
+            Progress {
+                epoch: 2,
+                tail: 100,
+                seq: 7,
+            },
+        );
+        assert_eq!(
+            choose(&state, &seen, &entry(), decided),
+            Some(("b".into(), 2, 100))
+        );
+        // Progress from an older report than the fresh one does not count.
+        seen.insert("b".to_string(), Seen { seq: 8, at: later });
+        assert_eq!(choose(&state, &seen, &entry(), decided), None);
+    }
+}

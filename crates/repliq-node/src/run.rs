@@ -1,0 +1,292 @@
+//! The daemon's main loop: the primary's listener or the secondaries'
+//! followers, the HTTP server, and graceful shutdown.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use repliq::replication::dispatch::serve_registry;
+use repliq::replication::{secondary, SecondaryConfig};
+use repliq::store::{Store, StoreOptions};
+use tokio::sync::watch;
+
+use crate::config::{Config, Mode};
+use crate::discovery;
+use crate::http;
+use crate::state::{QueueState, Shared};
+
+/// Runs the node until `stop` completes: the HTTP server, and the
+/// replication listener (primary) or one follower per queue (secondary).
+/// Then flushes every open queue.
+pub async fn run_until(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), String> {
+    let primary = cfg.is_primary();
+    let shared = Arc::new(Shared::open(cfg.clone())?);
+    if let Some(c) = cfg.cluster.clone() {
+        return run_cluster(cfg, c, shared, stop).await;
+    }
+    let names: Vec<String> = shared.queues().into_iter().map(|(n, _)| n).collect();
+    tracing::info!(
+        node = %cfg.node_name,
+        role = if primary { "primary" } else { "secondary" },
+        mode = ?cfg.mode,
+        queues = ?names,
+        "repliq daemon starting"
+    );
+    if cfg.mode == Mode::Sync {
+        tracing::info!(
+            min_acks = cfg.min_acks,
+            "sync mode: the replicated watermark advances with min_acks acknowledgements"
+        );
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .map_err(|e| format!("http.listen {}: {e}", cfg.http_listen))?;
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(http::serve(
+        http_listener,
+        shared.clone(),
+        stop_rx.clone(),
+    )));
+
+    if primary {
+        let l = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| format!("replication.listen {}: {e}", cfg.listen))?;
+        tracing::info!(addr = %cfg.listen, "serving replication");
+        tasks.push(tokio::spawn(accept_loop(l, shared.clone())));
+    } else {
+        let candidates = discovery::start(&cfg);
+        for (name, q) in shared.queues() {
+            tasks.push(tokio::spawn(follow_queue(
+                shared.clone(),
+                name,
+                q,
+                candidates.clone(),
+            )));
+        }
+    }
+
+    stop.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    stop_tasks(tasks, &shared).await;
+    Ok(())
+}
+
+/// Cancels `tasks` (the HTTP server stops on the watch already), waits for
+/// them, then flushes what the queues hold before the process exits.
+async fn stop_tasks(tasks: Vec<tokio::task::JoinHandle<()>>, shared: &Shared) {
+    for t in &tasks {
+        t.abort();
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    for (n, q) in shared.queues() {
+        if let Some(s) = q.store.lock().ok().and_then(|g| g.clone()) {
+            if let Err(e) = s.flush() {
+                tracing::warn!(queue = %n, "flush at shutdown failed: {e}");
+            }
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot watch SIGTERM: {e}");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Cluster mode: the catalog and the replication sessions share the
+/// replication port; the cluster's drivers decide each queue's role.
+async fn run_cluster(
+    cfg: Config,
+    c: crate::config::ClusterSettings,
+    shared: Arc<Shared>,
+    stop: impl Future<Output = ()>,
+) -> Result<(), String> {
+    tracing::info!(
+        node = %cfg.node_name,
+        members = ?c.members.iter().map(|p| &p.name).collect::<Vec<_>>(),
+        factor = c.factor,
+        failover_timeout_ms = c.failover_timeout_ms,
+        mode = ?cfg.mode,
+        "repliq daemon starting in cluster mode"
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .map_err(|e| format!("http.listen {}: {e}", cfg.http_listen))?;
+    let l = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| format!("replication.listen {}: {e}", cfg.listen))?;
+    let cluster = crate::cluster::Cluster::start(shared.clone(), &c).await?;
+    shared.set_cluster(cluster.catalog.clone());
+    let ctx = cluster.catalog.server_context();
+    let tasks = vec![
+        tokio::spawn(http::serve(http_listener, shared.clone(), stop_rx.clone())),
+        tokio::spawn(accept_loop_with(l, shared.clone(), Some(ctx))),
+    ];
+    stop.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    cluster.stop().await;
+    stop_tasks(tasks, &shared).await;
+    Ok(())
+}
+
+async fn accept_loop(l: tokio::net::TcpListener, shared: Arc<Shared>) {
+    accept_loop_with(l, shared, None).await
+}
+
+/// Accepts replication sessions and, with `catalog`, the catalog's own
+/// connections (they start with `b"RQCL"`; a replication session starts
+/// with a frame length, at most 16 MiB, so the two never look alike).
+async fn accept_loop_with(
+    l: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    catalog: Option<Arc<repliq_catalog::ServerContext>>,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(shared.cfg.max_connections));
+    let mut refused: u64 = 0;
+    loop {
+        let (stream, peer) = match l.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // A bounded number of connections at once: the rest are closed
+        // as they arrive (logged for the first and every 1000th).
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            refused += 1;
+            if refused == 1 || refused % 1000 == 0 {
+                tracing::warn!(%peer, refused, max = shared.cfg.max_connections, "replication.max_connections reached: connection closed");
+            }
+            drop(stream);
+            continue;
+        };
+        let shared = shared.clone();
+        let catalog = catalog.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Some(ctx) = catalog {
+                let mut magic = [0u8; 4];
+                let peeked = tokio::time::timeout(
+                    repliq::replication::dispatch::HELLO_TIMEOUT,
+                    peek_exact(&stream, &mut magic),
+                )
+                .await;
+                if matches!(peeked, Ok(Ok(()))) && magic == *b"RQCL" {
+                    let mut stream = stream;
+                    let _ = tokio::io::AsyncReadExt::read_exact(&mut stream, &mut magic).await;
+                    if let Err(e) = repliq_catalog::serve_connection(stream, ctx).await {
+                        tracing::debug!(%peer, "catalog connection ended: {e}");
+                    }
+                    return;
+                }
+            }
+            shared.connected.fetch_add(1, Ordering::AcqRel);
+            let sh = shared.clone();
+            let r = serve_registry(move |q, node| sh.serve_to(q, node), stream).await;
+            shared.connected.fetch_sub(1, Ordering::AcqRel);
+            if let Err(e) = r {
+                tracing::warn!(%peer, "replication session ended: {e}");
+            }
+        });
+    }
+}
+
+/// Follows one queue from whichever candidate answers as the primary.
+async fn follow_queue(
+    shared: Arc<Shared>,
+    name: String,
+    q: Arc<QueueState>,
+    candidates: discovery::Candidates,
+) {
+    let Some(status) = q.status.clone() else {
+        return;
+    };
+    let mut sc = SecondaryConfig::new(&shared.cfg.node_name, &name, &q.dir, "");
+    sc.timeout = shared.cfg.timeout();
+    sc.backoff_min = Duration::from_millis(50);
+    sc.backoff_max = Duration::from_secs(2);
+    // Opened here first, so that recovery runs on a replica left by a
+    // killed process before any other handle exists.
+    let mut store = Store::open(&q.dir, &StoreOptions::open()).ok();
+    if let Some(s) = &store {
+        s.set_read_only(true);
+        s.set_role(repliq::store::Role::Secondary);
+        if let Ok(mut g) = q.store.lock() {
+            *g = Some(s.clone());
+        }
+    }
+    q.may_open.store(true, Ordering::Release);
+    let _ = q.store();
+    let mut delay = sc.backoff_min;
+    let mut next = 0usize;
+    loop {
+        let list = candidates.borrow().clone();
+        if list.is_empty() {
+            tracing::debug!(queue = %name, "no primary address known yet");
+        } else {
+            sc.primary = list[next % list.len()].clone();
+            next = next.wrapping_add(1);
+            let before = status.sessions();
+            let r = secondary::session_with_status(&sc, &mut store, Some(&status)).await;
+            status.disconnected();
+            if status.sessions() > before {
+                delay = sc.backoff_min;
+            }
+            if let Some(s) = &store {
+                if let Ok(mut g) = q.store.lock() {
+                    g.get_or_insert_with(|| s.clone());
+                }
+            }
+            if let Err(e) = r {
+                tracing::warn!(queue = %name, primary = %sc.primary, "replication session ended: {e}");
+            }
+        }
+        let jitter = f64::from(std::process::id() % 97 + (next as u32 % 13)) / 110.0;
+        tokio::time::sleep(delay.mul_f64(0.5 + jitter)).await;
+        delay = (delay * 2).min(sc.backoff_max);
+    }
+}
+
+/// Waits until `buf.len()` bytes can be peeked from `stream` (or it closes).
+async fn peek_exact(stream: &tokio::net::TcpStream, buf: &mut [u8]) -> std::io::Result<()> {
+    loop {
+        let n = stream.peek(buf).await?;
+        if n == buf.len() {
+            return Ok(());
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        stream.readable().await?;
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}

@@ -1,0 +1,99 @@
+//! The lifetime of a process's background work on one queue.
+//!
+//! A [`Store`](super::Store) may start threads that touch the queue's
+//! mappings after the call that started them returned: the prefetch thread
+//! (creates and maps the next segment, unmaps retired ones) and the batch
+//! flusher. They hold only a weak reference to the handle's state.
+//!
+//! Invariant: once the last application handle of a process is dropped, no
+//! background thread of that process reads or writes the queue's files or
+//! mappings again. Dropping the handle waits for a job in progress to finish
+//! and every later job is skipped. Without this, another process could
+//! legitimately change the files after the user closed the queue (repair,
+//! `rm`, a test damaging them) and this process would take a `SIGBUS` on a
+//! page that no longer exists.
+
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Shared between a process's application handles and its background threads.
+#[derive(Debug, Default)]
+pub(crate) struct Background {
+    closed: AtomicBool,
+    busy: Mutex<()>,
+}
+
+impl Background {
+    /// Starts one job of background work: `None` once the queue is closed
+    /// in this process. The job must end before the guard is dropped.
+    pub(crate) fn enter(&self) -> Option<MutexGuard<'_, ()>> {
+        let g = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        (!self.closed.load(SeqCst)).then_some(g)
+    }
+
+    /// Ends background work: waits for a job in progress, refuses later ones.
+    fn close(&self) {
+        self.closed.store(true, SeqCst);
+        drop(self.busy.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+/// What every application handle of one `Store::open` shares: the shared
+/// `flock` marking this process as a user of the queue, and the switch that
+/// stops background work when the last handle goes.
+#[derive(Debug)]
+pub(crate) struct AppHandle {
+    _lock: File,
+    bg: Arc<Background>,
+}
+
+impl AppHandle {
+    pub(crate) fn new(lock: File, bg: Arc<Background>) -> AppHandle {
+        AppHandle { _lock: lock, bg }
+    }
+}
+
+impl Drop for AppHandle {
+    fn drop(&mut self) {
+        // Background work stops before the flock is released (fields drop
+        // after this body), so a process that takes the queue exclusively
+        // next never races with a thread of ours.
+        self.bg.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_waits_for_the_job_in_progress_and_refuses_later_ones() {
+        let bg = Arc::new(Background::default());
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (finish_tx, finish_rx) = std::sync::mpsc::channel::<()>();
+        let done = Arc::new(AtomicBool::new(false));
+        let job = {
+            let (bg, done) = (bg.clone(), done.clone());
+            std::thread::spawn(move || {
+                let g = bg.enter().expect("open before close");
+                started_tx.send(()).expect("test alive");
+                let _ = finish_rx.recv();
+                done.store(true, SeqCst);
+                drop(g);
+            })
+        };
+        started_rx.recv().expect("job started");
+        let closer = {
+            let bg = bg.clone();
+            std::thread::spawn(move || bg.close())
+        };
+        // The closer cannot return while the job runs: release the job and
+        // check that the job had finished by the time close returned.
+        finish_tx.send(()).expect("job alive");
+        closer.join().expect("close");
+        assert!(done.load(SeqCst), "close returned before the job ended");
+        job.join().expect("job");
+        assert!(bg.enter().is_none(), "a job started after close");
+    }
+}
