@@ -224,6 +224,16 @@ impl Store {
         self.inner.ctl.flush()
     }
 
+    /// [`flush`](Self::flush) for the background flusher: gives up, leaving
+    /// the rest to the next flush, as soon as `closed` says the queue was
+    /// closed in this process (so closing never waits on a writer's stall).
+    pub(super) fn flush_unless_closed(&self, closed: &dyn Fn() -> bool) -> Result<()> {
+        if self.sync_through_or(self.inner.ctl.tail().load(Acquire), closed)? {
+            self.inner.ctl.flush()?;
+        }
+        Ok(())
+    }
+
     /// Msyncs the log from `from` (a flushed position) to `to` (a committed
     /// one), end-of-segment padding included, then moves `flushed` to `to`.
     pub(super) fn msync_log(&self, from: u64, to: u64) -> Result<()> {
@@ -268,6 +278,12 @@ impl Store {
     /// for; if its writer died or stalled past the recovery timeout it is
     /// resolved as readers resolve it.
     pub(super) fn sync_through(&self, end: u64) -> Result<()> {
+        self.sync_through_or(end, &|| false).map(|_| ())
+    }
+
+    /// [`sync_through`](Self::sync_through) that returns `Ok(false)` without
+    /// waiting further once `give_up` says so; `Ok(true)` when done.
+    fn sync_through_or(&self, end: u64, give_up: &dyn Fn() -> bool) -> Result<bool> {
         let inner = &*self.inner;
         let flushed = inner.ctl.flushed();
         let mut stall = self.stall();
@@ -275,7 +291,7 @@ impl Store {
         let mut waits = 0u32;
         loop {
             if flushed.load(Acquire) >= end {
-                return Ok(());
+                return Ok(true);
             }
             let mut busy = inner.flushing.lock().unwrap_or_else(|p| p.into_inner());
             if *busy {
@@ -288,7 +304,7 @@ impl Store {
                 continue;
             }
             if flushed.load(Acquire) >= end {
-                return Ok(());
+                return Ok(true);
             }
             let committed = self.committed_position();
             if committed >= end {
@@ -307,6 +323,10 @@ impl Store {
             if let Peek::Empty | Peek::Truncated { .. } =
                 self.peek(committed, &mut cache, &mut stall)?
             {
+                if give_up() {
+                    return Ok(false);
+                }
+                self.check_segment_present(committed)?;
                 waits += 1;
                 if waits < 64 {
                     std::thread::yield_now();
@@ -315,6 +335,23 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// A frame below the tail whose segment file is gone (deleted or moved
+    /// by something other than retention) can never complete: an error, not
+    /// an endless wait.
+    fn check_segment_present(&self, pos: u64) -> Result<()> {
+        let inner = &*self.inner;
+        let si = inner.geo.segment_of(pos);
+        let tail_segment = inner.geo.segment_of(inner.ctl.tail().load(Acquire));
+        let low = inner.ctl.low_segment().load(Acquire);
+        if si >= low && si < tail_segment && self.segment(si)?.is_none() {
+            return Err(StoreError::Corrupt {
+                id: pos,
+                reason: format!("segment file {si} below the write position is missing"),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -328,7 +365,7 @@ pub(super) fn start_flusher(store: &Store, interval: Duration) {
             let bg = inner.bg.clone();
             let Some(_job) = bg.enter() else { return };
             let s = Store { inner, _lock: None };
-            if let Err(e) = s.flush() {
+            if let Err(e) = s.flush_unless_closed(&|| bg.is_closed()) {
                 tracing::error!("background flush failed: {e}");
             }
         });

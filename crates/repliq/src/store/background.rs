@@ -32,6 +32,12 @@ impl Background {
         (!self.closed.load(SeqCst)).then_some(g)
     }
 
+    /// Whether the last application handle is gone: a job in progress
+    /// should stop waiting on anything and return.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(SeqCst)
+    }
+
     /// Ends background work: waits for a job in progress, refuses later ones.
     fn close(&self) {
         self.closed.store(true, SeqCst);

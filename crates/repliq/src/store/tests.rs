@@ -310,3 +310,44 @@ fn dropping_the_last_handle_waits_for_background_work_so_files_may_change_after(
         .expect("the drop returns once the prefetch job has finished");
     closer.join().expect("closer thread");
 }
+
+/// The schedule behind a hung `replication_tcp` test: a queue's directory
+/// was removed while the queue was open (a test's temporary directory
+/// dropped before the runtime holding the last handle), and the batch
+/// flusher then waited forever for a frame in a segment file that no longer
+/// existed, holding the job that closing the queue waits for. The promise:
+/// a flush reports a missing segment below the write position as an error,
+/// and dropping the last handle never waits on such a flush.
+#[test]
+fn a_missing_segment_fails_a_flush_and_never_blocks_closing_the_queue() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("q");
+    let store = Store::open(
+        &dir,
+        &StoreOptions::create()
+            .segment_size(MIN_SEGMENT_SIZE)
+            .durability(Durability::None),
+    )
+    .expect("create the queue");
+    let record = [7u8; 1000];
+    while store.tail_position() < 2 * MIN_SEGMENT_SIZE {
+        store.append(&record).expect("append");
+    }
+    std::fs::remove_file(segment::segment_path(&dir, 0)).expect("remove segment 0");
+
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let flushed = store.flush();
+        drop(store);
+        let _ = done_tx.send(flushed);
+    });
+    let flushed = done_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("flush and drop returned within 60 s instead of waiting forever");
+    match flushed {
+        Err(StoreError::Corrupt { reason, .. }) => {
+            assert!(reason.contains("missing"), "{reason}")
+        }
+        other => panic!("a flush over a missing segment gave {other:?}"),
+    }
+}
