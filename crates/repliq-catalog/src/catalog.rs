@@ -178,7 +178,14 @@ impl Catalog {
         }
         .validate()
         .map_err(|e| CatalogError::Config(e.to_string()))?;
-        let raft = Raft::new(id, Arc::new(config), Network, log.clone(), sm.clone())
+        let peers = match &cfg.discovered {
+            Some(rx) => Peers::new(rx.clone(), &cfg.node_name, &cfg.addr),
+            None => Peers::fixed(cfg.peers.clone(), &cfg.node_name, &cfg.addr),
+        };
+        let network = Network {
+            peers: cfg.discovered.is_some().then(|| peers.clone()),
+        };
+        let raft = Raft::new(id, Arc::new(config), network, log.clone(), sm.clone())
             .await
             .map_err(|e| CatalogError::Raft(e.to_string()))?;
         let listener = if cfg.own_listener {
@@ -193,10 +200,6 @@ impl Catalog {
             addr: cfg.addr.clone(),
             incarnation,
         });
-        let peers = match &cfg.discovered {
-            Some(rx) => Peers::new(rx.clone(), &cfg.node_name, &cfg.addr),
-            None => Peers::fixed(cfg.peers.clone(), &cfg.node_name, &cfg.addr),
-        };
         let initialized_here = Arc::new(AtomicBool::new(false));
         tracing::info!(name = %cfg.node_name, id, incarnation, fresh, "catalog starting");
         let mut tasks = Vec::new();

@@ -60,7 +60,7 @@ pub(crate) async fn forward(
                         .membership_config
                         .membership()
                         .get_node(&l)
-                        .map(|n| n.addr.clone()),
+                        .map(|n| peers.addr_of(&n.name).unwrap_or_else(|| n.addr.clone())),
                     None if m
                         .membership_config
                         .membership()
@@ -111,7 +111,7 @@ pub(crate) async fn forward(
         match leader_hint(&err) {
             Some((Some(id), _)) if id == self_id => {} // next round goes local
             Some((_, Some(node))) => {
-                hint = Some(node.addr);
+                hint = Some(peers.addr_of(&node.name).unwrap_or(node.addr));
                 continue;
             }
             _ => tokio::time::sleep(pause).await,

@@ -22,6 +22,9 @@ pub struct Discovered {
 pub(crate) struct Peers {
     rx: watch::Receiver<Discovered>,
     me: (String, String),
+    /// Found by discovery (addresses may change, e.g. pod IPs after a restart),
+    /// not a fixed list.
+    discovered: bool,
 }
 
 impl Peers {
@@ -29,6 +32,7 @@ impl Peers {
         Peers {
             rx,
             me: (name.to_string(), addr.to_string()),
+            discovered: true,
         }
     }
 
@@ -39,7 +43,28 @@ impl Peers {
             complete: true,
         });
         // The sender is dropped: the receiver keeps the value for good.
-        Peers::new(rx, name, addr)
+        let mut p = Peers::new(rx, name, addr);
+        p.discovered = false;
+        p
+    }
+
+    /// The address discovery currently gives the member `name`, if the members are
+    /// discovered and it is among them. It replaces the address recorded in the Raft
+    /// membership, which is the one the member had when it joined: a member that came
+    /// back elsewhere (a pod recreated with a new IP) is reached where it is now.
+    pub(crate) fn addr_of(&self, name: &str) -> Option<String> {
+        if !self.discovered {
+            return None;
+        }
+        if name == self.me.0 {
+            return Some(self.me.1.clone());
+        }
+        self.rx
+            .borrow()
+            .members
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a.clone())
     }
 
     /// The members now, this node included (with its own address), sorted by name.
@@ -96,8 +121,16 @@ mod tests {
             ]
         );
         assert!(p.complete());
+        assert_eq!(p.addr_of("c").as_deref(), Some("10.0.0.3:1"));
+        assert_eq!(p.addr_of("b").as_deref(), Some("10.0.0.2:1"));
+        assert_eq!(p.addr_of("z"), None);
         let fixed = Peers::fixed(vec![("a".into(), "x:1".into())], "a", "x:1");
         assert!(fixed.complete());
         assert_eq!(fixed.list().len(), 1);
+        assert_eq!(
+            fixed.addr_of("a"),
+            None,
+            "a fixed list keeps the recorded addresses"
+        );
     }
 }

@@ -1174,7 +1174,85 @@ async fn three_daemons_with_the_founding_config_form_one_cluster_and_replicate()
         assert!(err.contains("replica"), "{err}");
         assert_eq!(records(q), expected, "the refused append left no trace");
     }
+    drop(all);
     for d in &mut daemons {
+        assert_eq!(d.exited(), None, "{}", d.log());
+    }
+
+    // The whole DaemonSet restarts and every pod comes back with a new IP:
+    // the catalog reaches its members where discovery finds them now (the
+    // Raft membership still holds the old addresses), nobody initializes
+    // again, and nothing is lost.
+    daemons.clear();
+    let new_ips = ["127.0.0.4", "127.0.0.5", "127.0.0.6"];
+    for (n, ip) in names.iter().zip(new_ips) {
+        stub.put(repliq_pod(&format!("repliq-{n}"), n, Some(ip), true));
+    }
+    for ((n, old), new) in names.iter().zip(ips).zip(new_ips) {
+        let cfg = dir.path().join(format!("{n}.yaml"));
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            &format!("listen: {old}:{port}"),
+            &format!("listen: {new}:{port}"),
+        );
+        std::fs::write(&cfg, text).unwrap();
+        daemons.push(Daemon::start(
+            &cfg,
+            n,
+            dir.path().join(format!("{n}-restart.log")),
+        ));
+    }
+    let all: Vec<&Daemon> = daemons.iter().collect();
+    wait_until(
+        "the catalog to hold the members at their new addresses",
+        &all,
+        || {
+            https.iter().all(|h| {
+                catalog_at(h).is_some_and(|c| {
+                    c["leader"].is_string()
+                        && c["members"].as_array().is_some_and(|ms| {
+                            ms.len() == 3
+                                && ms.iter().all(|m| {
+                                    m["address"].as_str().is_some_and(|a| {
+                                        new_ips.iter().any(|ip| a == format!("{ip}:{port}"))
+                                    })
+                                })
+                        })
+                })
+            })
+        },
+    )
+    .await;
+    // node-b leads orders again: an append there succeeds (retried while it
+    // takes its lease back) and reaches the others.
+    let mut appended = false;
+    wait_until("an append on node-b after the restart", &all, || {
+        if !appended {
+            appended = Command::new(BIN)
+                .arg("append")
+                .arg(&qb)
+                .arg("four")
+                .output()
+                .is_ok_and(|o| o.status.success());
+        }
+        appended
+    })
+    .await;
+    let expected = records(&qb);
+    assert_eq!(
+        expected.iter().map(|r| r.2.as_str()).collect::<Vec<_>>(),
+        ["one", "two", "three", "four"]
+    );
+    wait_until("four replicated after the restart", &all, || {
+        records(&qa) == expected && records(&qc) == expected
+    })
+    .await;
+    drop(all);
+    for d in &mut daemons {
+        assert!(
+            !d.log().contains("initialized the catalog cluster"),
+            "a restart initialized again: {}",
+            d.log()
+        );
         assert_eq!(d.exited(), None, "{}", d.log());
     }
 }
