@@ -264,3 +264,91 @@ async fn identify(addr: &str) -> Option<String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
+    }
+
+    /// Waits (at most a minute) for a view that `ok` accepts.
+    async fn wait_for(
+        rx: &mut watch::Receiver<MemberView>,
+        ok: impl Fn(&MemberView) -> bool,
+    ) -> MemberView {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let v = rx.borrow_and_update().clone();
+            if ok(&v) {
+                return v;
+            }
+            assert!(
+                tokio::time::timeout_at(deadline, rx.changed())
+                    .await
+                    .is_ok(),
+                "no matching view within a minute; last {v:?}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dns_members_are_named_by_asking_them_and_this_node_is_found_by_its_listen_address() {
+        // A real catalog node named "x" at 127.0.0.1:port, which `localhost`
+        // resolves to.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let x = repliq_catalog::Catalog::start(repliq_catalog::CatalogConfig::new(
+            "x",
+            addr.clone(),
+            dir.path().join("x"),
+            vec![("x".to_string(), addr.clone())],
+        ))
+        .await
+        .expect("catalog x");
+        let host = format!("localhost:{port}");
+
+        // A node listening elsewhere sees x as a member, by the name x gave.
+        let elsewhere: std::net::SocketAddr = format!("127.0.0.2:{port}").parse().expect("addr");
+        let mut rx = start_dns_members(
+            host.clone(),
+            elsewhere,
+            "y".into(),
+            Some(2),
+            Duration::from_secs(1),
+        );
+        let v = wait_for(&mut rx, |v| !v.members.is_empty()).await;
+        assert_eq!(v.members, [("x".to_string(), addr.clone())]);
+        assert_eq!(v.own, None, "127.0.0.1 is not where y listens");
+        assert!(v.complete("y"), "x and y are the 2 expected members");
+        drop(rx);
+
+        // The node listening at the resolved address is that address itself.
+        let mut rx = start_dns_members(
+            host,
+            addr.parse().expect("addr"),
+            "x".into(),
+            Some(2),
+            Duration::from_secs(1),
+        );
+        let v = wait_for(&mut rx, |v| v.own.is_some()).await;
+        assert_eq!(v.own.as_deref(), Some(addr.as_str()));
+        assert!(v.members.is_empty(), "{v:?}");
+        assert!(!v.complete("x"), "one of the 2 expected members");
+        x.shutdown().await.expect("shutdown");
+    }
+
+    #[test]
+    fn own_address_on_every_interface_is_a_local_ip_with_the_port() {
+        let any: std::net::SocketAddr = "0.0.0.0:4000".parse().expect("addr");
+        assert!(is_own(&"127.0.0.1:4000".parse().expect("addr"), &any));
+        assert!(!is_own(&"127.0.0.1:4001".parse().expect("addr"), &any));
+        // TEST-NET-3: not an address of this machine.
+        assert!(!is_own(&"203.0.113.7:4000".parse().expect("addr"), &any));
+    }
+}
