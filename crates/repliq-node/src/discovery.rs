@@ -191,6 +191,9 @@ fn start_dns_members(
                 .iter()
                 .find(|a| is_own(a, &listen))
                 .map(|a| a.to_string());
+            // An address that went away may come back as another node: ask
+            // again then.
+            names.retain(|a, _| addrs.iter().any(|x| x.to_string() == *a));
             let mut members = Vec::new();
             for a in &addrs {
                 let s = a.to_string();
