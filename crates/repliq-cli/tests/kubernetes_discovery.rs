@@ -1008,16 +1008,13 @@ fn catalog_at(http: &str) -> Option<Value> {
 async fn three_daemons_with_the_founding_config_form_one_cluster_and_replicate() {
     let stub = Stub::start().await;
     stub.state.lock().unwrap().desired = 3;
-    // node-a and node-b are Ready; node-c's pod has its IP but is not Ready.
+    // node-a's and node-b's pods run; node-c's is pending (no IP yet). Only
+    // node-b's is Ready: members are the pods with an IP, Ready or not.
     let names = ["node-a", "node-b", "node-c"];
     let ips = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
     for (n, ip) in names.iter().zip(ips) {
-        stub.put(repliq_pod(
-            &format!("repliq-{n}"),
-            n,
-            Some(ip),
-            *n != "node-c",
-        ));
+        let ip = Some(ip).filter(|_| *n != "node-c");
+        stub.put(repliq_pod(&format!("repliq-{n}"), n, ip, *n == "node-b"));
     }
     // One replication port for every pod, as in the DaemonSet; each daemon
     // on its own loopback address.
@@ -1076,12 +1073,13 @@ async fn three_daemons_with_the_founding_config_form_one_cluster_and_replicate()
         );
     }
 
-    // node-c's pod turns Ready: the view is complete, one cluster forms.
+    // node-c's pod gets its IP (not Ready yet): the view is complete, one
+    // cluster forms.
     stub.put(repliq_pod(
         "repliq-node-c",
         "node-c",
         Some("127.0.0.3"),
-        true,
+        false,
     ));
     wait_until(
         "every daemon's catalog to hold the three members",
@@ -1179,14 +1177,16 @@ async fn three_daemons_with_the_founding_config_form_one_cluster_and_replicate()
         assert_eq!(d.exited(), None, "{}", d.log());
     }
 
-    // The whole DaemonSet restarts and every pod comes back with a new IP:
+    // The whole DaemonSet restarts and every pod comes back with a new IP,
+    // not Ready yet (a follower is Ready once it has caught up, which needs
+    // the catalog):
     // the catalog reaches its members where discovery finds them now (the
     // Raft membership still holds the old addresses), nobody initializes
     // again, and nothing is lost.
     daemons.clear();
     let new_ips = ["127.0.0.4", "127.0.0.5", "127.0.0.6"];
     for (n, ip) in names.iter().zip(new_ips) {
-        stub.put(repliq_pod(&format!("repliq-{n}"), n, Some(ip), true));
+        stub.put(repliq_pod(&format!("repliq-{n}"), n, Some(ip), false));
     }
     for ((n, old), new) in names.iter().zip(ips).zip(new_ips) {
         let cfg = dir.path().join(format!("{n}.yaml"));

@@ -11,7 +11,7 @@
 //! the members with their names instead (see "Cluster mode" in
 //! `docs/operations.md`):
 //!
-//! * `kubernetes`: each Ready pod is a member named by its `spec.nodeName`
+//! * `kubernetes`: each pod with an IP (Ready or not) is a member named by its `spec.nodeName`
 //!   (the DaemonSet's `NODE_NAME`), else its pod name, at `podIP:port`;
 //! * `dns`: each resolved address is asked its node name over the catalog
 //!   protocol (`Identify`); this node's own address is the resolved address

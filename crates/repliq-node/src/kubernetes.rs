@@ -14,9 +14,11 @@
 //! re-listed state replaces the old one. Errors are retried with backoff.
 //!
 //! In cluster mode (no `replication.primary`) [`start_members`] gives the
-//! members instead: each Ready pod under its node name (`spec.nodeName`, else
-//! the pod name) at `podIP:port`, this node's own address (its pod's IP, Ready
-//! or not), and how many members to expect: `replication.expected_members`,
+//! members instead: each pod with an IP that is not being deleted, Ready or
+//! not, under its node name (`spec.nodeName`, else the pod name) at
+//! `podIP:port` (a member's readiness may wait on the catalog, so the catalog
+//! cannot wait on readiness), this node's own address (its pod's), and how
+//! many members to expect: `replication.expected_members`,
 //! else the `status.desiredNumberScheduled` of the DaemonSet that owns the
 //! pods (read every few seconds; needs `get` on `daemonsets`).
 //!
@@ -223,11 +225,12 @@ impl Members {
 /// What cluster mode learns from the pods: see [`start_members`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemberView {
-    /// `(name, podIP:port)` of each Ready pod, by name; the name is the pod's
-    /// `spec.nodeName`, else its pod name.
+    /// `(name, podIP:port)` of each pod with an IP and not being deleted,
+    /// Ready or not, by name; the name is the pod's `spec.nodeName`, else its
+    /// pod name.
     pub members: Vec<(String, String)>,
     /// This node's own address: the IP of its pod (`spec.nodeName` or pod
-    /// name equal to the node name), Ready or not.
+    /// name equal to the node name).
     pub own: Option<String>,
     /// How many members to expect (configured, or the DaemonSet's desired
     /// count); `None` while unknown.
@@ -260,13 +263,13 @@ impl Members {
             if daemonset.is_none() {
                 daemonset = m.daemonset.clone();
             }
-            if let Some(a) = &m.address {
+            if let Some(a) = &m.ip_address {
                 members.push((name, a.clone()));
             }
         }
         members.sort();
-        // Two Ready pods on one node (a surge during a rolling update): one
-        // entry, the lowest address.
+        // Two pods on one node (a surge during a rolling update): one entry,
+        // the lowest address.
         members.dedup_by(|a, b| a.0 == b.0);
         (members, own, daemonset)
     }
@@ -512,10 +515,16 @@ mod tests {
             31337,
         );
         m.apply(Event::InitDone, 31337);
+        // A pod without an IP yet is not a member.
+        m.apply(Event::Apply(pod("repliq-x3", "node-c", None, false)), 31337);
         let (members, own, ds) = m.view("node-b");
         assert_eq!(
             members,
-            [("node-a".to_string(), "10.0.0.1:31337".to_string())]
+            [
+                ("node-a".to_string(), "10.0.0.1:31337".to_string()),
+                ("node-b".to_string(), "10.0.0.2:31337".to_string())
+            ],
+            "named by node, Ready or not"
         );
         assert_eq!(own.as_deref(), Some("10.0.0.2:31337"));
         assert_eq!(ds, None, "the test pods have no owner");
@@ -532,5 +541,10 @@ mod tests {
         assert!(!v.complete("node-b"), "two of three");
         v.expected = Some(2);
         assert!(v.complete("node-b"), "node-a and this node");
+        v.members.truncate(1);
+        assert!(
+            v.complete("node-b"),
+            "this node counts even when not listed"
+        );
     }
 }
