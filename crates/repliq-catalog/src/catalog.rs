@@ -14,6 +14,7 @@ use crate::error::{CatalogError, StoreError, WireError};
 use crate::forward::forward;
 use crate::membership::{bootstrap_and_join, upkeep};
 use crate::network::Network;
+use crate::peers::{Discovered, Peers};
 use crate::server::{listen, ServerContext};
 use crate::state::CatalogState;
 use crate::storage::file::{read_atomic, write_atomic};
@@ -33,8 +34,13 @@ pub struct CatalogConfig {
     pub addr: String,
     /// Directory of the durable state (created if missing).
     pub dir: PathBuf,
-    /// All discovered members, `(name, addr)`, including this node.
+    /// All members, `(name, addr)`, including this node: a fixed list (static
+    /// discovery). Ignored when `discovered` is set.
     pub peers: Vec<(String, String)>,
+    /// The members as discovery finds them while the node runs (DNS, Kubernetes),
+    /// replacing `peers`. The first voter by name initializes a fresh cluster only
+    /// while [`Discovered::complete`] is true.
+    pub discovered: Option<watch::Receiver<Discovered>>,
     /// Election timeout range in milliseconds `(min, max)`.
     pub election_timeout_ms: (u64, u64),
     /// Leader heartbeat interval in milliseconds.
@@ -65,6 +71,7 @@ impl CatalogConfig {
             addr: addr.into(),
             dir: dir.into(),
             peers,
+            discovered: None,
             election_timeout_ms: (500, 1000),
             heartbeat_ms: 100,
             snapshot_logs: 1000,
@@ -99,8 +106,9 @@ pub struct CatalogMetrics {
 /// [`Command::Join`] incarnation replaces the old member record).
 ///
 /// Only the first voter by name, and only with a completely fresh directory, calls
-/// Raft's `initialize`, after every initial voter answered and none reported being part of
-/// an initialized cluster. Restarts never initialize.
+/// Raft's `initialize`, while its view of the members is complete (always, for a fixed
+/// list; see [`Discovered::complete`]), after every initial voter answered and none
+/// reported being part of an initialized cluster. Restarts never initialize.
 ///
 /// # Example
 ///
@@ -126,7 +134,7 @@ pub struct CatalogMetrics {
 pub struct Catalog {
     ctx: Arc<ServerContext>,
     node_id: NodeId,
-    peers: Arc<Vec<(String, String)>>,
+    peers: Peers,
     initialized_here: Arc<AtomicBool>,
     log: LogStore,
     tasks: Vec<JoinHandle<()>>,
@@ -170,7 +178,14 @@ impl Catalog {
         }
         .validate()
         .map_err(|e| CatalogError::Config(e.to_string()))?;
-        let raft = Raft::new(id, Arc::new(config), Network, log.clone(), sm.clone())
+        let peers = match &cfg.discovered {
+            Some(rx) => Peers::new(rx.clone(), &cfg.node_name, &cfg.addr),
+            None => Peers::fixed(cfg.peers.clone(), &cfg.node_name, &cfg.addr),
+        };
+        let network = Network {
+            peers: cfg.discovered.is_some().then(|| peers.clone()),
+        };
+        let raft = Raft::new(id, Arc::new(config), network, log.clone(), sm.clone())
             .await
             .map_err(|e| CatalogError::Raft(e.to_string()))?;
         let listener = if cfg.own_listener {
@@ -185,11 +200,6 @@ impl Catalog {
             addr: cfg.addr.clone(),
             incarnation,
         });
-        let mut peers = cfg.peers.clone();
-        if !peers.iter().any(|(n, _)| *n == cfg.node_name) {
-            peers.push((cfg.node_name.clone(), cfg.addr.clone()));
-        }
-        let peers = Arc::new(peers);
         let initialized_here = Arc::new(AtomicBool::new(false));
         tracing::info!(name = %cfg.node_name, id, incarnation, fresh, "catalog starting");
         let mut tasks = Vec::new();

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::CatalogError;
 use crate::network::{CallError, PeerClient, RPC_TIMEOUT};
+use crate::peers::Peers;
 use crate::server::ServerContext;
 use crate::types::{CatalogNode, NodeId};
 use crate::wire::{ForwardError, RpcReply, RpcRequest};
@@ -27,16 +28,11 @@ fn leader_hint(e: &ForwardError) -> Option<(Option<NodeId>, Option<CatalogNode>)
 pub(crate) async fn forward(
     ctx: &ServerContext,
     self_id: NodeId,
-    peers: &[(String, String)],
+    peers: &Peers,
     req: RpcRequest,
     idempotent: bool,
 ) -> Result<RpcReply, CatalogError> {
     let start = Instant::now();
-    let others: Vec<&String> = peers
-        .iter()
-        .filter(|(n, _)| *n != ctx.name)
-        .map(|(_, a)| a)
-        .collect();
     let mut rotate = 0usize;
     let mut clients: HashMap<String, PeerClient> = HashMap::new();
     let mut hint: Option<String> = None;
@@ -46,6 +42,13 @@ pub(crate) async fn forward(
         if start.elapsed() > FORWARD_DEADLINE {
             return Err(CatalogError::NoLeader(last_err));
         }
+        // Re-read each round: discovery may have found members since.
+        let others: Vec<String> = peers
+            .list()
+            .into_iter()
+            .filter(|(n, _)| *n != ctx.name)
+            .map(|(_, a)| a)
+            .collect();
         // Where to send: a redirect, else the leader we know, else a peer in turn.
         let target: Option<String> = match hint.take() {
             Some(h) => Some(h),
@@ -57,7 +60,7 @@ pub(crate) async fn forward(
                         .membership_config
                         .membership()
                         .get_node(&l)
-                        .map(|n| n.addr.clone()),
+                        .map(|n| peers.addr_of(&n.name).unwrap_or_else(|| n.addr.clone())),
                     None if m
                         .membership_config
                         .membership()
@@ -108,7 +111,7 @@ pub(crate) async fn forward(
         match leader_hint(&err) {
             Some((Some(id), _)) if id == self_id => {} // next round goes local
             Some((_, Some(node))) => {
-                hint = Some(node.addr);
+                hint = Some(peers.addr_of(&node.name).unwrap_or(node.addr));
                 continue;
             }
             _ => tokio::time::sleep(pause).await,

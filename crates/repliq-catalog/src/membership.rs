@@ -11,24 +11,33 @@ use openraft::ChangeMembers;
 use crate::command::{Command, Response};
 use crate::forward::forward;
 use crate::network::{PeerClient, RPC_TIMEOUT};
+use crate::peers::Peers;
 use crate::server::ServerContext;
 use crate::types::{node_id, CatalogNode, NodeId};
 use crate::voters::voters;
 use crate::wire::{RpcReply, RpcRequest};
 
-/// On a fresh first voter, initializes the cluster; then proposes this node's `Join`.
+/// On a fresh node, initializes the cluster if this node is the first voter of the
+/// complete membership; meanwhile (and on a restart, only) proposes this node's `Join`.
 pub(crate) async fn bootstrap_and_join(
     ctx: Arc<ServerContext>,
     self_id: NodeId,
-    peers: Arc<Vec<(String, String)>>,
+    peers: Peers,
     fresh: bool,
     initialized_here: Arc<AtomicBool>,
 ) {
-    let names: Vec<String> = peers.iter().map(|(n, _)| n.clone()).collect();
-    let initial = voters(&names);
-    if fresh && initial.first() == Some(&ctx.name) {
-        initialize(&ctx, self_id, &peers, &initial, &initialized_here).await;
+    if fresh {
+        tokio::join!(
+            initialize(&ctx, self_id, peers.clone(), &initialized_here),
+            join(&ctx, self_id, &peers)
+        );
+    } else {
+        join(&ctx, self_id, &peers).await;
     }
+}
+
+/// Proposes this node's `Join` until the catalog's leader commits (or rejects) it.
+async fn join(ctx: &ServerContext, self_id: NodeId, peers: &Peers) {
     let join = Command::Join {
         name: ctx.name.clone(),
         addr: ctx.addr.clone(),
@@ -36,7 +45,7 @@ pub(crate) async fn bootstrap_and_join(
     };
     loop {
         let req = RpcRequest::Propose(join.clone());
-        match forward(&ctx, self_id, &peers, req, false).await {
+        match forward(ctx, self_id, peers, req, false).await {
             Ok(RpcReply::Propose(Ok(Response::Rejected(r)))) => {
                 tracing::error!(rejection = %r, "join rejected");
                 return;
@@ -53,21 +62,44 @@ pub(crate) async fn bootstrap_and_join(
     }
 }
 
+/// Initializes the cluster once this node's view of the members is complete and this
+/// node is its first voter by name, after every initial voter answered that it is not
+/// in a cluster. Returns when this node is in a cluster (initialized here, or added by
+/// the leader after its `Join`), or when a voter is already in one.
 async fn initialize(
     ctx: &ServerContext,
     self_id: NodeId,
-    peers: &[(String, String)],
-    initial: &[String],
+    mut peers: Peers,
     initialized_here: &AtomicBool,
 ) {
     let mut clients: HashMap<String, PeerClient> = HashMap::new();
+    let mut said_waiting = false;
     loop {
         if ctx.raft.is_initialized().await.unwrap_or(true) {
             return; // joined by someone else, or shutting down
         }
+        let list = peers.list();
+        if !peers.complete() {
+            if !said_waiting {
+                said_waiting = true;
+                tracing::info!(
+                    known = ?list.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+                    "catalog: waiting for the expected members before deciding who initializes"
+                );
+            }
+            peers.changed_or(Duration::from_millis(500)).await;
+            continue;
+        }
+        let names: Vec<String> = list.iter().map(|(n, _)| n.clone()).collect();
+        let initial = voters(&names);
+        if initial.first() != Some(&ctx.name) {
+            // Another node initializes; this one joins (see `join`).
+            peers.changed_or(Duration::from_millis(500)).await;
+            continue;
+        }
         let mut members = BTreeMap::new();
         let mut complete = true;
-        for name in initial {
+        for name in &initial {
             if *name == ctx.name {
                 members.insert(
                     self_id,
@@ -78,7 +110,7 @@ async fn initialize(
                 );
                 continue;
             }
-            let Some((_, addr)) = peers.iter().find(|(n, _)| n == name) else {
+            let Some((_, addr)) = list.iter().find(|(n, _)| n == name) else {
                 complete = false;
                 continue;
             };

@@ -123,7 +123,9 @@ impl PeerClient {
 
 /// openraft's network factory for the catalog: one [`PeerConnection`] per target.
 #[derive(Debug, Clone, Default)]
-pub struct Network;
+pub struct Network {
+    pub(crate) peers: Option<crate::peers::Peers>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConnection;
@@ -131,6 +133,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &CatalogNode) -> PeerConnection {
         PeerConnection {
             target,
+            name: node.name.clone(),
+            peers: self.peers.clone(),
             client: PeerClient::new(node.addr.clone()),
         }
     }
@@ -140,6 +144,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 #[derive(Debug)]
 pub struct PeerConnection {
     target: NodeId,
+    name: String,
+    peers: Option<crate::peers::Peers>,
     client: PeerClient,
 }
 
@@ -148,6 +154,13 @@ type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, CatalogNode, Raf
 impl PeerConnection {
     async fn rpc(&mut self, req: RpcRequest, option: &RPCOption) -> Result<RpcReply, CallError> {
         let timeout = option.hard_ttl().max(Duration::from_millis(50));
+        // Discovered members: reach the target where discovery says it is now.
+        if let Some(a) = self.peers.as_ref().and_then(|p| p.addr_of(&self.name)) {
+            if a != self.client.addr {
+                tracing::debug!(target = self.target, from = %self.client.addr, to = %a, "catalog peer address changed");
+                self.client = PeerClient::new(a);
+            }
+        }
         self.client.call(&req, timeout).await
     }
 }

@@ -87,6 +87,21 @@ fn bad_configs_exit_2_naming_file_key_and_reason() {
             "not an address",
         ),
         (
+            "dns-cluster.yaml",
+            base.replace(
+                "method: kubernetes\n    label_selector: name=repliq",
+                "method: dns\n    dns_name: repliq-peers",
+            ),
+            "replication.expected_members",
+            "required with method dns",
+        ),
+        (
+            "expected.yaml",
+            base.replace("mode: async", "mode: async\n  expected_members: 0"),
+            "replication.expected_members",
+            "out of range",
+        ),
+        (
             "peer.yaml",
             base.replace(
                 "method: kubernetes",

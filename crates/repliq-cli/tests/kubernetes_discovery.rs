@@ -12,8 +12,12 @@
 //!   state wins;
 //! * `repliq daemon` with `method: kubernetes` finds a primary daemon whose
 //!   pod becomes Ready while it runs, and replicates from it;
-//! * the founding config shipped in `deploy/k8s` loads and starts without a
-//!   primary or an API server.
+//! * three `repliq daemon`s configured like the founding ConfigMap
+//!   (kubernetes discovery, no peer list, no primary) wait for the
+//!   DaemonSet's desired count of Ready pods, form one catalog, and replicate
+//!   a queue created on one of them, refused on its followers;
+//! * the founding config shipped in `deploy/k8s` loads, and outside a pod
+//!   without an API server exits with a clear error.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -68,6 +72,10 @@ struct StubState {
     compacted: u64,
     watchers: Vec<Watcher>,
     requests: Vec<Request>,
+    /// `status.desiredNumberScheduled` of the DaemonSet `repliq-daemon`.
+    desired: i32,
+    /// Reads of the DaemonSet.
+    daemonset_reads: usize,
 }
 
 impl StubState {
@@ -239,6 +247,39 @@ async fn pods_handler(
         .unwrap()
 }
 
+async fn daemonset_handler(
+    State(st): State<Arc<Mutex<StubState>>>,
+    UrlPath((namespace, name)): UrlPath<(String, String)>,
+) -> Response {
+    let mut s = st.lock().unwrap();
+    s.daemonset_reads += 1;
+    if namespace != NS || name != "repliq-daemon" {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "reason": "NotFound", "code": 404,
+                    "message": format!("daemonsets.apps \"{name}\" not found")}),
+        );
+    }
+    let ds = json!({
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": { "name": name, "namespace": NS, "resourceVersion": "1" },
+        "spec": {
+            "selector": { "matchLabels": { "name": "repliq" } },
+            "template": { "metadata": { "labels": { "name": "repliq" } },
+                          "spec": { "containers": [{ "name": "repliq", "image": "mahurangisoftware/repliq:latest" }] } }
+        },
+        "status": {
+            "currentNumberScheduled": s.desired,
+            "desiredNumberScheduled": s.desired,
+            "numberMisscheduled": 0,
+            "numberReady": s.desired
+        }
+    });
+    json_response(StatusCode::OK, &ds)
+}
+
 /// A stub Kubernetes API server on 127.0.0.1.
 struct Stub {
     addr: SocketAddr,
@@ -250,6 +291,10 @@ impl Stub {
         let state = Arc::new(Mutex::new(StubState::default()));
         let app = axum::Router::new()
             .route("/api/v1/namespaces/{ns}/pods", get(pods_handler))
+            .route(
+                "/apis/apps/v1/namespaces/{ns}/daemonsets/{name}",
+                get(daemonset_handler),
+            )
             .with_state(state.clone());
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -334,7 +379,7 @@ fn pod(name: &str, labels: Value, node: &str, ip: Option<&str>, ready: bool) -> 
         "metadata": {
             "name": name,
             "namespace": NS,
-            "uid": format!("00000000-0000-4000-8000-{:012x}", name.bytes().fold(0u64, |h, b| h * 131 + u64::from(b)) & 0xffff_ffff_ffff),
+            "uid": format!("00000000-0000-4000-8000-{:012x}", name.bytes().fold(0u64, |h, b| h.wrapping_mul(131).wrapping_add(u64::from(b))) & 0xffff_ffff_ffff),
             "labels": labels,
             "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "DaemonSet", "name": "repliq-daemon",
                                   "uid": "00000000-0000-4000-8000-00000000d5e7", "controller": true }]
@@ -825,7 +870,8 @@ fn the_configmap_holds_the_founding_config_and_passes_check() {
     assert!(stdout.contains("method: kubernetes"), "{stdout}");
     assert!(stdout.contains("label_selector: name=repliq"), "{stdout}");
     assert!(stdout.contains("port: 31337"), "{stdout}");
-    assert!(stdout.contains("# role: primary"), "{stdout}");
+    // No primary: a cluster member, with per-queue leaders.
+    assert!(stdout.contains("# role: cluster member"), "{stdout}");
 }
 
 #[test]
@@ -900,37 +946,313 @@ fn the_daemonset_passes_the_configmap_and_the_node_name() {
     assert_eq!(pod["serviceAccountName"], "repliq");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_founding_config_starts_without_a_primary_and_warns() {
-    // The ConfigMap as shipped, on loopback ports and a temporary directory.
+#[test]
+fn the_founding_config_outside_a_pod_without_api_server_exits_1() {
+    // The ConfigMap as shipped makes a cluster member, which needs the API
+    // server to find the others: outside a pod it says so and exits 1.
     let dir = tempfile::tempdir().unwrap();
-    let http = format!("127.0.0.1:{}", free_port());
-    let text = configmap_config()
-        .replace(
-            "/var/lib/repliq/data",
-            &dir.path().join("data").display().to_string(),
-        )
-        .replace(
-            "  mode: async\n",
-            &format!("  mode: async\n  listen: 127.0.0.1:{}\n", free_port()),
-        )
-        + &format!("http:\n  listen: {http}\n");
+    let text = configmap_config().replace(
+        "/var/lib/repliq/data",
+        &dir.path().join("data").display().to_string(),
+    ) + &format!("http:\n  listen: 127.0.0.1:{}\n", free_port());
     let cfg = dir.path().join("config.yaml");
     std::fs::write(&cfg, &text).unwrap();
-    let mut d = Daemon::start(&cfg, "worker-1", dir.path().join("d.log"));
-    wait_until("the HTTP server", &[&d], || {
-        http_get(&http, "/readyz").is_some_and(|(st, _)| st == 200)
+    let out = Command::new(BIN)
+        .args(["daemon", "--config"])
+        .arg(&cfg)
+        .env("NODE_NAME", "worker-1")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("kubernetes discovery: not in a Kubernetes pod"),
+        "{err}"
+    );
+}
+
+// ------------------------------------------------- cluster mode, founding config
+
+/// `(id, epoch, payload)` of every record, as `repliq tail` prints them.
+fn records(dir: &Path) -> Vec<(u64, u32, String)> {
+    if !dir.join("control.rq").is_file() {
+        return Vec::new();
+    }
+    let out = Command::new(BIN).arg("tail").arg(dir).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ' ');
+            Some((
+                it.next()?.parse().ok()?,
+                it.next()?.parse().ok()?,
+                it.next()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// The catalog as the daemon at `http` serves it in `/api/v1/cluster`.
+fn catalog_at(http: &str) -> Option<Value> {
+    let (status, body) = http_get(http, "/api/v1/cluster")?;
+    if status != 200 {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&body).ok()?;
+    v.get("catalog").cloned().filter(|c| !c.is_null())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_daemons_with_the_founding_config_form_one_cluster_and_replicate() {
+    let stub = Stub::start().await;
+    stub.state.lock().unwrap().desired = 3;
+    // node-a's and node-b's pods run; node-c's is pending (no IP yet). Only
+    // node-b's is Ready: members are the pods with an IP, Ready or not.
+    let names = ["node-a", "node-b", "node-c"];
+    let ips = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
+    for (n, ip) in names.iter().zip(ips) {
+        let ip = Some(ip).filter(|_| *n != "node-c");
+        stub.put(repliq_pod(&format!("repliq-{n}"), n, ip, *n == "node-b"));
+    }
+    // One replication port for every pod, as in the DaemonSet; each daemon
+    // on its own loopback address.
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemons = Vec::new();
+    let mut https = Vec::new();
+    let mut data = Vec::new();
+    for (n, ip) in names.iter().zip(ips) {
+        let http = format!("127.0.0.1:{}", free_port());
+        let path = dir.path().join(n).join("data");
+        // The founding ConfigMap, with what a loopback test must add: the
+        // addresses, the stub API server and its namespace, and a failover
+        // timeout a loaded machine never reaches.
+        let text = configmap_config()
+            .replace("/var/lib/repliq/data", &path.display().to_string())
+            .replace(
+                "  mode: async\n",
+                &format!("  mode: async\n  listen: {ip}:{port}\n  failover_timeout_ms: 30000\n"),
+            )
+            .replace(
+                "    label_selector: name=repliq\n",
+                &format!(
+                    "    label_selector: name=repliq\n    namespace: {NS}\n    api_server: {}\n",
+                    stub.url()
+                ),
+            )
+            + &format!("http:\n  listen: {http}\n");
+        assert!(!text.contains("peers"), "{text}");
+        assert!(!text.contains("primary"), "{text}");
+        let cfg = dir.path().join(format!("{n}.yaml"));
+        std::fs::write(&cfg, &text).unwrap();
+        daemons.push(Daemon::start(&cfg, n, dir.path().join(format!("{n}.log"))));
+        https.push(http);
+        data.push(path);
+    }
+    let all: Vec<&Daemon> = daemons.iter().collect();
+
+    // node-a, the first voter by name, sees two of the three members the
+    // DaemonSet wants: it waits, and nobody initializes.
+    wait_until("node-a to wait for the expected members", &all, || {
+        daemons[0]
+            .log()
+            .contains("waiting for the expected members")
     })
     .await;
-    let (_, m) = http_get(&http, "/metrics").unwrap();
-    assert!(
-        m.contains(r#"repliq_role{node="worker-1",role="primary"} 1"#),
-        "{m}"
+    wait_until("the DaemonSet's desired count to be read", &all, || {
+        stub.state.lock().unwrap().daemonset_reads >= 1
+    })
+    .await;
+    for d in &daemons {
+        assert!(
+            !d.log().contains("initialized the catalog cluster"),
+            "initialized with a partial view: {}",
+            d.log()
+        );
+    }
+
+    // node-c's pod gets its IP (not Ready yet): the view is complete, one
+    // cluster forms.
+    stub.put(repliq_pod(
+        "repliq-node-c",
+        "node-c",
+        Some("127.0.0.3"),
+        false,
+    ));
+    wait_until(
+        "every daemon's catalog to hold the three members",
+        &all,
+        || {
+            https.iter().all(|h| {
+                catalog_at(h).is_some_and(|c| {
+                    c["members"].as_array().map_or(0, Vec::len) == 3
+                        && c["voters"].as_array().map_or(0, Vec::len) == 3
+                })
+            })
+        },
+    )
+    .await;
+    let initialized: Vec<&str> = names
+        .iter()
+        .zip(&daemons)
+        .filter(|(_, d)| d.log().contains("initialized the catalog cluster"))
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(
+        initialized,
+        ["node-a"],
+        "exactly the first voter initializes"
     );
-    assert_eq!(d.exited(), None);
-    let log = d.log();
-    assert!(
-        log.contains("replication.primary is not set") && log.contains("nothing is replicated"),
-        "{log}"
+    for h in &https {
+        let c = catalog_at(h).unwrap();
+        let mut members: Vec<(String, String)> = c["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap_or_default().to_string(),
+                    m["address"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        members.sort();
+        let want: Vec<(String, String)> = names
+            .iter()
+            .zip(ips)
+            .map(|(n, ip)| (n.to_string(), format!("{ip}:{port}")))
+            .collect();
+        assert_eq!(members, want, "members named by node, at their pod IPs");
+    }
+
+    // A queue created on node-b is led by node-b and replicated to the others.
+    let qb = data[1].join("orders");
+    let out = Command::new(BIN).arg("create").arg(&qb).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = Command::new(BIN)
+        .arg("append")
+        .arg(&qb)
+        .args(["one", "two", "three"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let expected = records(&qb);
+    assert_eq!(
+        expected.iter().map(|r| r.2.as_str()).collect::<Vec<_>>(),
+        ["one", "two", "three"]
     );
+    let (qa, qc) = (data[0].join("orders"), data[2].join("orders"));
+    wait_until("orders replicated to node-a and node-c", &all, || {
+        records(&qa) == expected && records(&qc) == expected
+    })
+    .await;
+    wait_until("every catalog to show node-b leading orders", &all, || {
+        https.iter().all(|h| {
+            catalog_at(h).is_some_and(|c| {
+                c["queues"].as_array().is_some_and(|qs| {
+                    qs.iter()
+                        .any(|q| q["name"] == "orders" && q["leader"] == "node-b")
+                })
+            })
+        })
+    })
+    .await;
+    // A follower refuses a local append, and keeps what it had.
+    for q in [&qa, &qc] {
+        let out = Command::new(BIN)
+            .arg("append")
+            .arg(q)
+            .arg("intruder")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("replica"), "{err}");
+        assert_eq!(records(q), expected, "the refused append left no trace");
+    }
+    drop(all);
+    for d in &mut daemons {
+        assert_eq!(d.exited(), None, "{}", d.log());
+    }
+
+    // The whole DaemonSet restarts and every pod comes back with a new IP,
+    // not Ready yet (a follower is Ready once it has caught up, which needs
+    // the catalog):
+    // the catalog reaches its members where discovery finds them now (the
+    // Raft membership still holds the old addresses), nobody initializes
+    // again, and nothing is lost.
+    daemons.clear();
+    let new_ips = ["127.0.0.4", "127.0.0.5", "127.0.0.6"];
+    for (n, ip) in names.iter().zip(new_ips) {
+        stub.put(repliq_pod(&format!("repliq-{n}"), n, Some(ip), false));
+    }
+    for ((n, old), new) in names.iter().zip(ips).zip(new_ips) {
+        let cfg = dir.path().join(format!("{n}.yaml"));
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            &format!("listen: {old}:{port}"),
+            &format!("listen: {new}:{port}"),
+        );
+        std::fs::write(&cfg, text).unwrap();
+        daemons.push(Daemon::start(
+            &cfg,
+            n,
+            dir.path().join(format!("{n}-restart.log")),
+        ));
+    }
+    let all: Vec<&Daemon> = daemons.iter().collect();
+    wait_until(
+        "the catalog to hold the members at their new addresses",
+        &all,
+        || {
+            https.iter().all(|h| {
+                catalog_at(h).is_some_and(|c| {
+                    c["leader"].is_string()
+                        && c["members"].as_array().is_some_and(|ms| {
+                            ms.len() == 3
+                                && ms.iter().all(|m| {
+                                    m["address"].as_str().is_some_and(|a| {
+                                        new_ips.iter().any(|ip| a == format!("{ip}:{port}"))
+                                    })
+                                })
+                        })
+                })
+            })
+        },
+    )
+    .await;
+    // node-b leads orders again: an append there succeeds (retried while it
+    // takes its lease back) and reaches the others.
+    let mut appended = false;
+    wait_until("an append on node-b after the restart", &all, || {
+        if !appended {
+            appended = Command::new(BIN)
+                .arg("append")
+                .arg(&qb)
+                .arg("four")
+                .output()
+                .is_ok_and(|o| o.status.success());
+        }
+        appended
+    })
+    .await;
+    let expected = records(&qb);
+    assert_eq!(
+        expected.iter().map(|r| r.2.as_str()).collect::<Vec<_>>(),
+        ["one", "two", "three", "four"]
+    );
+    wait_until("four replicated after the restart", &all, || {
+        records(&qa) == expected && records(&qc) == expected
+    })
+    .await;
+    drop(all);
+    for d in &mut daemons {
+        assert!(
+            !d.log().contains("initialized the catalog cluster"),
+            "a restart initialized again: {}",
+            d.log()
+        );
+        assert_eq!(d.exited(), None, "{}", d.log());
+    }
 }

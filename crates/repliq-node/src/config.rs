@@ -70,6 +70,7 @@ struct RawReplication {
     heartbeat_ms: Option<u64>,
     factor: Option<u64>,
     failover_timeout_ms: Option<u64>,
+    expected_members: Option<u64>,
     max_connections: Option<u64>,
 }
 
@@ -213,12 +214,23 @@ pub struct Config {
 /// The settings of cluster mode.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterSettings {
-    /// Every member, this node included.
+    /// Every member, this node included (static discovery). Empty with `dns`
+    /// and `kubernetes` discovery: the members are found as the node runs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<Peer>,
     /// The address other members reach this node at (its entry in `members`).
+    /// Empty with `dns` and `kubernetes` discovery: found as the node runs.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub advertise: String,
-    /// Replicas of each queue (`replication.factor`, default `min(3, members)`).
+    /// Replicas of each queue (`replication.factor`, default `min(3, members)`;
+    /// with discovered members, 3, capped by the members the catalog holds
+    /// when the queue is registered).
     pub factor: usize,
+    /// Members a fresh cluster waits for before its first voter initializes it
+    /// (`replication.expected_members`). `None`: all of them (static), the
+    /// DaemonSet's desired count (`kubernetes`); required with `dns`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_members: Option<usize>,
     /// Silence of a queue's leader after which another replica takes over
     /// (`replication.failover_timeout_ms`, default 3000). A leader that
     /// cannot reach the catalog for half of it stops accepting appends.
@@ -463,72 +475,109 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
                 .filter(|q| Some(&q.name) != primary.as_ref())
                 .count()
         }
-        Discovery::Dns { .. } => {
-            if primary.is_none() {
-                return Err(err(
-                    "replication.primary",
-                    "required with method dns (the node name of the primary)".into(),
-                ));
-            }
-            1
-        }
+        Discovery::Dns { .. } => 1,
         Discovery::Kubernetes { .. } => 1,
     };
-    // Cluster mode: static peers besides this node and no fixed primary.
-    let cluster = match &discovery {
-        Discovery::Static { peers }
-            if primary.is_none() && peers.iter().any(|q| q.name != node_name) =>
-        {
-            let advertise = peers
-                .iter()
-                .find(|q| q.name == node_name)
-                .map(|q| q.address.clone())
-                .unwrap_or_default();
-            let factor = match r.factor {
-                None => peers.len().min(3),
-                Some(f) => {
-                    let f = usize::try_from(f).unwrap_or(usize::MAX);
-                    if f == 0 || f > peers.len() {
-                        return Err(err(
-                            "replication.factor",
-                            format!("{f} is not between 1 and the {} members", peers.len()),
-                        ));
-                    }
-                    f
-                }
-            };
-            let failover_timeout_ms = r.failover_timeout_ms.unwrap_or(3000);
-            if !(200..=600_000).contains(&failover_timeout_ms) {
+    // Cluster mode: no fixed primary, and static peers besides this node or
+    // members found by dns or kubernetes discovery.
+    let failover_timeout_ms = r.failover_timeout_ms.unwrap_or(3000);
+    let expected_members = match r.expected_members {
+        None => None,
+        Some(n) if (1..=1000).contains(&n) => Some(n as usize),
+        Some(n) => {
+            return Err(err(
+                "replication.expected_members",
+                format!("{n} is out of range 1..=1000"),
+            ))
+        }
+    };
+    let clustered = primary.is_none()
+        && match &discovery {
+            Discovery::Static { peers } => peers.iter().any(|q| q.name != node_name),
+            Discovery::Dns { .. } | Discovery::Kubernetes { .. } => true,
+        };
+    let cluster = if clustered {
+        let (members, advertise) = match &discovery {
+            Discovery::Static { peers } => (
+                peers.clone(),
+                peers
+                    .iter()
+                    .find(|q| q.name == node_name)
+                    .map(|q| q.address.clone())
+                    .unwrap_or_default(),
+            ),
+            _ => (Vec::new(), String::new()),
+        };
+        if let Discovery::Dns { .. } = &discovery {
+            if expected_members.is_none() {
                 return Err(err(
-                    "replication.failover_timeout_ms",
-                    format!("{failover_timeout_ms} is out of range 200..=600000"),
+                    "replication.expected_members",
+                    "required with method dns and no replication.primary (a cluster): \
+                     DNS does not say how many members to wait for before forming it"
+                        .into(),
                 ));
             }
-            Some(ClusterSettings {
-                members: peers.clone(),
-                advertise,
-                factor,
-                failover_timeout_ms,
-            })
         }
-        _ => {
-            for (key, set) in [
-                ("replication.factor", r.factor.is_some()),
-                (
-                    "replication.failover_timeout_ms",
-                    r.failover_timeout_ms.is_some(),
-                ),
-            ] {
-                if set {
+        if let Some(n) = expected_members {
+            if !members.is_empty() && n != members.len() {
+                return Err(err(
+                    "replication.expected_members",
+                    format!(
+                        "{n} differs from the {} static peers (leave it out with static peers)",
+                        members.len()
+                    ),
+                ));
+            }
+        }
+        let factor = match r.factor {
+            None if members.is_empty() => 3,
+            None => members.len().min(3),
+            Some(f) => {
+                let f = usize::try_from(f).unwrap_or(usize::MAX);
+                let most = if members.is_empty() {
+                    expected_members.unwrap_or(1000).max(1)
+                } else {
+                    members.len()
+                };
+                if f == 0 || f > most {
                     return Err(err(
-                        key,
-                        "only applies to a cluster (static peers without replication.primary)"
-                            .into(),
+                        "replication.factor",
+                        format!("{f} is not between 1 and the {most} members"),
                     ));
                 }
+                f
             }
-            None
+        };
+        if !(200..=600_000).contains(&failover_timeout_ms) {
+            return Err(err(
+                "replication.failover_timeout_ms",
+                format!("{failover_timeout_ms} is out of range 200..=600000"),
+            ));
         }
+        Some(ClusterSettings {
+            members,
+            advertise,
+            factor,
+            expected_members,
+            failover_timeout_ms,
+        })
+    } else {
+        for (key, set) in [
+            ("replication.factor", r.factor.is_some()),
+            (
+                "replication.failover_timeout_ms",
+                r.failover_timeout_ms.is_some(),
+            ),
+            ("replication.expected_members", r.expected_members.is_some()),
+        ] {
+            if set {
+                return Err(err(
+                    key,
+                    "only applies to a cluster (no replication.primary)".into(),
+                ));
+            }
+        }
+        None
     };
     let secondaries = match &cluster {
         // The leader's acknowledgement counts: a majority of the replicas.

@@ -13,6 +13,15 @@
 //! re-lists when the API server answers `410 Gone` (version expired); the
 //! re-listed state replaces the old one. Errors are retried with backoff.
 //!
+//! In cluster mode (no `replication.primary`) [`start_members`] gives the
+//! members instead: each pod with an IP that is not being deleted, Ready or
+//! not, under its node name (`spec.nodeName`, else the pod name) at
+//! `podIP:port` (a member's readiness may wait on the catalog, so the catalog
+//! cannot wait on readiness), this node's own address (its pod's), and how
+//! many members to expect: `replication.expected_members`,
+//! else the `status.desiredNumberScheduled` of the DaemonSet that owns the
+//! pods (read every few seconds; needs `get` on `daemonsets`).
+//!
 //! This module depends on nothing else in the daemon (its tests include it
 //! directly), so it takes plain values rather than the configuration.
 
@@ -20,6 +29,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
@@ -96,6 +106,10 @@ struct Member {
     node: Option<String>,
     /// `podIP:port` when the pod is a peer (Ready, with an IP, not deleting).
     address: Option<String>,
+    /// `podIP:port` when the pod has an IP and is not deleting, Ready or not.
+    ip_address: Option<String>,
+    /// Name of the DaemonSet controlling the pod, if one does.
+    daemonset: Option<String>,
 }
 
 impl Member {
@@ -113,7 +127,25 @@ impl Member {
             Some(ip) if ready && !deleting => Some(join_host_port(ip, port)),
             _ => None,
         };
-        Member { node, address }
+        let ip_address = match ip {
+            Some(ip) if !deleting => Some(join_host_port(ip, port)),
+            _ => None,
+        };
+        let daemonset = pod
+            .metadata
+            .owner_references
+            .as_ref()
+            .and_then(|o| {
+                o.iter()
+                    .find(|r| r.kind == "DaemonSet" && r.controller == Some(true))
+            })
+            .map(|r| r.name.clone());
+        Member {
+            node,
+            address,
+            ip_address,
+            daemonset,
+        }
     }
 }
 
@@ -187,6 +219,161 @@ impl Members {
         first.extend(rest);
         first.dedup();
         first
+    }
+}
+
+/// What cluster mode learns from the pods: see [`start_members`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberView {
+    /// `(name, podIP:port)` of each pod with an IP and not being deleted,
+    /// Ready or not, by name; the name is the pod's `spec.nodeName`, else its
+    /// pod name.
+    pub members: Vec<(String, String)>,
+    /// This node's own address: the IP of its pod (`spec.nodeName` or pod
+    /// name equal to the node name).
+    pub own: Option<String>,
+    /// How many members to expect (configured, or the DaemonSet's desired
+    /// count); `None` while unknown.
+    pub expected: Option<usize>,
+}
+
+impl MemberView {
+    /// True when the members found, this node included, are at least the
+    /// expected count.
+    pub fn complete(&self, me: &str) -> bool {
+        let mut names: Vec<&str> = self.members.iter().map(|(n, _)| n.as_str()).collect();
+        names.push(me);
+        names.sort_unstable();
+        names.dedup();
+        self.expected.is_some_and(|e| names.len() >= e)
+    }
+}
+
+impl Members {
+    /// The members, this node's address and the DaemonSet of the pods.
+    fn view(&self, me: &str) -> (Vec<(String, String)>, Option<String>, Option<String>) {
+        let mut members: Vec<(String, String)> = Vec::new();
+        let mut own = None;
+        let mut daemonset = None;
+        for (pod, m) in &self.current {
+            let name = m.node.clone().unwrap_or_else(|| pod.clone());
+            if name == me || pod == me {
+                own = own.or_else(|| m.ip_address.clone());
+            }
+            if daemonset.is_none() {
+                daemonset = m.daemonset.clone();
+            }
+            if let Some(a) = &m.ip_address {
+                members.push((name, a.clone()));
+            }
+        }
+        members.sort();
+        // Two pods on one node (a surge during a rolling update): one entry,
+        // the lowest address.
+        members.dedup_by(|a, b| a.0 == b.0);
+        (members, own, daemonset)
+    }
+}
+
+/// Watches the pods of `namespace` matching `selector` for cluster mode;
+/// `me` is this node's name, `expected` the configured member count (else
+/// the DaemonSet's desired count is read). Spawns a task on the current
+/// tokio runtime that ends when every receiver is dropped.
+pub fn start_members(
+    client: Client,
+    namespace: &str,
+    selector: &str,
+    port: u16,
+    me: String,
+    expected: Option<usize>,
+) -> watch::Receiver<MemberView> {
+    let (tx, rx) = watch::channel(MemberView {
+        expected,
+        ..Default::default()
+    });
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let ds: Api<DaemonSet> = Api::namespaced(client, namespace);
+    let wc = watcher::Config::default().labels(selector);
+    let what = format!("pods {selector:?} in namespace {namespace}");
+    tokio::spawn(run_members(api, ds, wc, what, port, me, expected, tx));
+    rx
+}
+
+/// How often the DaemonSet's desired count is read again.
+const DESIRED_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+#[allow(clippy::too_many_arguments)]
+async fn run_members(
+    api: Api<Pod>,
+    ds: Api<DaemonSet>,
+    wc: watcher::Config,
+    what: String,
+    port: u16,
+    me: String,
+    configured: Option<usize>,
+    tx: watch::Sender<MemberView>,
+) {
+    tracing::info!(node = %me, port, expected = ?configured, "kubernetes discovery (cluster): watching {what}");
+    let mut events = watcher::watcher(api, wc).default_backoff().boxed();
+    let mut members = Members::default();
+    let mut desired: Option<usize> = configured;
+    let mut tick = tokio::time::interval(DESIRED_EVERY);
+    let mut daemonset: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = tx.closed() => return,
+            _ = tick.tick(), if configured.is_none() => {
+                match &daemonset {
+                    Some(name) => match ds.get(name).await {
+                        Ok(d) => {
+                            let n = d
+                                .status
+                                .as_ref()
+                                .map(|s| s.desired_number_scheduled)
+                                .and_then(|n| usize::try_from(n).ok());
+                            if n != desired {
+                                tracing::info!(daemonset = %name, desired = ?n, "kubernetes discovery: expected members");
+                            }
+                            desired = n;
+                        }
+                        Err(e) => tracing::warn!(daemonset = %name, "kubernetes discovery: cannot read the DaemonSet's desired count ({e}); set replication.expected_members or allow get on daemonsets"),
+                    },
+                    None => tracing::debug!("kubernetes discovery: no DaemonSet owns the pods yet; set replication.expected_members outside a DaemonSet"),
+                }
+            }
+            ev = events.next() => match ev {
+                None => return,
+                Some(Ok(ev)) => members.apply(ev, port),
+                Some(Err(watcher::Error::WatchError(e))) if e.code == 410 => {
+                    tracing::info!("kubernetes discovery: watch expired ({}), listing again", e.message);
+                }
+                Some(Err(e)) => tracing::warn!("kubernetes discovery: {what}: {e} (retrying)"),
+            },
+        }
+        let (list, own, ds_name) = members.view(&me);
+        if ds_name.is_some() && daemonset.is_none() && configured.is_none() {
+            // Read its desired count at once.
+            tick.reset_immediately();
+        }
+        daemonset = daemonset.or(ds_name);
+        let view = MemberView {
+            members: list,
+            own,
+            expected: desired,
+        };
+        let old = tx.borrow().clone();
+        if old != view {
+            tracing::info!(
+                members = ?view.members,
+                own = ?view.own,
+                expected = ?view.expected,
+                complete = view.complete(&me),
+                "kubernetes discovery: membership changed"
+            );
+            if tx.send(view).is_err() {
+                return;
+            }
+        }
     }
 }
 
@@ -312,5 +499,52 @@ mod tests {
         assert_eq!(m.candidates(None), ["[fd00::1]:31337"]);
         m.apply(Event::InitDone, 31337);
         assert_eq!(m.candidates(None), ["10.0.0.2:31337"]);
+    }
+
+    #[test]
+    fn members_are_named_by_node_and_complete_at_the_expected_count() {
+        let mut m = Members::default();
+        m.apply(Event::Init, 31337);
+        m.apply(
+            Event::InitApply(pod("repliq-x1", "node-a", Some("10.0.0.1"), true)),
+            31337,
+        );
+        // This node's pod has an IP but is not Ready yet.
+        m.apply(
+            Event::InitApply(pod("repliq-x2", "node-b", Some("10.0.0.2"), false)),
+            31337,
+        );
+        m.apply(Event::InitDone, 31337);
+        // A pod without an IP yet is not a member.
+        m.apply(Event::Apply(pod("repliq-x3", "node-c", None, false)), 31337);
+        let (members, own, ds) = m.view("node-b");
+        assert_eq!(
+            members,
+            [
+                ("node-a".to_string(), "10.0.0.1:31337".to_string()),
+                ("node-b".to_string(), "10.0.0.2:31337".to_string())
+            ],
+            "named by node, Ready or not"
+        );
+        assert_eq!(own.as_deref(), Some("10.0.0.2:31337"));
+        assert_eq!(ds, None, "the test pods have no owner");
+        let mut v = MemberView {
+            members,
+            own,
+            expected: None,
+        };
+        assert!(
+            !v.complete("node-b"),
+            "unknown expected count: never complete"
+        );
+        v.expected = Some(3);
+        assert!(!v.complete("node-b"), "two of three");
+        v.expected = Some(2);
+        assert!(v.complete("node-b"), "node-a and this node");
+        v.members.truncate(1);
+        assert!(
+            v.complete("node-b"),
+            "this node counts even when not listed"
+        );
     }
 }

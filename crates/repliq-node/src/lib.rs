@@ -79,7 +79,9 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
 /// The effective settings as YAML, then the node's role as a comment: what
 /// `repliq daemon --check` prints.
 pub fn check_report(cfg: &Config) -> String {
-    let role = if cfg.is_primary() {
+    let role = if cfg.cluster.is_some() {
+        "cluster member (per-queue leaders)"
+    } else if cfg.is_primary() {
         "primary"
     } else {
         "secondary"
@@ -88,19 +90,14 @@ pub fn check_report(cfg: &Config) -> String {
 }
 
 /// Checks what can be checked before the node starts. With Kubernetes
-/// discovery, a secondary needs an API server (configured, or in-cluster
-/// from the pod's service account); a node without `replication.primary`
-/// is warned that it replicates nothing.
+/// discovery, a secondary and a cluster member (no `replication.primary`)
+/// need an API server (configured, or in-cluster from the pod's service
+/// account).
 pub fn preflight(cfg: &Config) -> Result<(), String> {
     if let config::Discovery::Kubernetes { api_server, .. } = &cfg.discovery {
-        if cfg.primary.is_none() {
-            tracing::warn!(
-                node = %cfg.node_name,
-                "replication.primary is not set: this node serves its own queues alone \
-                 and nothing is replicated until replication.primary names the primary's node"
-            );
-        } else if !cfg.is_primary() {
-            // Only secondaries talk to the API server; fail early outside a cluster.
+        if !cfg.is_primary() {
+            // The primary never talks to the API server; the others fail
+            // early outside a Kubernetes cluster.
             kubernetes::client_config(api_server.as_deref())
                 .map_err(|e| format!("kubernetes discovery: {e}"))?;
         }

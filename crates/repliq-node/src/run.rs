@@ -141,13 +141,26 @@ async fn run_cluster(
     let l = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| format!("replication.listen {}: {e}", cfg.listen))?;
-    let cluster = crate::cluster::Cluster::start(shared.clone(), &c).await?;
+    // HTTP first: with discovered members, the node must be Ready (its
+    // `/readyz`) to be found, and the catalog waits for discovery.
+    let mut tasks = vec![tokio::spawn(http::serve(
+        http_listener,
+        shared.clone(),
+        stop_rx.clone(),
+    ))];
+    tokio::pin!(stop);
+    let cluster = tokio::select! {
+        c = crate::cluster::Cluster::start(shared.clone(), &c) => c?,
+        _ = &mut stop => {
+            tracing::info!("shutting down before the cluster started");
+            let _ = stop_tx.send(true);
+            stop_tasks(tasks, &shared).await;
+            return Ok(());
+        }
+    };
     shared.set_cluster(cluster.catalog.clone());
     let ctx = cluster.catalog.server_context();
-    let tasks = vec![
-        tokio::spawn(http::serve(http_listener, shared.clone(), stop_rx.clone())),
-        tokio::spawn(accept_loop_with(l, shared.clone(), Some(ctx))),
-    ];
+    tasks.push(tokio::spawn(accept_loop_with(l, shared.clone(), Some(ctx))));
     stop.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);

@@ -1,8 +1,12 @@
 //! Cluster mode: the catalog (Raft, `repliq-catalog`) among the members,
 //! per-queue leaders with epochs, leases and automatic failover.
 //!
-//! A node runs cluster mode when its configuration lists static peers
-//! besides itself and names no `replication.primary`. Then:
+//! A node runs cluster mode when its configuration names no
+//! `replication.primary` and lists static peers besides itself, or uses `dns`
+//! or `kubernetes` discovery. The members are the static peers, or what
+//! discovery finds as the node runs ([`crate::discovery::members`]): a fresh
+//! cluster is initialized only once the expected number of members is found.
+//! Then:
 //!
 //! * the catalog shares the replication port: connections that start with
 //!   `b"RQCL"` are the catalog's, the rest replication sessions
@@ -63,12 +67,19 @@ impl Cluster {
             .iter()
             .map(|p| (p.name.clone(), p.address.clone()))
             .collect();
+        let (advertise, discovered) = if c.members.is_empty() {
+            let (addr, rx) = crate::discovery::members(cfg).await?;
+            (addr, Some(rx))
+        } else {
+            (c.advertise.clone(), None)
+        };
         let mut cc = CatalogConfig::new(
             cfg.node_name.clone(),
-            c.advertise.clone(),
+            advertise,
             cfg.path.join(CATALOG_DIR),
             peers,
         );
+        cc.discovered = discovered;
         cc.own_listener = false;
         // The catalog must elect well within the failover timeout.
         let e = (c.failover_timeout_ms / 6).clamp(150, 1000);

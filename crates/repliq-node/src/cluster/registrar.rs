@@ -80,7 +80,14 @@ async fn register_new(
             // A replica of a queue the catalog does not list (any more).
             continue;
         }
-        let members: Vec<String> = c.members.iter().map(|p| p.name.clone()).collect();
+        // Static: the configured peers. Discovered: the members in the
+        // catalog now (the factor is capped by how many there are).
+        let members: Vec<String> = if c.members.is_empty() {
+            catalog.state().members.keys().cloned().collect()
+        } else {
+            c.members.iter().map(|p| p.name.clone()).collect()
+        };
+        let factor = c.factor.min(members.len()).max(1);
         let qc = store.config();
         let settings = QueueSettings {
             capacity: qc.capacity,
@@ -94,7 +101,7 @@ async fn register_new(
                 Mode::Sync => ReplicationMode::Sync,
                 Mode::Async => ReplicationMode::Async,
             },
-            min_insync: (c.factor / 2 + 1) as u32,
+            min_insync: (factor / 2 + 1) as u32,
         };
         let start_pos = store
             .epoch_history()
@@ -104,7 +111,7 @@ async fn register_new(
         let cmd = Command::CreateQueue {
             name: name.clone(),
             queue_id: store.queue_id(),
-            replicas: replicas_for(&cfg.node_name, &members, c.factor),
+            replicas: replicas_for(&cfg.node_name, &members, factor),
             leader: Some(cfg.node_name.clone()),
             settings,
             start_pos,
