@@ -595,6 +595,8 @@ pub fn unavailability(h: &History) -> Vec<u64> {
 pub struct Failover {
     /// The queue.
     pub queue: String,
+    /// The mode of the acknowledgement in the new epoch.
+    pub mode: Mode,
     /// The epoch of the last acknowledgement before the change.
     pub from_epoch: u32,
     /// The epoch of the first acknowledgement after it.
@@ -624,25 +626,26 @@ pub fn failovers(h: &History) -> Vec<Failover> {
             epoch_of.insert((e.process, e.value), (ep, e.node.as_str()));
         }
     }
-    let mut by_queue: BTreeMap<&str, Vec<(u64, u32, &str)>> = BTreeMap::new();
+    let mut by_queue: BTreeMap<&str, Vec<(u64, u32, &str, Mode)>> = BTreeMap::new();
     let ops = enqueues(h);
     for o in ops.iter().filter(|o| o.outcome == EventType::Ok) {
         if let Some(&(ep, node)) = epoch_of.get(&(o.process, o.value)) {
             by_queue
                 .entry(o.queue.as_str())
                 .or_default()
-                .push((o.complete_ns, ep, node));
+                .push((o.complete_ns, ep, node, o.mode));
         }
     }
     let mut out = Vec::new();
     for (q, mut acks) in by_queue {
-        acks.sort_unstable();
-        let mut prev: Option<(u64, u32, &str)> = None;
+        acks.sort_unstable_by_key(|a| (a.0, a.1));
+        let mut prev: Option<(u64, u32, &str, Mode)> = None;
         for a in acks {
             if let Some(p) = prev {
                 if a.1 > p.1 {
                     out.push(Failover {
                         queue: q.to_string(),
+                        mode: a.3,
                         from_epoch: p.1,
                         to_epoch: a.1,
                         from_node: p.2.to_string(),
@@ -1067,6 +1070,7 @@ mod tests {
         let f = failovers(&h);
         assert_eq!(f.len(), 2, "{f:#?}");
         assert_eq!((f[0].from_epoch, f[0].to_epoch), (1, 2));
+        assert_eq!(f[0].mode, Mode::Sync);
         assert_eq!(
             (f[0].from_node.as_str(), f[0].to_node.as_str()),
             ("n0", "n1")
