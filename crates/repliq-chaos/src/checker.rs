@@ -4,8 +4,9 @@
 //! Anomaly classes, each reported with every instance found:
 //!
 //! * **lost**: a sync enqueue acknowledged `ok` whose value is absent from
-//!   the final log of the queue's primary or of one of its in-sync replicas
-//!   (a replica is in sync if it holds every id the primary holds).
+//!   the final log of the queue's primary (in cluster mode its final leader)
+//!   or of one of its in-sync replicas (a replica holding every id the
+//!   primary holds, or one the final catalog lists as in sync).
 //! * **duplicated**: a value twice in one node's log, or dequeued twice in
 //!   one consumer group.
 //! * **unexpected**: a record whose payload is not a value any client
@@ -263,6 +264,12 @@ pub fn check(h: &History) -> Report {
             .filter(|l| l.queue == q)
             .filter_map(|l| Some((l.node.as_str(), l.primary, l.records.as_ref()?)))
             .collect();
+        let in_sync: BTreeSet<&str> = h
+            .logs
+            .iter()
+            .filter(|l| l.queue == q && l.in_sync)
+            .map(|l| l.node.as_str())
+            .collect();
         let inv = invoked.get(q);
         let primary = logs.iter().find(|l| l.1);
         if primary.is_none() && !h.logs.iter().any(|l| l.queue == q && l.primary) {
@@ -395,7 +402,9 @@ pub fn check(h: &History) -> Report {
                     continue;
                 }
                 let ids: BTreeSet<u64> = recs.iter().map(|x| x.id).collect();
-                if ids.is_superset(&pids) {
+                // Judged: a replica holding every id of the primary, and a
+                // replica the catalog calls in sync whatever it holds.
+                if ids.is_superset(&pids) || in_sync.contains(node) {
                     judged.push((node, values_of(recs)));
                 } else {
                     r.lagging.push(format!(
@@ -543,8 +552,8 @@ pub fn check(h: &History) -> Report {
 /// sync writes to one queue that overlaps the fault's window, over all
 /// queues: how long some queue stopped acknowledging sync writes around that
 /// fault. A gap still open at the end of the history runs to its last
-/// event. With no failover on main this is the time until the primary is
-/// back (or reachable).
+/// event. With a static primary this is the time until the primary is back
+/// (or reachable); in cluster mode it includes the failover.
 pub fn unavailability(h: &History) -> Vec<u64> {
     let mut acks: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     let ops = enqueues(h);
@@ -578,6 +587,79 @@ pub fn unavailability(h: &History) -> Vec<u64> {
             worst
         })
         .collect()
+}
+
+/// One failover seen in the history: acknowledged writes to `queue` moved
+/// from one epoch to a higher one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failover {
+    /// The queue.
+    pub queue: String,
+    /// The mode of the acknowledgement in the new epoch.
+    pub mode: Mode,
+    /// The epoch of the last acknowledgement before the change.
+    pub from_epoch: u32,
+    /// The epoch of the first acknowledgement after it.
+    pub to_epoch: u32,
+    /// Node of the last acknowledgement before.
+    pub from_node: String,
+    /// Node of the first acknowledgement after.
+    pub to_node: String,
+    /// Time (ns) from the last acknowledged write in the old epoch to the
+    /// first in the new one: detection, election and the clients'
+    /// move, as a client saw it.
+    pub gap_ns: u64,
+}
+
+/// The failovers in a history, from the epochs returned with acknowledged
+/// writes (sync and async: a queue has one mode): for each queue, in order
+/// of acknowledgement, every change to a higher epoch. Acknowledgements that
+/// carry no epoch are skipped.
+pub fn failovers(h: &History) -> Vec<Failover> {
+    let mut epoch_of: HashMap<(u64, u64), (u32, &str)> = HashMap::new();
+    for e in h
+        .events
+        .iter()
+        .filter(|e| e.f == OpFn::Enqueue && e.kind == EventType::Ok)
+    {
+        if let Some(ep) = e.epoch {
+            epoch_of.insert((e.process, e.value), (ep, e.node.as_str()));
+        }
+    }
+    let mut by_queue: BTreeMap<&str, Vec<(u64, u32, &str, Mode)>> = BTreeMap::new();
+    let ops = enqueues(h);
+    for o in ops.iter().filter(|o| o.outcome == EventType::Ok) {
+        if let Some(&(ep, node)) = epoch_of.get(&(o.process, o.value)) {
+            by_queue
+                .entry(o.queue.as_str())
+                .or_default()
+                .push((o.complete_ns, ep, node, o.mode));
+        }
+    }
+    let mut out = Vec::new();
+    for (q, mut acks) in by_queue {
+        acks.sort_unstable_by_key(|a| (a.0, a.1));
+        let mut prev: Option<(u64, u32, &str, Mode)> = None;
+        for a in acks {
+            if let Some(p) = prev {
+                if a.1 > p.1 {
+                    out.push(Failover {
+                        queue: q.to_string(),
+                        mode: a.3,
+                        from_epoch: p.1,
+                        to_epoch: a.1,
+                        from_node: p.2.to_string(),
+                        to_node: a.2.to_string(),
+                        gap_ns: a.0.saturating_sub(p.0),
+                    });
+                }
+            }
+            if prev.is_none_or(|p| a.1 >= p.1) {
+                prev = Some(a);
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -618,6 +700,7 @@ mod tests {
             queue: "q".into(),
             node: node.into(),
             primary,
+            in_sync: false,
             records: Some(
                 values
                     .iter()
@@ -943,5 +1026,58 @@ mod tests {
             end_ns: 5_000,
         });
         assert_eq!(unavailability(&h), vec![6_000]);
+    }
+
+    #[test]
+    fn a_replica_the_catalog_calls_in_sync_is_judged_even_when_it_lacks_ids() {
+        let mut h = clean();
+        // n1 lacks the last id: not a superset, so only the catalog's word
+        // makes it judged.
+        h.logs[1] = log("n1", false, &[1, 2]);
+        let r = check(&h);
+        assert!(r.lost.is_empty(), "{r:#?}");
+        assert_eq!(r.lagging.len(), 1);
+        h.logs[1].in_sync = true;
+        let r = check(&h);
+        assert!(
+            r.lost
+                .iter()
+                .any(|l| l.value == 3 && l.missing_on == ["n1"]),
+            "{r:#?}"
+        );
+        assert!(!r.pass());
+    }
+
+    #[test]
+    fn failovers_are_the_changes_of_epoch_between_acknowledged_sync_writes() {
+        let mut h = History::default();
+        let mut at = |p: u64, node: &str, v: u64, t: u64, epoch: u32, kind: EventType| {
+            h.events
+                .push(ev(EventType::Invoke, p, node, "q", Mode::Sync, v, t));
+            let mut e = ev(kind, p, node, "q", Mode::Sync, v, t + 10);
+            e.epoch = Some(epoch);
+            h.events.push(e);
+        };
+        at(1, "n0", 1, 1_000, 1, EventType::Ok);
+        at(1, "n0", 2, 2_000, 1, EventType::Ok);
+        // An info in a new epoch is no acknowledgement.
+        at(2, "n1", 3, 3_000, 2, EventType::Info);
+        at(2, "n1", 4, 7_000, 2, EventType::Ok);
+        at(2, "n1", 5, 8_000, 2, EventType::Ok);
+        // A late acknowledgement of an older epoch does not count twice.
+        at(1, "n0", 6, 8_500, 1, EventType::Ok);
+        at(3, "n2", 7, 12_000, 4, EventType::Ok);
+        let f = failovers(&h);
+        assert_eq!(f.len(), 2, "{f:#?}");
+        assert_eq!((f[0].from_epoch, f[0].to_epoch), (1, 2));
+        assert_eq!(f[0].mode, Mode::Sync);
+        assert_eq!(
+            (f[0].from_node.as_str(), f[0].to_node.as_str()),
+            ("n0", "n1")
+        );
+        assert_eq!(f[0].gap_ns, 7_010 - 2_010);
+        assert_eq!((f[1].from_epoch, f[1].to_epoch), (2, 4));
+        assert_eq!(f[1].gap_ns, 12_010 - 8_010);
+        assert!(failovers(&clean()).is_empty(), "no epochs, no failover");
     }
 }

@@ -3,10 +3,12 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use repliq::replication::sync;
+use repliq::store::{Store, StoreError, StoreOptions};
 use repliq::{QueueError, ReplicatedQueue, ReplicationMode, RepliqQueue};
-use repliq_chaos::history::{decode_value, Event, EventType, Mode, OpFn};
+use repliq_chaos::history::{decode_value, encode_value, Event, EventType, Mode, OpFn};
 
 /// CLOCK_MONOTONIC in ns: one clock shared by every network namespace.
 pub fn now_ns() -> u64 {
@@ -247,6 +249,273 @@ pub fn reader(a: ReaderArgs) -> i32 {
             Err(e) => {
                 eprintln!("repliq-chaos reader: dequeue: {e}");
                 std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Arguments of `repliq-chaos cluster-client`: a writer on one node of a
+/// cluster-mode run.
+#[derive(clap::Args, Debug)]
+pub struct ClusterClientArgs {
+    /// The queue's directory on this node.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Queue name (as the catalog knows it).
+    #[arg(long)]
+    pub queue: String,
+    /// This node's name.
+    #[arg(long)]
+    pub node: String,
+    /// This node's HTTP address, where its view of the catalog is read.
+    #[arg(long)]
+    pub http: String,
+    /// Unique process number; values are `process << 32 | sequence`.
+    #[arg(long)]
+    pub process: u64,
+    /// sync or async.
+    #[arg(long)]
+    pub mode: String,
+    /// Operations per second while this node leads the queue.
+    #[arg(long)]
+    pub rate: f64,
+    /// Sync timeout in ms (then the outcome is unknown: info).
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
+    /// Stop when this file exists.
+    #[arg(long)]
+    pub stop_file: PathBuf,
+}
+
+/// How often a cluster client re-reads the catalog while nothing fails.
+const CATALOG_REFRESH: Duration = Duration::from_millis(300);
+
+/// Runs a cluster-mode writer: appends to this node's copy of the queue
+/// whenever this node's view of the catalog names it the queue's leader.
+///
+/// Sync: append, then wait for the replicated watermark (raised by the
+/// daemon as the queue's leader once `min_insync` replicas hold the
+/// record). A refused append (the role word says replica: this node does not
+/// lead, or lost its lease) is a definite `fail`, after which the catalog is
+/// re-read at once. A sync wait that times out, or that ends after the node
+/// stopped leading, is `info`: the record is in this node's log and may or
+/// may not survive. Each acknowledgement carries the id and the epoch
+/// stamped in the record.
+pub fn cluster_client(a: ClusterClientArgs) -> i32 {
+    let mode = match a.mode.as_str() {
+        "sync" => Mode::Sync,
+        "async" => Mode::Async,
+        m => {
+            eprintln!("repliq-chaos cluster-client: unknown mode {m:?} (sync or async)");
+            return 2;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("repliq-chaos cluster-client: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let period = Duration::from_secs_f64(1.0 / a.rate.max(0.01));
+    let timeout = Duration::from_millis(a.timeout_ms);
+    let mut store: Option<Store> = None;
+    let mut view: Option<crate::catalog::CatalogView> = None;
+    let mut read_at: Option<Instant> = None;
+    let mut seq: u64 = 0;
+    while !a.stop_file.exists() {
+        if read_at.is_none_or(|t| t.elapsed() >= CATALOG_REFRESH) {
+            // An unreachable daemon (killed, paused, or this client cut off
+            // from it) leaves the last view in force: the role word in the
+            // control file, not this view, is what fences the append.
+            if let Some(v) = crate::catalog::fetch(&a.http, Duration::from_millis(500)) {
+                view = Some(v);
+            }
+            read_at = Some(Instant::now());
+        }
+        let leads = view
+            .as_ref()
+            .and_then(|v| v.leader(&a.queue))
+            .is_some_and(|l| l == a.node);
+        if !leads {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        if store.is_none() {
+            match Store::open(&a.dir, &StoreOptions::open()) {
+                Ok(s) => store = Some(s),
+                Err(e) => {
+                    eprintln!("repliq-chaos cluster-client: open {}: {e}", a.dir.display());
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+            }
+        }
+        let Some(s) = store.as_ref() else { continue };
+        seq += 1;
+        let value = (a.process << 32) | seq;
+        let mut e = Event {
+            kind: EventType::Invoke,
+            f: OpFn::Enqueue,
+            process: a.process,
+            node: a.node.clone(),
+            queue: a.queue.clone(),
+            mode,
+            value,
+            group: None,
+            id: None,
+            epoch: None,
+            time_ns: now_ns(),
+            error: None,
+        };
+        if !emit(&mut out, &e) {
+            return 1;
+        }
+        let payload = encode_value(value);
+        match s.append(&payload) {
+            Ok(id) => {
+                e.id = Some(id);
+                e.epoch = record_epoch(s, id);
+                let waited = match mode {
+                    Mode::Async => Ok(()),
+                    Mode::Sync => rt.block_on(sync::wait_replicated(
+                        s,
+                        sync::record_end(s, id, payload.len()),
+                        timeout,
+                    )),
+                };
+                e.time_ns = now_ns();
+                match waited {
+                    Ok(()) => e.kind = EventType::Ok,
+                    Err(err) => {
+                        e.kind = EventType::Info;
+                        e.error = Some(err.to_string());
+                        read_at = None;
+                    }
+                }
+            }
+            Err(StoreError::ReadOnly(m)) => {
+                e.time_ns = now_ns();
+                e.kind = EventType::Fail;
+                e.error = Some(format!("refused: {m}"));
+                read_at = None;
+            }
+            Err(err) => {
+                // Not known to have been refused before writing: unknown.
+                e.time_ns = now_ns();
+                e.kind = EventType::Info;
+                e.error = Some(err.to_string());
+                read_at = None;
+                store = None;
+            }
+        }
+        if !emit(&mut out, &e) {
+            return 1;
+        }
+        std::thread::sleep(period);
+    }
+    0
+}
+
+/// The epoch stamped in record `id`, read back from the log.
+fn record_epoch(s: &Store, id: u64) -> Option<u32> {
+    let mut t = s.tailer();
+    t.seek(id).ok()?;
+    t.next_with(|r| r.epoch).ok()?
+}
+
+/// Arguments of `repliq-chaos tail-reader`.
+#[derive(clap::Args, Debug)]
+pub struct TailReaderArgs {
+    /// The queue's directory on this node.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Queue name (for the history).
+    #[arg(long)]
+    pub queue: String,
+    /// This node's name.
+    #[arg(long)]
+    pub node: String,
+    /// Unique process number.
+    #[arg(long)]
+    pub process: u64,
+    /// Stop when this file exists and nothing new came for a while.
+    #[arg(long)]
+    pub stop_file: PathBuf,
+}
+
+/// Tails this node's replica of a queue while the faults run, recording
+/// every record read as a dequeue in the group `tail-<node>` (with its id
+/// and epoch). After an error (e.g. the daemon truncated a divergent
+/// suffix) it reopens the queue and goes on after the last id it read, so
+/// it never reads a record twice by itself.
+pub fn tail_reader(a: TailReaderArgs) -> i32 {
+    let mut out = std::io::stdout().lock();
+    let group = format!("tail-{}", a.node);
+    let mut last: Option<u64> = None;
+    let mut idle_after_stop = 0;
+    'reopen: loop {
+        if a.stop_file.exists() && idle_after_stop > 20 {
+            return 0;
+        }
+        let s = match Store::open(&a.dir, &StoreOptions::open().skip_recovery()) {
+            Ok(s) => s,
+            Err(_) => {
+                if a.stop_file.exists() {
+                    idle_after_stop += 1;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        };
+        let mut t = s.tailer();
+        t.seek_start();
+        loop {
+            match t.next_with(|r| (r.id, r.epoch, decode_value(r.payload))) {
+                Ok(Some((id, epoch, value))) => {
+                    if last.is_some_and(|l| id <= l) {
+                        continue;
+                    }
+                    last = Some(id);
+                    idle_after_stop = 0;
+                    let e = Event {
+                        kind: EventType::Ok,
+                        f: OpFn::Dequeue,
+                        process: a.process,
+                        node: a.node.clone(),
+                        queue: a.queue.clone(),
+                        mode: Mode::Sync,
+                        value: value.unwrap_or(u64::MAX),
+                        group: Some(group.clone()),
+                        id: Some(id),
+                        epoch: Some(epoch),
+                        time_ns: now_ns(),
+                        error: value
+                            .is_none()
+                            .then(|| "payload is not a value".to_string()),
+                    };
+                    if !emit(&mut out, &e) {
+                        return 1;
+                    }
+                }
+                Ok(None) => {
+                    if a.stop_file.exists() {
+                        idle_after_stop += 1;
+                        if idle_after_stop > 20 {
+                            return 0;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    eprintln!("repliq-chaos tail-reader: {}: {e}", a.dir.display());
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue 'reopen;
+                }
             }
         }
     }

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 /// Replication port of every daemon.
 pub const REPL_PORT: u16 = 31337;
 
+/// HTTP port of every daemon (where `/api/v1/cluster` is served).
+pub const HTTP_PORT: u16 = 8080;
+
 /// Runs a command to completion; an error names the command and its stderr.
 pub fn sh(args: &[&str]) -> Result<(), String> {
     let out = Command::new(args[0])
@@ -77,7 +80,8 @@ pub struct Node {
 /// The cluster and its guard: dropping it kills every process it started
 /// and deletes its namespaces, bridge and host forwarding rule.
 pub struct Cluster {
-    /// Nodes; `nodes[0]` is the primary of every queue.
+    /// Nodes; with a static primary, `nodes[0]` is the primary of every
+    /// queue.
     pub nodes: Vec<Node>,
     /// The run's directory.
     pub dir: PathBuf,
@@ -92,12 +96,19 @@ pub struct Cluster {
 
 impl Cluster {
     /// Creates the bridge, namespaces and config files (daemons not started).
+    ///
+    /// With `failover_timeout_ms`, the daemons run in cluster mode (static
+    /// peers, no primary: the Raft catalog, per-queue leaders, failover after
+    /// that timeout) and the queues are not named in the configuration (the
+    /// run creates each on the node meant to lead it first). Without it,
+    /// `node0` is the static primary of `queues` with `min_acks`.
     pub fn create(
         n: usize,
         dir: &Path,
         repliq: &Path,
         queues: &[String],
         min_acks: usize,
+        failover_timeout_ms: Option<u64>,
     ) -> Result<Cluster, String> {
         let id = std::process::id();
         let bridge = format!("rqcb{id}");
@@ -164,19 +175,36 @@ impl Cluster {
             })
             .collect();
         for n in &c.nodes {
-            let yaml = format!(
-                "node:\n  name: {}\nreplication:\n  mode: sync\n  primary: node0\n  listen: {}:{REPL_PORT}\n  \
-                 min_acks: {min_acks}\n  timeout_ms: 2000\n  heartbeat_ms: 200\n  discovery:\n    method: static\n    peers:\n{peers}\
-                 http:\n  listen: {}:8080\nqueue:\n  capacity: 100000000\n  names: [{}]\n  persistence:\n    path: {}\n",
-                n.name,
-                n.ip,
-                n.ip,
-                queues.join(", "),
-                n.data.display()
-            );
+            let yaml = match failover_timeout_ms {
+                Some(ft) => format!(
+                    "node:\n  name: {}\nreplication:\n  mode: sync\n  listen: {}:{REPL_PORT}\n  \
+                     failover_timeout_ms: {ft}\n  timeout_ms: 2000\n  heartbeat_ms: 200\n  \
+                     discovery:\n    method: static\n    peers:\n{peers}\
+                     http:\n  listen: {}:{HTTP_PORT}\nqueue:\n  capacity: 100000000\n  persistence:\n    path: {}\n",
+                    n.name,
+                    n.ip,
+                    n.ip,
+                    n.data.display()
+                ),
+                None => format!(
+                    "node:\n  name: {}\nreplication:\n  mode: sync\n  primary: node0\n  listen: {}:{REPL_PORT}\n  \
+                     min_acks: {min_acks}\n  timeout_ms: 2000\n  heartbeat_ms: 200\n  discovery:\n    method: static\n    peers:\n{peers}\
+                     http:\n  listen: {}:{HTTP_PORT}\nqueue:\n  capacity: 100000000\n  names: [{}]\n  persistence:\n    path: {}\n",
+                    n.name,
+                    n.ip,
+                    n.ip,
+                    queues.join(", "),
+                    n.data.display()
+                ),
+            };
             fs::write(&n.config, yaml).map_err(|e| format!("{}: {e}", n.config.display()))?;
         }
         Ok(c)
+    }
+
+    /// Node `i`'s HTTP address.
+    pub fn http(&self, i: usize) -> String {
+        format!("{}:{HTTP_PORT}", self.nodes[i].ip)
     }
 
     /// A command run inside node `i`'s namespace.

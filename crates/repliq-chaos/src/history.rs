@@ -102,8 +102,14 @@ pub struct NodeLog {
     pub queue: String,
     /// The node.
     pub node: String,
-    /// True on the queue's primary.
+    /// True on the queue's primary (in cluster mode: the leader the catalog
+    /// names after the final heal and drain).
     pub primary: bool,
+    /// True if the catalog lists this node among the queue's in-sync
+    /// replicas at the end (cluster mode). Such a replica is judged for
+    /// loss even if it lacks some of the leader's ids.
+    #[serde(default)]
+    pub in_sync: bool,
     /// Records in log order; `None` if the log could not be read.
     pub records: Option<Vec<LogRecord>>,
     /// Why the log could not be read, if so.

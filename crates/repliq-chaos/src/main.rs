@@ -2,6 +2,7 @@
 //! processes in network namespaces while nemeses inject faults, then checks
 //! the history. See `docs/reliability.md`.
 
+mod catalog;
 mod client;
 mod cluster;
 mod report;
@@ -31,6 +32,15 @@ enum Command {
     /// (internal) A consumer-group reader, run inside a node's namespace.
     #[command(hide = true)]
     Reader(client::ReaderArgs),
+    /// (internal) A cluster-mode writer, run inside a node's namespace.
+    #[command(hide = true)]
+    ClusterClient(client::ClusterClientArgs),
+    /// (internal) A tailer of a node's replica, run inside its namespace.
+    #[command(hide = true)]
+    TailReader(client::TailReaderArgs),
+    /// (internal) Prints a node's `/api/v1/cluster`, run inside its namespace.
+    #[command(hide = true)]
+    Catalog(catalog::CatalogArgs),
 }
 
 fn main() {
@@ -41,6 +51,9 @@ fn main() {
         Command::Cleanup => run::cleanup(),
         Command::Client(a) => client::client(a),
         Command::Reader(a) => client::reader(a),
+        Command::ClusterClient(a) => client::cluster_client(a),
+        Command::TailReader(a) => client::tail_reader(a),
+        Command::Catalog(a) => catalog::print(a),
     };
     std::process::exit(code);
 }

@@ -63,11 +63,44 @@ pub fn summary(h: &History, r: &Report, header: &str) -> String {
     for (k, why) in &h.unavailable {
         let _ = writeln!(s, "  nemesis {k} unavailable: {why}");
     }
+    let fo = checker::failovers(h);
+    for (mode, name) in [(Mode::Sync, "sync"), (Mode::Async, "async")] {
+        let these: Vec<&checker::Failover> = fo.iter().filter(|f| f.mode == mode).collect();
+        match hist(these.iter().map(|f| f.gap_ns)) {
+            Some(u) => {
+                let _ = writeln!(
+                    s,
+                    "failover, {name} queues (last acknowledged write in one epoch to the first in a higher one): {} failovers, p50 {:.0} ms, max {:.0} ms",
+                    these.len(),
+                    ms(u.value_at_quantile(0.5)),
+                    ms(u.max())
+                );
+                for f in these.iter().take(6) {
+                    let _ = writeln!(
+                        s,
+                        "      {}: epoch {} on {} -> epoch {} on {} in {:.0} ms",
+                        f.queue,
+                        f.from_epoch,
+                        f.from_node,
+                        f.to_epoch,
+                        f.to_node,
+                        ms(f.gap_ns)
+                    );
+                }
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "failover, {name} queues: none seen by acknowledged writes"
+                );
+            }
+        }
+    }
     match hist(checker::unavailability(h).into_iter()) {
         Some(u) => {
             let _ = writeln!(
                 s,
-                "unavailability (longest gap between acknowledged sync writes to a queue overlapping a fault; no failover on main): p50 {:.0} ms, max {:.0} ms, over {} faults",
+                "unavailability (longest gap between acknowledged sync writes to a queue overlapping a fault): p50 {:.0} ms, max {:.0} ms, over {} faults",
                 ms(u.value_at_quantile(0.5)),
                 ms(u.max()),
                 u.len()

@@ -17,6 +17,7 @@ use repliq_chaos::history::{
 };
 use repliq_chaos::prng::Prng;
 
+use crate::catalog::CatalogView;
 use crate::client::now_ns;
 use crate::cluster::{self, Cluster};
 use crate::report;
@@ -100,6 +101,14 @@ pub struct RunArgs {
     /// The `repliq` binary.
     #[arg(long, default_value = "target/release/repliq")]
     pub repliq: PathBuf,
+    /// Run the old static-primary mode (`replication.primary: node0`,
+    /// clients through the in-process `with_replication` on node0) instead
+    /// of cluster mode.
+    #[arg(long)]
+    pub static_primary: bool,
+    /// Cluster mode: `replication.failover_timeout_ms` of the daemons.
+    #[arg(long, default_value_t = 2500)]
+    pub failover_timeout_ms: u64,
 }
 
 /// Arguments of `repliq-chaos check`.
@@ -214,6 +223,7 @@ fn plan(seed: u64, nemeses: &[String], n: usize, len: Duration, interval: u64) -
 /// A writer client and where its events go.
 struct Writer {
     slot: usize,
+    node: usize,
     queue: String,
     mode: Mode,
 }
@@ -227,6 +237,7 @@ struct Run {
     min_acks: usize,
     rate: f64,
     stop_file: PathBuf,
+    cluster_mode: bool,
 }
 
 impl Run {
@@ -250,7 +261,98 @@ impl Run {
         child
     }
 
-    fn spawn_writer(&mut self, queue: &str, mode: Mode) -> Result<usize, String> {
+    /// A writer of `queue` on node `node`: in cluster mode a
+    /// `cluster-client` that appends while the catalog names its node the
+    /// leader; with a static primary, a `client` on node0.
+    fn spawn_writer(&mut self, node: usize, queue: &str, mode: Mode) -> Result<usize, String> {
+        if !self.cluster_mode {
+            return self.spawn_static_writer(queue, mode);
+        }
+        let process = self.next_process;
+        self.next_process += 1;
+        let log = self.c.log_file(&format!("client-{process}.log"))?;
+        let child = self
+            .c
+            .in_ns(node, &self.exe)
+            .arg("cluster-client")
+            .arg("--dir")
+            .arg(self.c.nodes[node].data.join(queue))
+            .args(["--queue", queue, "--node", &self.c.nodes[node].name])
+            .arg("--http")
+            .arg(self.c.http(node))
+            .arg("--process")
+            .arg(process.to_string())
+            .arg("--mode")
+            .arg(if mode == Mode::Sync { "sync" } else { "async" })
+            .arg("--rate")
+            .arg(self.rate.to_string())
+            .arg("--stop-file")
+            .arg(&self.stop_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start a client: {e}"))?;
+        let child = self.collect(child);
+        self.c.others.push(child);
+        Ok(self.c.others.len() - 1)
+    }
+
+    /// A tailer of node `node`'s replica of `queue` (cluster mode).
+    fn spawn_tail_reader(&mut self, node: usize, queue: &str) -> Result<(), String> {
+        let process = self.next_process;
+        self.next_process += 1;
+        let log = self.c.log_file(&format!("reader-{process}.log"))?;
+        let child = self
+            .c
+            .in_ns(node, &self.exe)
+            .arg("tail-reader")
+            .arg("--dir")
+            .arg(self.c.nodes[node].data.join(queue))
+            .args(["--queue", queue, "--node", &self.c.nodes[node].name])
+            .arg("--process")
+            .arg(process.to_string())
+            .arg("--stop-file")
+            .arg(&self.stop_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start a reader: {e}"))?;
+        let child = self.collect(child);
+        self.c.others.push(child);
+        Ok(())
+    }
+
+    /// Node `i`'s view of the catalog, read inside its namespace.
+    fn catalog(&self, i: usize) -> Option<CatalogView> {
+        let o = self
+            .c
+            .in_ns(i, &self.exe)
+            .arg("catalog")
+            .arg("--http")
+            .arg(self.c.http(i))
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        if !o.status.success() {
+            return None;
+        }
+        CatalogView::parse(&String::from_utf8_lossy(&o.stdout))
+    }
+
+    /// The first view of the catalog any node answers with.
+    fn any_catalog(&self) -> Option<CatalogView> {
+        (0..self.c.nodes.len()).find_map(|i| self.catalog(i))
+    }
+
+    /// The node index of `name`.
+    fn index_of(&self, name: &str) -> Option<usize> {
+        self.c.nodes.iter().position(|n| n.name == name)
+    }
+
+    fn spawn_static_writer(&mut self, queue: &str, mode: Mode) -> Result<usize, String> {
         let process = self.next_process;
         self.next_process += 1;
         let secs: Vec<String> = self.c.nodes[1..].iter().map(|n| n.name.clone()).collect();
@@ -435,11 +537,21 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
         nemeses.join(","),
         out.display()
     );
-    let c = Cluster::create(n, &out, &repliq, &names, min_acks)?;
-    // Queues made on the primary with small segments, so that rolls are
-    // frequent and kills land near them.
-    for q in &names {
-        let dir = c.nodes[0].data.join(q);
+    let cluster_mode = !a.static_primary;
+    let c = Cluster::create(
+        n,
+        &out,
+        &repliq,
+        &names,
+        min_acks,
+        cluster_mode.then_some(a.failover_timeout_ms),
+    )?;
+    // Queues made with small segments, so that rolls are frequent and kills
+    // land near them: on the primary, or in cluster mode queue k on node
+    // k mod n, which registers it in the catalog as its first leader.
+    for (k, q) in names.iter().enumerate() {
+        let home = if cluster_mode { k % n } else { 0 };
+        let dir = c.nodes[home].data.join(q);
         Store::open(
             &dir,
             &StoreOptions::create()
@@ -458,6 +570,7 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
         min_acks,
         rate: a.rate,
         stop_file,
+        cluster_mode,
     };
     for i in 0..n {
         r.c.start(i)?;
@@ -491,13 +604,54 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
     if !nap(Duration::from_secs(2)) {
         return Ok(130);
     }
+    if cluster_mode {
+        // Start the workload once every queue has a leader.
+        let t = Instant::now();
+        loop {
+            if r.any_catalog()
+                .is_some_and(|v| names.iter().all(|q| v.leader(q).is_some()))
+            {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                return Err(
+                    "the cluster did not register every queue with a leader within 60 s \
+                     (see the daemon logs)"
+                        .into(),
+                );
+            }
+            if !nap(Duration::from_millis(250)) {
+                return Ok(130);
+            }
+        }
+    }
     let mut writers = Vec::new();
     for (q, m) in &queues {
+        if cluster_mode {
+            // A writer on every node: the one where the catalog says the
+            // leader is appends.
+            for i in 0..n {
+                let slot = r.spawn_writer(i, q, *m)?;
+                writers.push(Writer {
+                    slot,
+                    node: i,
+                    queue: q.clone(),
+                    mode: *m,
+                });
+            }
+            if *m == Mode::Sync {
+                for i in 0..n {
+                    r.spawn_tail_reader(i, q)?;
+                }
+            }
+            continue;
+        }
         let count = if q == "s0" { 2 } else { 1 };
         for _ in 0..count {
-            let slot = r.spawn_writer(q, *m)?;
+            let slot = r.spawn_writer(0, q, *m)?;
             writers.push(Writer {
                 slot,
+                node: 0,
                 queue: q.clone(),
                 mode: *m,
             });
@@ -525,18 +679,59 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
         for d in r.c.reap_dead() {
             println!("warning: daemon died on its own: {d}");
         }
-        let role = |i: usize| if i == 0 { "primary" } else { "secondary" };
+        // Who leads what, as some node's catalog says now.
+        let view = if cluster_mode { r.any_catalog() } else { None };
+        let roles: Vec<String> = (0..n)
+            .map(|i| {
+                if !cluster_mode {
+                    return if i == 0 { "primary" } else { "secondary" }.into();
+                }
+                let led: Vec<String> = view
+                    .as_ref()
+                    .map(|v| {
+                        v.queues
+                            .iter()
+                            .filter(|q| q.leader.as_deref() == Some(r.c.nodes[i].name.as_str()))
+                            .map(|q| q.name.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if led.is_empty() {
+                    "follower".into()
+                } else {
+                    format!("leader of {}", led.join(","))
+                }
+            })
+            .collect();
+        let leader_idx: Vec<Option<usize>> = names
+            .iter()
+            .map(|q| {
+                view.as_ref()
+                    .and_then(|v| v.leader(q))
+                    .and_then(|l| r.index_of(l))
+            })
+            .collect();
+        let role = |i: usize| roles[i].clone();
+        // Cluster mode: half the kills and pauses hit a queue's leader.
+        let leader_or_target = |pick: u64, target: usize| -> usize {
+            if !cluster_mode || pick % 2 == 1 {
+                return target;
+            }
+            leader_idx[((pick >> 1) % names.len() as u64) as usize].unwrap_or(target)
+        };
         let t0 = now_ns();
         let (kind, target) = match p.kind.as_str() {
             "kill" => {
-                let i = p.target;
+                let i = leader_or_target(p.pick, p.target);
+                let desc = format!("node{i} ({})", role(i));
                 r.c.kill(i)?;
                 nap(p.hold);
                 r.c.start(i)?;
-                ("kill".to_string(), format!("node{i} ({})", role(i)))
+                ("kill".to_string(), desc)
             }
             "pause" => {
-                let i = p.target;
+                let i = leader_or_target(p.pick, p.target);
+                let desc = format!("node{i} ({})", role(i));
                 if let Some(pid) = r.c.pid(i) {
                     cluster::signal(pid, libc::SIGSTOP)?;
                     r.c.nodes[i].paused = true;
@@ -544,7 +739,7 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
                     cluster::signal(pid, libc::SIGCONT)?;
                     r.c.nodes[i].paused = false;
                 }
-                ("pause".to_string(), format!("node{i} ({})", role(i)))
+                ("pause".to_string(), desc)
             }
             "partition" => {
                 let variant = p.pick % 3;
@@ -568,6 +763,12 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
                                     .collect::<Vec<_>>()
                             ),
                         )
+                    }
+                    1 if cluster_mode => {
+                        let l = leader_or_target(p.pick & !1, order[0]);
+                        let desc = format!("node{l} ({}) isolated", role(l));
+                        r.partition(|i, j| i != l && j != l)?;
+                        ("partition-leader", desc)
                     }
                     1 => {
                         r.partition(|i, j| i != 0 && j != 0)?;
@@ -595,29 +796,35 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
                     .map_err(|e| format!("lost-disk: {}: {e}", data.display()))?;
                 nap(p.hold);
                 r.c.start(i)?;
-                ("lost-disk".to_string(), format!("node{i} (secondary)"))
+                ("lost-disk".to_string(), format!("node{i} ({})", role(i)))
             }
             "writer-kill" => {
                 let w = &writers[(p.pick % writers.len() as u64) as usize];
-                let (slot, queue, mode) = (w.slot, w.queue.clone(), w.mode);
+                let (slot, node, queue, mode) = (w.slot, w.node, w.queue.clone(), w.mode);
                 if let Some(ch) = r.c.others.get_mut(slot) {
                     let _ = ch.kill();
                     let _ = ch.wait();
                 }
                 nap(p.hold);
-                let new = r.spawn_writer(&queue, mode)?;
+                let new = r.spawn_writer(node, &queue, mode)?;
                 // The new writer takes the old one's place in `others`.
                 let ch = r.c.others.swap_remove(new);
                 let mut old = std::mem::replace(&mut r.c.others[slot], ch);
                 let _ = old.wait();
                 (
                     "writer-kill".to_string(),
-                    format!("writer of {queue} on node0"),
+                    format!("writer of {queue} on node{node}"),
                 )
             }
             "replica-write" => {
-                let i = 1 + p.target % (n - 1);
-                let (q, _) = &queues[(p.pick % queues.len() as u64) as usize];
+                let k = (p.pick % queues.len() as u64) as usize;
+                let (q, _) = &queues[k];
+                // A node that does not lead the queue: a secondary, or in
+                // cluster mode a node other than the catalog's leader.
+                let i = match leader_idx.get(k).copied().flatten() {
+                    Some(l) if cluster_mode => (l + 1 + p.target % (n - 1)) % n,
+                    _ => 1 + p.target % (n - 1),
+                };
                 replica_writes += 1;
                 let value = (999_000u64 << 32) | replica_writes;
                 let dir = r.c.nodes[i].data.join(q);
@@ -671,7 +878,7 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
                 r.push(e);
                 (
                     "replica-write".to_string(),
-                    format!("node{i} (secondary) {q}"),
+                    format!("node{i} ({}) {q}", role(i)),
                 )
             }
             "netem" => {
@@ -747,22 +954,60 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
     for h in r.readers.drain(..) {
         let _ = h.join();
     }
-    // Drain: wait until every replica's write position reaches the primary's.
+    // Drain: wait until every replica's write position reaches the
+    // leader's (the primary's, with a static primary). In cluster mode the
+    // leader and replica set of each queue are what the catalog says, read
+    // again on every round (a failover may still be under way).
+    let pos = |i: usize, q: &str| -> Option<u64> {
+        let s = Store::open(
+            r.c.nodes[i].data.join(q),
+            &StoreOptions::open().skip_recovery(),
+        )
+        .ok()?;
+        Some(s.tail_position())
+    };
     let drain_start = Instant::now();
     let mut drained = false;
+    let mut final_view: Option<CatalogView> = None;
     while drain_start.elapsed() < Duration::from_secs(60) && !INTERRUPTED.load(Ordering::Relaxed) {
-        let pos = |i: usize, q: &str| -> Option<u64> {
-            let s = Store::open(
-                r.c.nodes[i].data.join(q),
-                &StoreOptions::open().skip_recovery(),
-            )
-            .ok()?;
-            Some(s.tail_position())
-        };
-        drained = names.iter().all(|q| {
-            let p = pos(0, q);
-            p.is_some() && (1..n).all(|i| pos(i, q) == p)
-        });
+        if cluster_mode {
+            // Every node's catalog must agree on each queue's leader and epoch.
+            let views: Vec<Option<CatalogView>> = (0..n).map(|i| r.catalog(i)).collect();
+            let agreed = views.iter().all(|v| {
+                v.as_ref().is_some_and(|v| {
+                    names.iter().all(|q| {
+                        let (Some(a), Some(b)) =
+                            (v.queue(q), views[0].as_ref().and_then(|w| w.queue(q)))
+                        else {
+                            return false;
+                        };
+                        a.leader.is_some() && a.leader == b.leader && a.epoch == b.epoch
+                    })
+                })
+            });
+            if agreed {
+                if let Some(v) = views[0].clone() {
+                    drained = names.iter().all(|q| {
+                        let Some(e) = v.queue(q) else { return false };
+                        let Some(l) = e.leader.as_deref().and_then(|l| r.index_of(l)) else {
+                            return false;
+                        };
+                        let p = pos(l, q);
+                        p.is_some()
+                            && e.replicas
+                                .iter()
+                                .filter_map(|x| r.index_of(x))
+                                .all(|i| pos(i, q) == p)
+                    });
+                    final_view = Some(v);
+                }
+            }
+        } else {
+            drained = names.iter().all(|q| {
+                let p = pos(0, q);
+                p.is_some() && (1..n).all(|i| pos(i, q) == p)
+            });
+        }
         if drained {
             break;
         }
@@ -773,7 +1018,32 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
         return Ok(130);
     }
     if !drained {
-        println!("warning: replicas did not reach the primary's write position within 60 s");
+        println!(
+            "warning: replicas did not reach the {}'s write position within 60 s",
+            if cluster_mode { "leader" } else { "primary" }
+        );
+    }
+    if cluster_mode {
+        // The catalog as it stands at the end: final leaders, in-sync sets.
+        if let Some(v) = r.any_catalog() {
+            final_view = Some(v);
+        }
+        match &final_view {
+            Some(v) => {
+                for q in &names {
+                    if let Some(e) = v.queue(q) {
+                        println!(
+                            "final: {q} led by {} in epoch {}, replicas [{}], in sync [{}]",
+                            e.leader.as_deref().unwrap_or("nobody"),
+                            e.epoch,
+                            e.replicas.join(","),
+                            e.in_sync.join(",")
+                        );
+                    }
+                }
+            }
+            None => println!("warning: no node served the catalog at the end"),
+        }
     }
     for i in 0..n {
         r.c.stop(i, Duration::from_secs(10))?;
@@ -782,7 +1052,23 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
     // Final logs.
     let mut logs = Vec::new();
     for q in &names {
+        let entry = final_view.as_ref().and_then(|v| v.queue(q));
         for (i, node) in r.c.nodes.iter().enumerate() {
+            let (primary, in_sync) = if cluster_mode {
+                // Only the queue's replicas hold it; the leader is the
+                // catalog's (none known: no primary, which the checker
+                // reports).
+                let Some(e) = entry else { continue };
+                if !e.replicas.contains(&node.name) {
+                    continue;
+                }
+                (
+                    e.leader.as_deref() == Some(node.name.as_str()),
+                    e.in_sync.contains(&node.name),
+                )
+            } else {
+                (i == 0, false)
+            };
             let (records, error) = match read_log(&node.data.join(q)) {
                 Ok(v) => (Some(v), None),
                 Err(e) => (None, Some(e)),
@@ -790,7 +1076,8 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
             logs.push(NodeLog {
                 queue: q.clone(),
                 node: node.name.clone(),
-                primary: i == 0,
+                primary,
+                in_sync,
                 records,
                 error,
             });
@@ -805,7 +1092,15 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
     };
     let rep = checker::check(&h);
     let header = format!(
-        "repliq-chaos: {n} nodes, {} s, seed {seed}, nemeses [{}]",
+        "repliq-chaos: {n} nodes ({}), {} s, seed {seed}, nemeses [{}]",
+        if cluster_mode {
+            format!(
+                "cluster mode, failover timeout {} ms",
+                a.failover_timeout_ms
+            )
+        } else {
+            "static primary node0".to_string()
+        },
         len.as_secs(),
         a.nemesis.join(",")
     );
@@ -815,7 +1110,10 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
         "nodes": n,
         "duration_s": len.as_secs(),
         "nemeses": a.nemesis,
+        "mode": if cluster_mode { "cluster" } else { "static-primary" },
+        "failover_timeout_ms": cluster_mode.then_some(a.failover_timeout_ms),
         "report": rep,
+        "failovers": checker::failovers(&h),
         "history": h,
     });
     let text = serde_json::to_string(&doc).map_err(|e| format!("history: {e}"))?;
