@@ -127,7 +127,7 @@ async fn drive(shared: Arc<Shared>, catalog: Arc<Catalog>, lease: Arc<Lease>, na
                 });
                 drain(&q);
                 t.step(&catalog, &q, &e, &to, timeout).await;
-            } else if lease.valid() {
+            } else if lease.valid_with(state.reports.get(&me).copied()) {
                 transfer = None;
                 if let Err(err) = lead(&shared, &q, &e) {
                     tracing::error!(queue = %name, "cannot lead: {err}");
