@@ -82,13 +82,13 @@ mod tests {
     fn a_lease_holds_from_the_send_time_of_the_last_committed_report() {
         let l = Lease::new(Duration::from_millis(200));
         assert!(!l.valid(), "not held before the first renewal");
-        l.renew(Instant::now());
+        l.renew(Instant::now(), 1);
         assert!(l.valid());
         // A renewal from a report sent long ago does not extend it.
-        l.renew(Instant::now() - Duration::from_secs(10));
+        l.renew(Instant::now() - Duration::from_secs(10), 0);
         assert!(l.valid());
         let old = Lease::new(Duration::from_millis(200));
-        old.renew(Instant::now() - Duration::from_millis(300));
+        old.renew(Instant::now() - Duration::from_millis(300), 1);
         assert!(
             !old.valid(),
             "a report sent more than a lease ago renews nothing"
