@@ -223,8 +223,16 @@ impl Store {
     pub fn ack_peer(&self, slot: usize, position: u64, min_acks: usize) -> u64 {
         let ctl = self.control();
         let s = ctl.slot(CTL_PEERS_OFF, PEER_SLOT_LEN, slot);
-        s.position().fetch_max(position, AcqRel);
+        let before = s.position().fetch_max(position, AcqRel);
         s.acked_at().store(unix_ns(), Release);
+        if self.geometry().segment_of(before) < self.geometry().segment_of(position) {
+            // The peer passed a segment that local readers may have passed
+            // long ago: retention waited for this peer, so run it now rather
+            // than at the next local read (which may never come).
+            if let Err(e) = self.retain_if_read() {
+                tracing::warn!(queue = %self.dir().display(), "retention after an ack failed: {e}");
+            }
+        }
         let mut acked: Vec<u64> = (0..PEER_SLOTS)
             .map(|i| ctl.slot(CTL_PEERS_OFF, PEER_SLOT_LEN, i))
             .filter(|s| s.state().load(Acquire) == SLOT_ACTIVE)

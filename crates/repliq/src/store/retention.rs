@@ -37,6 +37,25 @@ impl Store {
         self.retain_below(min)
     }
 
+    /// [`retain`](Self::retain), only if this queue has a consumer group or
+    /// named tailer: with none, nothing has been read and nothing may go.
+    pub(crate) fn retain_if_read(&self) -> Result<u64> {
+        let ctl = &self.inner.ctl;
+        let read = [
+            (CTL_GROUPS_OFF, GROUP_SLOT_LEN, GROUP_SLOTS),
+            (CTL_TAILERS_OFF, TAILER_SLOT_LEN, TAILER_SLOTS),
+        ]
+        .into_iter()
+        .any(|(region, len, n)| {
+            (0..n).any(|i| ctl.slot(region, len, i).state().load(Acquire) != SLOT_FREE)
+        });
+        if read {
+            self.retain()
+        } else {
+            Ok(0)
+        }
+    }
+
     /// Deletes the segments wholly below position `min`: the low mark
     /// moves first, then the files go.
     fn retain_below(&self, min: u64) -> Result<u64> {

@@ -333,7 +333,10 @@ fn a_missing_segment_fails_a_flush_and_never_blocks_closing_the_queue() {
     while store.tail_position() < 2 * MIN_SEGMENT_SIZE {
         store.append(&record).expect("append");
     }
+    drop(store);
     std::fs::remove_file(segment::segment_path(&dir, 0)).expect("remove segment 0");
+    // A fresh handle: segment 0 is not mapped anywhere in it.
+    let store = Store::open(&dir, &StoreOptions::open().skip_recovery()).expect("reopen");
 
     let (done_tx, done_rx) = mpsc::channel();
     std::thread::spawn(move || {
