@@ -127,7 +127,7 @@ async fn drive(shared: Arc<Shared>, catalog: Arc<Catalog>, lease: Arc<Lease>, na
                 });
                 drain(&q);
                 t.step(&catalog, &q, &e, &to, timeout).await;
-            } else if lease.valid_with(state.reports.get(&me).copied()) {
+            } else if lease.valid() {
                 transfer = None;
                 if let Err(err) = lead(&shared, &q, &e) {
                     tracing::error!(queue = %name, "cannot lead: {err}");

@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct Lease {
     length: Duration,
-    /// Send time and sequence number of the newest committed report.
-    renewed: Mutex<Option<(Instant, u64)>>,
+    renewed: Mutex<Option<Instant>>,
     notify: tokio::sync::Notify,
 }
 
@@ -31,11 +30,11 @@ impl Lease {
     }
 
     /// Renews the lease from `sent`, the time the committed report was sent.
-    pub fn renew(&self, sent: Instant, seq: u64) {
+    pub fn renew(&self, sent: Instant) {
         let mut g = self.renewed.lock().unwrap_or_else(|p| p.into_inner());
-        let was = g.is_some_and(|(r, _)| r.elapsed() < self.length);
-        if g.is_none_or(|(r, _)| sent > r) {
-            *g = Some((sent, seq));
+        let was = g.is_some_and(|r| r.elapsed() < self.length);
+        if g.is_none_or(|r| sent > r) {
+            *g = Some(sent);
         }
         drop(g);
         if !was {
@@ -48,19 +47,7 @@ impl Lease {
         self.renewed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|(r, _)| r.elapsed() < self.length)
-    }
-
-    /// [`valid`](Self::valid), and `applied` (the sequence number of this
-    /// node's last report in its local catalog state) has reached the report
-    /// that renewed the lease. So the local state includes every command
-    /// committed before that report, such as an election of another leader
-    /// while this node was paused, and deciding from it is safe.
-    pub fn valid_with(&self, applied: Option<u64>) -> bool {
-        self.renewed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|(r, seq)| r.elapsed() < self.length && applied.is_some_and(|a| a >= seq))
+            .is_some_and(|r| r.elapsed() < self.length)
     }
 
     /// The lease's length.
@@ -82,33 +69,16 @@ mod tests {
     fn a_lease_holds_from_the_send_time_of_the_last_committed_report() {
         let l = Lease::new(Duration::from_millis(200));
         assert!(!l.valid(), "not held before the first renewal");
-        l.renew(Instant::now(), 1);
+        l.renew(Instant::now());
         assert!(l.valid());
         // A renewal from a report sent long ago does not extend it.
-        l.renew(Instant::now() - Duration::from_secs(10), 0);
+        l.renew(Instant::now() - Duration::from_secs(10));
         assert!(l.valid());
         let old = Lease::new(Duration::from_millis(200));
-        old.renew(Instant::now() - Duration::from_millis(300), 1);
+        old.renew(Instant::now() - Duration::from_millis(300));
         assert!(
             !old.valid(),
             "a report sent more than a lease ago renews nothing"
         );
-    }
-
-    #[test]
-    fn a_lease_is_usable_only_once_the_local_state_has_applied_the_renewing_report() {
-        let l = Lease::new(Duration::from_secs(60));
-        l.renew(Instant::now(), 42);
-        assert!(l.valid());
-        assert!(
-            !l.valid_with(None),
-            "no report of ours applied locally yet: the local state may be stale"
-        );
-        assert!(
-            !l.valid_with(Some(41)),
-            "the local state is older than the renewing report"
-        );
-        assert!(l.valid_with(Some(42)));
-        assert!(l.valid_with(Some(43)));
     }
 }
