@@ -106,7 +106,20 @@ impl Cluster {
         for n in &mut nodes {
             n.start();
         }
-        Cluster { _tmp: tmp, nodes }
+        let c = Cluster { _tmp: tmp, nodes };
+        // Ready as an operator would check it: every member's catalog lists
+        // the three members, each with a committed progress report (so each
+        // holds a lease).
+        c.wait("the cluster formed", || {
+            names.iter().all(|n| {
+                c.catalog(n).is_some_and(|cat| {
+                    cat["members"].as_array().is_some_and(|ms| {
+                        ms.len() == 3 && ms.iter().all(|m| !m["last_report"].is_null())
+                    })
+                })
+            })
+        });
+        c
     }
 
     fn node(&mut self, name: &str) -> &mut Node {
@@ -330,7 +343,8 @@ fn a_leader_cut_off_from_the_catalog_refuses_appends_once_its_lease_runs_out() {
     c.node("c").signal("-STOP");
     c.wait("a refuses appends once its lease ran out", || {
         let out = append(&a, &["y"]);
-        out.status.code() == Some(1) && String::from_utf8_lossy(&out.stderr).contains("replica")
+        out.status.code() == Some(1)
+            && String::from_utf8_lossy(&out.stderr).contains("role changing")
     });
     let frozen = records(&a);
     c.node("b").signal("-CONT");
@@ -356,8 +370,12 @@ fn a_leader_cut_off_from_the_catalog_refuses_appends_once_its_lease_runs_out() {
 fn restarting_the_whole_cluster_loses_nothing_and_never_initializes_again() {
     let mut c = Cluster::start(30_000);
     let a = c.node("a").queue("orders");
-    assert!(repliq(&["create"], &a).status.success());
-    assert!(append(&a, &["1", "2", "3"]).status.success());
+    let out = repliq(&["create"], &a);
+    assert!(out.status.success(), "{out:?}");
+    // Right after create the daemon registers the queue and starts its
+    // first epoch (role word `changing`): the append waits for that.
+    let out = append(&a, &["1", "2", "3"]);
+    assert!(out.status.success(), "{out:?}");
     let want = records(&a);
     let dirs: Vec<PathBuf> = ["a", "b", "c"]
         .iter()

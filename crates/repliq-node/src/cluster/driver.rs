@@ -3,10 +3,11 @@
 //!
 //! Leading: the follower (if any) is stopped first, so nothing else writes
 //! the log; the catalog's epoch is started in the store if it is newer
-//! ([`Store::begin_epoch`], with the role still secondary, so no local
-//! writer stamps an old epoch after the new epoch's start); then the role
-//! becomes primary and secondaries are served. Without a valid lease the
-//! role stays (or turns) secondary: local writers get errors.
+//! ([`Store::begin_epoch`], with the role [`Role::Changing`], so no local
+//! writer stamps an old epoch after the new epoch's start: they wait); then
+//! the role becomes primary and secondaries are served. Without a valid
+//! lease the role turns changing: local writers wait, bounded, for the
+//! lease to return or for a new leader (then they get errors).
 //!
 //! Following: the role is secondary in every process, and a follower keeps
 //! a session with the leader's address; the leader's answer decides where
@@ -135,7 +136,7 @@ async fn drive(shared: Arc<Shared>, catalog: Arc<Catalog>, lease: Arc<Lease>, na
                 }
             } else {
                 transfer = None;
-                fence(&q);
+                hold(&q);
             }
         } else {
             if let Some(t) = transfer.take() {
@@ -251,7 +252,7 @@ fn lead(shared: &Shared, q: &QueueState, e: &QueueEntry) -> Result<(), String> {
         return Err("the local copy holds another queue id".into());
     }
     if s.epoch() < e.epoch {
-        s.set_role(Role::Secondary);
+        s.set_role(Role::Changing);
         let start = s.begin_epoch(e.epoch).map_err(|err| err.to_string())?;
         tracing::info!(queue = %e.name, epoch = e.epoch, start, node = %shared.cfg.node_name, "leading the queue");
     }
@@ -338,8 +339,21 @@ impl Transfer {
 fn drain(q: &QueueState) {
     q.leading.store(true, Ordering::Release);
     if let Some(s) = q.store.lock().ok().and_then(|g| g.clone()) {
-        if s.role() != Role::Secondary {
-            s.set_role(Role::Secondary);
+        if s.role() == Role::Primary {
+            s.set_role(Role::Changing);
+        }
+    }
+}
+
+/// Holds appends here while this node is the catalog's leader of the queue
+/// but cannot take them yet (no valid lease): they wait, bounded, for the
+/// lease (the role turns primary) or a new leader (it turns secondary).
+fn hold(q: &QueueState) {
+    q.leading.store(false, Ordering::Release);
+    if let Some(s) = q.store.lock().ok().and_then(|g| g.clone()) {
+        if s.role() == Role::Primary || s.role() == Role::Standalone {
+            s.set_role(Role::Changing);
+            tracing::warn!(queue = %q.dir.display(), "appends held here: this node leads the queue but holds no valid lease");
         }
     }
 }

@@ -32,6 +32,20 @@ impl Store {
         self.append_frame(len, 0, fill)
     }
 
+    /// Waits, up to [`ROLE_CHANGE_WAIT_MS`], for the role word to leave
+    /// [`Role::Changing`]; returns the role it found last.
+    #[cold]
+    fn wait_role_settled(&self) -> Role {
+        let deadline = Instant::now() + Duration::from_millis(ROLE_CHANGE_WAIT_MS);
+        loop {
+            let role = Role::from_code(self.inner.ctl.role().load(Acquire));
+            if role != Role::Changing || Instant::now() >= deadline {
+                return role;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     pub(super) fn append_frame(
         &self,
         len: usize,
@@ -46,7 +60,19 @@ impl Store {
                 inner.dir.display()
             )));
         }
-        let role = Role::from_code(inner.ctl.role().load(Acquire));
+        let mut role = Role::from_code(inner.ctl.role().load(Acquire));
+        if role == Role::Changing {
+            role = self.wait_role_settled();
+        }
+        if role == Role::Changing {
+            return Err(StoreError::ReadOnly(format!(
+                "{} is not taking appends: its node is taking or handing over the queue's \
+                 leadership (role changing) and did not settle within {} ms; retry, or \
+                 append on the leader",
+                inner.dir.display(),
+                ROLE_CHANGE_WAIT_MS
+            )));
+        }
         if !role.accepts_appends() {
             return Err(StoreError::ReadOnly(format!(
                 "{} is a replica (role {} in its control file): only replication writes it; \

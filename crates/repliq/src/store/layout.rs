@@ -197,8 +197,8 @@ pub const CTL_NOTIFY_SEQ_OFF: usize = 384;
 pub const CTL_WAITERS_OFF: usize = 388;
 /// Control: current epoch (leader term) stamped into new frames (atomic u32).
 pub const CTL_EPOCH_OFF: usize = 512;
-/// Control: replication role (atomic u32: [`ROLE_STANDALONE`], [`ROLE_PRIMARY`]
-/// or [`ROLE_SECONDARY`]). Shared by every process that maps the queue: while
+/// Control: replication role (atomic u32: [`ROLE_STANDALONE`], [`ROLE_PRIMARY`],
+/// [`ROLE_SECONDARY`] or [`ROLE_CHANGING`]). Shared by every process that maps the queue: while
 /// it says secondary, `Store::append` refuses in every process, and only the
 /// replication receiver writes the log.
 pub const CTL_ROLE_OFF: usize = 516;
@@ -208,6 +208,14 @@ pub const ROLE_STANDALONE: u32 = 0;
 pub const ROLE_PRIMARY: u32 = 1;
 /// Role word: the queue is a replica (appends refused in every process).
 pub const ROLE_SECONDARY: u32 = 2;
+/// Role word: this node is taking or handing over the queue's leadership
+/// (starting an epoch, waiting for its lease, a planned transfer). Appends
+/// wait for the outcome, up to [`ROLE_CHANGE_WAIT_MS`], instead of failing at
+/// once; builds that do not know the code treat it as a replica's.
+pub const ROLE_CHANGING: u32 = 3;
+/// How long an append waits while the role word says [`ROLE_CHANGING`]
+/// before it fails with `StoreError::ReadOnly`.
+pub const ROLE_CHANGE_WAIT_MS: u64 = 2_000;
 /// Control: replicated (quorum) watermark position (atomic u64).
 pub const CTL_REPLICATED_OFF: usize = 520;
 /// Control: index of the oldest segment still on disk (atomic u64).

@@ -11,12 +11,17 @@
 //! and survives restarts. Only the replication receiver's path
 //! (`append_replicated`) writes a secondary's log.
 //!
+//! [`Role::Changing`] is a transition (an epoch starting, a lease not yet
+//! held, a planned transfer): an append that meets it waits, bounded, for
+//! the word to settle instead of failing at once, as a Kafka producer
+//! retries `NOT_LEADER` during an election.
+//!
 //! The word is checked once per append, before the claim. An append that
 //! claimed its space before the word changed may still complete; the
 //! replication layer sets the role before it starts receiving, so that
 //! window closes before the first replicated record is written.
 
-use super::layout::{ROLE_PRIMARY, ROLE_SECONDARY, ROLE_STANDALONE};
+use super::layout::{ROLE_CHANGING, ROLE_PRIMARY, ROLE_SECONDARY, ROLE_STANDALONE};
 
 /// Who may append to a queue.
 ///
@@ -41,6 +46,10 @@ pub enum Role {
     Primary,
     /// A replica: only the replication receiver writes it.
     Secondary,
+    /// This node is taking or handing over the queue's leadership: appends
+    /// wait (bounded by [`ROLE_CHANGE_WAIT_MS`](super::layout::ROLE_CHANGE_WAIT_MS))
+    /// for the role to settle, then go on or fail as the new role says.
+    Changing,
     /// A code this build does not know (a newer writer): treated as a replica.
     Unknown(u32),
 }
@@ -52,6 +61,7 @@ impl Role {
             Role::Standalone => ROLE_STANDALONE,
             Role::Primary => ROLE_PRIMARY,
             Role::Secondary => ROLE_SECONDARY,
+            Role::Changing => ROLE_CHANGING,
             Role::Unknown(c) => c,
         }
     }
@@ -62,6 +72,7 @@ impl Role {
             ROLE_STANDALONE => Role::Standalone,
             ROLE_PRIMARY => Role::Primary,
             ROLE_SECONDARY => Role::Secondary,
+            ROLE_CHANGING => Role::Changing,
             c => Role::Unknown(c),
         }
     }
@@ -77,6 +88,7 @@ impl Role {
             Role::Standalone => "standalone".into(),
             Role::Primary => "primary".into(),
             Role::Secondary => "secondary".into(),
+            Role::Changing => "changing".into(),
             Role::Unknown(c) => format!("unknown({c})"),
         }
     }
@@ -92,6 +104,7 @@ mod tests {
             Role::Standalone,
             Role::Primary,
             Role::Secondary,
+            Role::Changing,
             Role::Unknown(9),
         ] {
             assert_eq!(Role::from_code(r.code()), r);
@@ -99,6 +112,7 @@ mod tests {
         assert!(Role::Standalone.accepts_appends());
         assert!(Role::Primary.accepts_appends());
         assert!(!Role::Secondary.accepts_appends());
+        assert!(!Role::Changing.accepts_appends());
         assert!(!Role::Unknown(9).accepts_appends());
     }
 }

@@ -1,0 +1,51 @@
+//! The role word in the control file, as other handles (other processes)
+//! see it: a `changing` role holds appends until it settles.
+
+use std::time::Duration;
+
+use repliq::store::{Role, Store, StoreError, StoreOptions};
+
+#[test]
+fn an_append_during_a_role_change_waits_and_lands_once_the_role_turns_primary() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Store::open(dir.path().join("q"), &StoreOptions::create()).unwrap();
+    daemon.set_role(Role::Changing);
+    let writer = Store::open(dir.path().join("q"), &StoreOptions::open()).unwrap();
+    let t = std::thread::spawn(move || writer.append(b"held"));
+    // The writer is held: nothing lands while the word says changing. (The
+    // hold is bounded at 2 s; the role settles well inside it.)
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(daemon.tail_position(), daemon.first_position());
+    daemon.set_role(Role::Primary);
+    let id = t.join().unwrap().expect("append after the role settled");
+    assert_eq!(id, daemon.first_position());
+}
+
+#[test]
+fn an_append_during_a_role_change_fails_as_a_replica_when_the_role_turns_secondary() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Store::open(dir.path().join("q"), &StoreOptions::create()).unwrap();
+    daemon.set_role(Role::Changing);
+    let writer = Store::open(dir.path().join("q"), &StoreOptions::open()).unwrap();
+    let t = std::thread::spawn(move || writer.append(b"x"));
+    std::thread::sleep(Duration::from_millis(50));
+    daemon.set_role(Role::Secondary);
+    match t.join().unwrap() {
+        Err(StoreError::ReadOnly(m)) => assert!(m.contains("replica"), "{m}"),
+        other => panic!("expected a replica's refusal, got {other:?}"),
+    }
+    assert_eq!(daemon.tail_position(), daemon.first_position());
+}
+
+#[test]
+fn a_role_change_that_never_settles_fails_the_append_naming_it_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Store::open(dir.path().join("q"), &StoreOptions::create()).unwrap();
+    daemon.set_role(Role::Changing);
+    match daemon.append(b"x") {
+        Err(StoreError::ReadOnly(m)) => assert!(m.contains("role changing"), "{m}"),
+        other => panic!("expected a bounded wait then a refusal, got {other:?}"),
+    }
+    assert_eq!(daemon.tail_position(), daemon.first_position());
+    assert_eq!(daemon.role(), Role::Changing);
+}
