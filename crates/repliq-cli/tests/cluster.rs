@@ -255,7 +255,9 @@ fn a_queue_created_on_one_member_is_replicated_byte_identical_and_refused_on_its
 #[test]
 fn a_killed_leader_is_replaced_by_a_replica_holding_every_record_and_rejoins_truncating_its_suffix()
 {
-    let mut c = Cluster::start(3000);
+    // The lease (half the timeout) must outlast the gap between the kill
+    // and the append below on a loaded machine.
+    let mut c = Cluster::start(8000);
     let a = c.node("a").queue("orders");
     assert!(repliq(&["create"], &a).status.success());
     let msgs: Vec<String> = (0..20).map(|i| format!("before-{i}")).collect();
@@ -268,8 +270,9 @@ fn a_killed_leader_is_replaced_by_a_replica_holding_every_record_and_rejoins_tru
     });
 
     c.node("a").kill();
-    // Records a took just before it died, never replicated: its queue still
-    // says primary, as a killed leader's does.
+    // Records a took just after its daemon died, never replicated: its queue
+    // still says primary, and the lease word lets local writers on until the
+    // lease the dead daemon last renewed runs out.
     let out = append(&a, &["lost-1", "lost-2"]);
     assert!(out.status.success(), "{out:?}");
     let lost: Vec<u64> = records(&a).iter().skip(20).map(|r| r.0).collect();
@@ -344,7 +347,7 @@ fn a_leader_cut_off_from_the_catalog_refuses_appends_once_its_lease_runs_out() {
     c.wait("a refuses appends once its lease ran out", || {
         let out = append(&a, &["y"]);
         out.status.code() == Some(1)
-            && String::from_utf8_lossy(&out.stderr).contains("role changing")
+            && String::from_utf8_lossy(&out.stderr).contains("not taking appends")
     });
     let frozen = records(&a);
     c.node("b").signal("-CONT");
@@ -488,4 +491,82 @@ fn a_planned_transfer_moves_the_leader_with_nothing_lost_and_promote_needs_uncle
     c.wait("c leads epoch 3", || {
         records(&cq).last().is_some_and(|r| r.1 == 3)
     });
+}
+
+#[test]
+fn a_stopped_leader_daemon_stops_local_appends_by_its_lease_and_never_leads_its_old_epoch_again() {
+    let mut c = Cluster::start(2000);
+    let a = c.node("a").queue("orders");
+    assert!(repliq(&["create"], &a).status.success());
+    let out = append(&a, &["before"]);
+    assert!(out.status.success(), "{out:?}");
+    let dirs: Vec<PathBuf> = ["a", "b", "c"]
+        .iter()
+        .map(|n| c.node(n).queue("orders"))
+        .collect();
+    let before = records(&a);
+    c.wait("replicated everywhere", || {
+        dirs.iter().all(|d| records(d) == before)
+    });
+
+    // a's daemon stops; its queue's role word still says primary. Once
+    // another member leads (after a full failover timeout, twice the
+    // lease), a local writer on a is refused by the lease word alone.
+    c.node("a").signal("-STOP");
+    c.wait("b or c leads orders in a later epoch", || {
+        c.catalog("b").is_some_and(|cat| {
+            cat["queues"].as_array().is_some_and(|qs| {
+                qs.iter().any(|q| {
+                    q["name"] == "orders"
+                        && q["leader"] != "a"
+                        && q["epoch"].as_u64().is_some_and(|e| e >= 2)
+                })
+            })
+        })
+    });
+    let out = append(&a, &["while-stopped"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lease"), "{err}");
+    assert_eq!(records(&a), before, "the refused append left no trace");
+    let mut leader = PathBuf::new();
+    c.wait("the new leader takes appends", || {
+        dirs[1..].iter().any(|d| {
+            let ok = append(d, &["on-the-new-leader"]).status.success();
+            if ok {
+                leader = d.clone();
+            }
+            ok
+        })
+    });
+
+    // a resumes with a catalog copy that still names it the leader. Writers
+    // on a try all along; whatever a takes must survive, so a never leads
+    // its old epoch again (it would cut those records into quarantine).
+    c.node("a").signal("-CONT");
+    let mut taken = Vec::new();
+    let mut k = 0;
+    c.wait("a follows the new leader", || {
+        k += 1;
+        let v = format!("after-resume-{k}");
+        if append(&a, &[&v]).status.success() {
+            taken.push(v);
+        }
+        let (ra, rl) = (records(&a), records(&leader));
+        ra.len() > before.len() && rl.starts_with(&ra) && ra[before.len()].1 >= 2
+    });
+    c.wait("the leader's log settles on a", || {
+        records(&a) == records(&leader)
+    });
+    assert!(
+        quarantine_files(&a).is_empty(),
+        "a cut records it had taken"
+    );
+    let fin = records(&leader);
+    for v in &taken {
+        assert!(
+            fin.iter().any(|r| &r.2 == v),
+            "{v}, taken on a after its resume, is not in the leader's log"
+        );
+    }
 }

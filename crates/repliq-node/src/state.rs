@@ -347,6 +347,9 @@ fn open_primary_queue(cfg: &Config, name: &str) -> Result<Store, String> {
     };
     let s = Store::open(&dir, &opts).map_err(|e| format!("queue {name}: {e}"))?;
     s.set_read_only(false);
+    // A static primary holds no lease (a deadline left by cluster mode would
+    // stop its appends).
+    s.set_lease_until(0);
     s.set_role(repliq::store::Role::Primary);
     Ok(s)
 }

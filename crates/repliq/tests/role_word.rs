@@ -49,3 +49,39 @@ fn a_role_change_that_never_settles_fails_the_append_naming_it_and_writes_nothin
     assert_eq!(daemon.tail_position(), daemon.first_position());
     assert_eq!(daemon.role(), Role::Changing);
 }
+
+#[test]
+fn a_primary_whose_lease_ran_out_holds_appends_in_every_handle_until_it_is_renewed() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Store::open(dir.path().join("q"), &StoreOptions::create()).unwrap();
+    daemon.set_role(Role::Primary);
+    daemon.set_lease_until(repliq::store::monotonic_now_ns() + 60_000_000_000);
+    let writer = Store::open(dir.path().join("q"), &StoreOptions::open()).unwrap();
+    writer.append(b"within the lease").unwrap();
+    let tail = daemon.tail_position();
+    // The daemon stops renewing: the deadline passes.
+    daemon.set_lease_until(1);
+    assert!(!writer.takes_appends());
+    let t = std::thread::spawn(move || writer.append(b"held"));
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(daemon.tail_position(), tail, "nothing lands past the lease");
+    daemon.set_lease_until(repliq::store::monotonic_now_ns() + 60_000_000_000);
+    t.join()
+        .unwrap()
+        .expect("append once the lease was renewed");
+}
+
+#[test]
+fn a_lease_that_is_never_renewed_fails_the_append_naming_the_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path().join("q"), &StoreOptions::create()).unwrap();
+    s.set_role(Role::Primary);
+    s.set_lease_until(1);
+    match s.append(b"x") {
+        Err(StoreError::ReadOnly(m)) => assert!(m.contains("lease"), "{m}"),
+        other => panic!("expected a refusal naming the lease, got {other:?}"),
+    }
+    // No lease word (0): a static primary takes appends.
+    s.set_lease_until(0);
+    s.append(b"x").unwrap();
+}

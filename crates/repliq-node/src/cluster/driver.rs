@@ -128,9 +128,9 @@ async fn drive(shared: Arc<Shared>, catalog: Arc<Catalog>, lease: Arc<Lease>, na
                 });
                 drain(&q);
                 t.step(&catalog, &q, &e, &to, timeout).await;
-            } else if lease.valid() {
+            } else if lease.valid_as_of(state.reports.get(&me).copied()) {
                 transfer = None;
-                if let Err(err) = lead(&shared, &q, &e) {
+                if let Err(err) = lead(&shared, &q, &e, &lease) {
                     tracing::error!(queue = %name, "cannot lead: {err}");
                     fence(&q);
                 }
@@ -223,8 +223,8 @@ fn set_aside(shared: &Shared, q: &QueueState, name: &str, why: &str) {
 }
 
 /// Makes this node the queue's leader in the store: the catalog's epoch,
-/// then the primary role.
-fn lead(shared: &Shared, q: &QueueState, e: &QueueEntry) -> Result<(), String> {
+/// the lease deadline, then the primary role.
+fn lead(shared: &Shared, q: &QueueState, e: &QueueEntry, lease: &Lease) -> Result<(), String> {
     let s = match q.store() {
         Some(s) => s,
         None => {
@@ -255,6 +255,11 @@ fn lead(shared: &Shared, q: &QueueState, e: &QueueEntry) -> Result<(), String> {
         s.set_role(Role::Changing);
         let start = s.begin_epoch(e.epoch).map_err(|err| err.to_string())?;
         tracing::info!(queue = %e.name, epoch = e.epoch, start, node = %shared.cfg.node_name, "leading the queue");
+    }
+    // The lease word first: writers of every process stop at its deadline
+    // even if this daemon stops renewing it (SIGSTOP, a crash).
+    if let Some(until) = lease.deadline_ns() {
+        s.set_lease_until(until);
     }
     if s.role() != Role::Primary {
         s.set_read_only(false);

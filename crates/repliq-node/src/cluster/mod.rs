@@ -20,8 +20,12 @@
 //! * [`report`] sends this node's progress on every queue to the catalog
 //!   every heartbeat. A report the catalog commits renews the node's
 //!   **lease**: a leader whose last committed report was sent more than half
-//!   the failover timeout ago turns its queues' role to secondary, so its
-//!   local writers get errors before another node can be elected;
+//!   the failover timeout ago stops taking appends before another node can
+//!   be elected. The lease's deadline is also written into each led queue's
+//!   control file, so local writers of every process stop at it even while
+//!   the daemon is stopped or dead. After a lapse, the lease counts only
+//!   once this node's copy of the catalog has applied the report that
+//!   renewed it (so it shows any election made in the gap);
 //! * [`failover`] runs on the catalog's leader: when a queue leader has not
 //!   reported for the failover timeout, it waits for fresh reports from
 //!   enough replicas to be sure to see every acknowledged record, then

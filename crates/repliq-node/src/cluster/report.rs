@@ -23,16 +23,17 @@ pub async fn run(shared: Arc<Shared>, catalog: Arc<Catalog>, lease: Arc<Lease>, 
         tick.tick().await;
         n += 1;
         let progress = progress(&shared);
+        let seq = base + n;
         let cmd = Command::Report {
             node: shared.cfg.node_name.clone(),
             incarnation: catalog.incarnation(),
-            seq: base + n,
+            seq,
             progress,
         };
         let sent = Instant::now();
         // A report that takes longer than the lease renews nothing anyway.
         match tokio::time::timeout(lease.length(), catalog.propose(cmd)).await {
-            Ok(Ok(Response::None)) => lease.renew(sent),
+            Ok(Ok(Response::None)) => lease.renew(sent, seq),
             Ok(Ok(other)) => tracing::debug!("report refused: {other:?}"),
             Ok(Err(e)) => tracing::debug!("report failed: {e}"),
             Err(_) => tracing::debug!("report timed out"),

@@ -182,6 +182,7 @@ impl Engine {
             }
             Role::Primary | Role::Unmatched => {
                 store.set_read_only(false);
+                store.set_lease_until(0);
                 store.set_role(crate::store::Role::Primary);
                 if role == Role::Unmatched {
                     tracing::warn!(node = %cfg.node, primary = %cfg.primary, queue = %cfg.queue,

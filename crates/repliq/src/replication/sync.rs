@@ -39,7 +39,7 @@ pub async fn wait_replicated(
     // Acknowledged only while this node still leads the queue: a leader that
     // lost its lease (role flipped) may already have been replaced, and the
     // new leader was chosen from replicas' positions as of then.
-    if !store.role().accepts_appends() {
+    if !store.takes_appends() {
         return Err(ReplicationError::Refused(format!(
             "this node stopped leading the queue (role {}) before the record was \
              acknowledged; it may or may not survive",

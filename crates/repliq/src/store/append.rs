@@ -32,13 +32,14 @@ impl Store {
         self.append_frame(len, 0, fill)
     }
 
-    /// Waits, up to [`ROLE_CHANGE_WAIT_MS`], for the role word to leave
-    /// [`Role::Changing`]; returns the role it found last.
+    /// Waits, up to [`ROLE_CHANGE_WAIT_MS`], for the role appends meet to
+    /// leave [`Role::Changing`] (a role change, or a primary's lease that ran
+    /// out); returns the role it found last.
     #[cold]
     fn wait_role_settled(&self) -> Role {
         let deadline = Instant::now() + Duration::from_millis(ROLE_CHANGE_WAIT_MS);
         loop {
-            let role = Role::from_code(self.inner.ctl.role().load(Acquire));
+            let role = self.role_now();
             if role != Role::Changing || Instant::now() >= deadline {
                 return role;
             }
@@ -60,15 +61,20 @@ impl Store {
                 inner.dir.display()
             )));
         }
-        let mut role = Role::from_code(inner.ctl.role().load(Acquire));
+        let mut role = self.role_now();
         if role == Role::Changing {
             role = self.wait_role_settled();
         }
         if role == Role::Changing {
+            let why = if self.role() == Role::Primary {
+                "its lease from the cluster's catalog ran out (the daemon is stopped, \
+                 overloaded or cut off from the catalog)"
+            } else {
+                "its node is taking or handing over the queue's leadership (role changing)"
+            };
             return Err(StoreError::ReadOnly(format!(
-                "{} is not taking appends: its node is taking or handing over the queue's \
-                 leadership (role changing) and did not settle within {} ms; retry, or \
-                 append on the leader",
+                "{} is not taking appends: {why}, and that did not settle within {} ms; \
+                 retry, or append on the leader",
                 inner.dir.display(),
                 ROLE_CHANGE_WAIT_MS
             )));

@@ -317,6 +317,11 @@ impl Control {
         self.u32_at(CTL_ROLE_OFF)
     }
 
+    /// The leader's lease deadline (`CLOCK_MONOTONIC` ns, 0 for none).
+    pub(crate) fn lease_until(&self) -> &AtomicU64 {
+        self.u64_at(CTL_LEASE_UNTIL_OFF)
+    }
+
     /// Replicated (quorum) watermark.
     pub(crate) fn replicated(&self) -> &AtomicU64 {
         self.u64_at(CTL_REPLICATED_OFF)

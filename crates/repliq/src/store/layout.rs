@@ -218,6 +218,15 @@ pub const ROLE_CHANGING: u32 = 3;
 pub const ROLE_CHANGE_WAIT_MS: u64 = 2_000;
 /// Control: replicated (quorum) watermark position (atomic u64).
 pub const CTL_REPLICATED_OFF: usize = 520;
+/// Control: the leader's lease deadline, `CLOCK_MONOTONIC` nanoseconds
+/// (atomic u64; 0: no lease, as for a standalone queue or a static primary).
+/// Written by the cluster daemon while it leads and holds its lease. While
+/// the role word says primary and `CLOCK_MONOTONIC_COARSE` has reached it,
+/// appends wait as for [`ROLE_CHANGING`]: a leader whose daemon is stopped or
+/// dead stops taking appends in every process once its lease runs out, before
+/// the catalog can elect another leader (the failover timeout is twice the
+/// lease; the coarse clock lags the fine one by at most a tick).
+pub const CTL_LEASE_UNTIL_OFF: usize = 528;
 /// Control: index of the oldest segment still on disk (atomic u64).
 pub const CTL_LOW_SEGMENT_OFF: usize = 640;
 /// Control: number of stuck frames turned into padding (atomic u64).

@@ -87,7 +87,7 @@ pub use read::ReadyFuture;
 pub(crate) use read::{Peek, Stall};
 pub use recovery::RecoveryReport;
 pub use replica::PeerLink;
-pub use role::Role;
+pub use role::{monotonic_now_ns, Role};
 pub use scan::{FrameInfo, FrameKind, Scan};
 pub use stats::{CursorStat, Stats};
 pub use tailer::{OwnedRecord, Record, Tailer};
@@ -382,6 +382,50 @@ impl Store {
     /// The queue's replication role, as its control file says.
     pub fn role(&self) -> Role {
         Role::from_code(self.inner.ctl.role().load(Acquire))
+    }
+
+    /// Sets the leader's lease deadline in the control file, in
+    /// `CLOCK_MONOTONIC` nanoseconds (0: no lease). While the role is
+    /// [`Role::Primary`] and the deadline has passed, appends in every
+    /// process wait as for [`Role::Changing`]: the lease holds even while the
+    /// daemon that renews it is stopped. See
+    /// [`CTL_LEASE_UNTIL_OFF`](layout::CTL_LEASE_UNTIL_OFF).
+    ///
+    /// ```
+    /// use repliq::store::{Role, Store, StoreOptions};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("q"), &StoreOptions::create())?;
+    /// store.set_role(Role::Primary);
+    /// store.set_lease_until(repliq::store::monotonic_now_ns() + 60_000_000_000);
+    /// assert!(store.takes_appends());
+    /// store.append(b"x")?;
+    /// store.set_lease_until(1); // long past
+    /// assert!(!store.takes_appends());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_lease_until(&self, monotonic_ns: u64) {
+        self.inner.ctl.lease_until().store(monotonic_ns, Release);
+    }
+
+    /// The role appends meet now: [`Role::Changing`] for a primary whose
+    /// lease deadline has passed, else the role word.
+    #[inline]
+    pub(crate) fn role_now(&self) -> Role {
+        let ctl = &self.inner.ctl;
+        let role = Role::from_code(ctl.role().load(Acquire));
+        if role == Role::Primary {
+            let until = ctl.lease_until().load(Acquire);
+            if until != 0 && read::coarse_now().as_nanos() as u64 >= until {
+                return Role::Changing;
+            }
+        }
+        role
+    }
+
+    /// Whether an append here would be taken now: the role accepts appends
+    /// and, for a primary with a lease, the lease has not run out.
+    pub fn takes_appends(&self) -> bool {
+        self.role_now().accepts_appends()
     }
 
     /// Low-level access to the control file's shared words, for the store

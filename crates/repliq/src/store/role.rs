@@ -94,6 +94,14 @@ impl Role {
     }
 }
 
+/// `CLOCK_MONOTONIC` now, in nanoseconds: the clock of the lease deadline
+/// ([`Store::set_lease_until`](super::Store::set_lease_until)). The same in
+/// every process of the host.
+pub fn monotonic_now_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
