@@ -18,6 +18,7 @@ use crate::peers::{Discovered, Peers};
 use crate::server::{listen, ServerContext};
 use crate::state::CatalogState;
 use crate::storage::file::{read_atomic, write_atomic};
+use crate::storage::gate::WriteGate;
 use crate::storage::{LogStore, StateMachineStore};
 use crate::types::{node_id, NodeId, Raft};
 use crate::wire::{RpcReply, RpcRequest};
@@ -138,6 +139,8 @@ pub struct Catalog {
     initialized_here: Arc<AtomicBool>,
     log: LogStore,
     tasks: Vec<JoinHandle<()>>,
+    /// The state machine's write gate (the log's is `log.write_gate()`).
+    sm_gate: WriteGate,
 }
 
 impl Catalog {
@@ -148,6 +151,7 @@ impl Catalog {
         let inc_path = cfg.dir.join(INCARNATION_FILE);
         let log = LogStore::open(&cfg.dir)?;
         let sm = StateMachineStore::open(&cfg.dir)?;
+        let sm_gate = sm.write_gate();
         let has_snapshot = crate::storage::snapshot::snapshot_path(&cfg.dir).exists();
         let fresh = log.is_fresh() && !has_snapshot;
         let incarnation = match read_atomic::<u64>(&inc_path)? {
@@ -223,6 +227,7 @@ impl Catalog {
             initialized_here,
             log,
             tasks,
+            sm_gate,
         })
     }
 
@@ -326,11 +331,17 @@ impl Catalog {
             t.abort();
             let _ = t.await;
         }
-        self.ctx
+        let r = self
+            .ctx
             .raft
             .shutdown()
             .await
-            .map_err(|e| CatalogError::Raft(e.to_string()))
+            .map_err(|e| CatalogError::Raft(e.to_string()));
+        // Writes Raft started may outlive its core (blocking threads, the
+        // snapshot task): wait for them, and refuse any later one.
+        self.log.write_gate().close().await;
+        self.sm_gate.close().await;
+        r
     }
 }
 

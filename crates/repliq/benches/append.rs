@@ -3,6 +3,10 @@
 //! * `append/1w/{64,1024}`: one thread appending to a [`Store`].
 //! * `append/2w/{64,1024}`: two threads appending to the same `Store`; the
 //!   reported time is wall time per message of the two together.
+//! * `append/role/{standalone,leader-with-lease}`: one thread appending 64 B
+//!   to a standalone queue and to a cluster leader's queue (role primary,
+//!   a lease deadline in the control file), side by side: the cost of the
+//!   lease check on every append.
 //! * `read/{64,1024}`: a tailer's zero-copy `next_with` over pre-written
 //!   messages (CRC32C checked on every read).
 //!
@@ -26,7 +30,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use repliq::store::{Durability, Store, StoreOptions};
+use repliq::store::{monotonic_now_ns, Durability, Role, Store, StoreOptions};
 
 /// Segment size of the benchmark queues.
 const SEGMENT_SIZE: u64 = 64 << 20;
@@ -124,6 +128,42 @@ fn append_1w(c: &mut Criterion) {
     g.finish();
 }
 
+fn append_role(c: &mut Criterion) {
+    let mut g = c.benchmark_group("append/role");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .throughput(Throughput::Elements(1));
+    let payload = vec![0xa5u8; 64];
+    for leader in [false, true] {
+        let name = if leader {
+            "leader-with-lease"
+        } else {
+            "standalone"
+        };
+        let mut q: Option<TempQueue> = None;
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let tq = fresh(&mut q);
+                let store = &tq.store;
+                if leader {
+                    // A day: the lease never runs out during the run.
+                    store.set_lease_until(monotonic_now_ns() + 86_400_000_000_000);
+                    store.set_role(Role::Primary);
+                }
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(store.append(black_box(&payload)).expect("append"));
+                }
+                let t = start.elapsed();
+                tq.appended += iters * (64 + 16);
+                t
+            })
+        });
+    }
+    g.finish();
+}
+
 fn append_2w(c: &mut Criterion) {
     let mut g = c.benchmark_group("append/2w");
     g.sample_size(10)
@@ -210,5 +250,5 @@ fn read(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, append_1w, append_2w, read);
+criterion_group!(benches, append_1w, append_role, append_2w, read);
 criterion_main!(benches);

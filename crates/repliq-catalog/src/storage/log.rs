@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 use crate::storage::file::sync_dir;
+use crate::storage::gate::WriteGate;
 use crate::storage::{to_read_err, to_write_err, vote};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
@@ -68,6 +69,7 @@ struct LogInner {
 #[derive(Debug, Clone)]
 pub struct LogStore {
     inner: Arc<Mutex<LogInner>>,
+    gate: WriteGate,
 }
 
 /// What was found when opening a log file.
@@ -166,7 +168,13 @@ impl LogStore {
                 last_purged: scan.last_purged,
                 vote,
             })),
+            gate: WriteGate::default(),
         })
+    }
+
+    /// The gate every write of this log passes (and its clones' writes).
+    pub fn write_gate(&self) -> WriteGate {
+        self.gate.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, LogInner> {
@@ -321,11 +329,20 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
-/// Runs blocking file work (writes and fsyncs) off the async workers.
+/// Runs blocking file work (writes and fsyncs) off the async workers, inside
+/// `gate`: a shutdown waits for it even if the caller stopped waiting.
 async fn blocking<T: Send + 'static>(
+    gate: &WriteGate,
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+    let pass = gate.enter().await?;
+    tokio::task::spawn_blocking(move || {
+        let r = f();
+        drop(pass);
+        r
+    })
+    .await
+    .unwrap_or_else(|e| {
         Err(StoreError::Io {
             op: "storage task",
             path: PathBuf::new(),
@@ -351,7 +368,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let (s, v) = (self.clone(), *vote);
-        blocking(move || s.store_vote(&v))
+        blocking(&self.gate, move || s.store_vote(&v))
             .await
             .map_err(|e| to_write_err(&e))
     }
@@ -362,7 +379,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let dir = self.dir();
-        blocking(move || vote::save_committed(&dir, &committed))
+        blocking(&self.gate, move || vote::save_committed(&dir, &committed))
             .await
             .map_err(|e| to_write_err(&e))
     }
@@ -382,7 +399,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let s = self.clone();
-        match blocking(move || s.append_entries(entries)).await {
+        match blocking(&self.gate, move || s.append_entries(entries)).await {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
@@ -396,14 +413,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let s = self.clone();
-        blocking(move || s.truncate_from(log_id.index))
+        blocking(&self.gate, move || s.truncate_from(log_id.index))
             .await
             .map_err(|e| to_write_err(&e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let s = self.clone();
-        blocking(move || s.purge_upto(log_id))
+        blocking(&self.gate, move || s.purge_upto(log_id))
             .await
             .map_err(|e| to_write_err(&e))
     }

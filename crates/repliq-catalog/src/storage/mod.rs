@@ -2,6 +2,7 @@
 //! as files in one directory. See the crate docs for the file formats.
 
 pub mod file;
+pub mod gate;
 pub mod log;
 pub mod snapshot;
 pub mod state_machine;

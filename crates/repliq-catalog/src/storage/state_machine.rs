@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::command::{Command, Response};
 use crate::error::StoreError;
 use crate::state::CatalogState;
+use crate::storage::gate::WriteGate;
 use crate::storage::snapshot::{read_snapshot, save_snapshot, StoredSnapshot};
 use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
@@ -36,6 +37,7 @@ pub struct StateMachineStore {
     dir: PathBuf,
     tx: Arc<watch::Sender<Arc<CatalogState>>>,
     snapshot_seq: Arc<AtomicU64>,
+    gate: WriteGate,
 }
 
 impl StateMachineStore {
@@ -64,7 +66,13 @@ impl StateMachineStore {
             dir: dir.to_path_buf(),
             tx: Arc::new(tx),
             snapshot_seq: Arc::new(AtomicU64::new(0)),
+            gate: WriteGate::default(),
         })
+    }
+
+    /// The gate every snapshot write of this store passes.
+    pub fn write_gate(&self) -> WriteGate {
+        self.gate.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, SmInner> {
@@ -92,6 +100,11 @@ impl StateMachineStore {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let _pass = self
+            .gate
+            .enter()
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         let mut g = self.lock();
         let data =
             postcard::to_stdvec(&g.state).map_err(|e| StorageIOError::read_state_machine(&e))?;
@@ -163,6 +176,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
+        let _pass = self
+            .gate
+            .enter()
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         let data = snapshot.into_inner();
         let state: CatalogState = postcard::from_bytes(&data)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
