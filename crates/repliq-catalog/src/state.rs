@@ -69,6 +69,22 @@ pub struct CatalogState {
 }
 
 impl CatalogState {
+    /// The queue `name`, if its current epoch is `epoch` (a command made for
+    /// another epoch is stale).
+    fn queue_at_epoch(&mut self, name: &str, epoch: u32) -> Result<&mut QueueEntry, Rejection> {
+        let q = self
+            .queues
+            .get_mut(name)
+            .ok_or_else(|| Rejection::NoSuchQueue(name.to_string()))?;
+        if epoch != q.epoch {
+            return Err(Rejection::StaleEpoch {
+                given: epoch,
+                current: q.epoch,
+            });
+        }
+        Ok(q)
+    }
+
     /// Applies one command, deterministically. A rejected command leaves the state unchanged.
     pub fn apply(&mut self, cmd: &Command) -> Response {
         match self.try_apply(cmd) {
@@ -158,16 +174,7 @@ impl CatalogState {
                 first_id,
                 unclean,
             } => {
-                let q = self
-                    .queues
-                    .get_mut(queue)
-                    .ok_or_else(|| Rejection::NoSuchQueue(queue.clone()))?;
-                if *expected_epoch != q.epoch {
-                    return Err(Rejection::StaleEpoch {
-                        given: *expected_epoch,
-                        current: q.epoch,
-                    });
-                }
+                let q = self.queue_at_epoch(queue, *expected_epoch)?;
                 if !q.replicas.contains(new_leader) {
                     return Err(Rejection::NotAReplica(new_leader.clone()));
                 }
@@ -192,16 +199,7 @@ impl CatalogState {
                 epoch,
                 in_sync,
             } => {
-                let q = self
-                    .queues
-                    .get_mut(queue)
-                    .ok_or_else(|| Rejection::NoSuchQueue(queue.clone()))?;
-                if *epoch != q.epoch {
-                    return Err(Rejection::StaleEpoch {
-                        given: *epoch,
-                        current: q.epoch,
-                    });
-                }
+                let q = self.queue_at_epoch(queue, *epoch)?;
                 if let Some(bad) = in_sync.iter().find(|n| !q.replicas.contains(n)) {
                     return Err(Rejection::NotAReplica(bad.clone()));
                 }
@@ -214,16 +212,7 @@ impl CatalogState {
                 Ok(Response::Deleted)
             }
             Command::BeginTransfer { queue, to, epoch } => {
-                let q = self
-                    .queues
-                    .get_mut(queue)
-                    .ok_or_else(|| Rejection::NoSuchQueue(queue.clone()))?;
-                if *epoch != q.epoch {
-                    return Err(Rejection::StaleEpoch {
-                        given: *epoch,
-                        current: q.epoch,
-                    });
-                }
+                let q = self.queue_at_epoch(queue, *epoch)?;
                 if !q.replicas.contains(to) {
                     return Err(Rejection::NotAReplica(to.clone()));
                 }
@@ -241,16 +230,7 @@ impl CatalogState {
                 Ok(Response::Queue(q.clone()))
             }
             Command::CancelTransfer { queue, epoch } => {
-                let q = self
-                    .queues
-                    .get_mut(queue)
-                    .ok_or_else(|| Rejection::NoSuchQueue(queue.clone()))?;
-                if *epoch != q.epoch {
-                    return Err(Rejection::StaleEpoch {
-                        given: *epoch,
-                        current: q.epoch,
-                    });
-                }
+                let q = self.queue_at_epoch(queue, *epoch)?;
                 q.transfer_to = None;
                 Ok(Response::Queue(q.clone()))
             }

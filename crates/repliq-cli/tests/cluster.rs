@@ -167,21 +167,7 @@ fn append(dir: &Path, msgs: &[&str]) -> Output {
 
 /// `(id, epoch, payload)` of every record, as `repliq tail` prints them.
 fn records(dir: &Path) -> Vec<(u64, u32, String)> {
-    if !dir.join("control.rq").is_file() {
-        return Vec::new();
-    }
-    let out = repliq(&["tail"], dir);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.splitn(3, ' ');
-            Some((
-                it.next()?.parse().ok()?,
-                it.next()?.parse().ok()?,
-                it.next()?.to_string(),
-            ))
-        })
-        .collect()
+    support::records(BIN, dir)
 }
 
 fn quarantine_files(dir: &Path) -> Vec<PathBuf> {

@@ -977,21 +977,7 @@ fn the_founding_config_outside_a_pod_without_api_server_exits_1() {
 
 /// `(id, epoch, payload)` of every record, as `repliq tail` prints them.
 fn records(dir: &Path) -> Vec<(u64, u32, String)> {
-    if !dir.join("control.rq").is_file() {
-        return Vec::new();
-    }
-    let out = Command::new(BIN).arg("tail").arg(dir).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.splitn(3, ' ');
-            Some((
-                it.next()?.parse().ok()?,
-                it.next()?.parse().ok()?,
-                it.next()?.to_string(),
-            ))
-        })
-        .collect()
+    support::records(BIN, dir)
 }
 
 /// The catalog as the daemon at `http` serves it in `/api/v1/cluster`.

@@ -152,3 +152,28 @@ pub fn signal(c: &mut Child, sig: Sig) {
         .unwrap();
     assert!(s.success(), "kill -s {} {}", sig.name(), c.id());
 }
+
+/// `(id, epoch, payload)` of every record of the queue at `dir`, as
+/// `repliq tail` (the binary `bin`) prints them; empty while there is no
+/// queue there yet.
+pub fn records(bin: &str, dir: &std::path::Path) -> Vec<(u64, u32, String)> {
+    if !dir.join("control.rq").is_file() {
+        return Vec::new();
+    }
+    let out = Command::new(bin)
+        .arg("tail")
+        .arg(dir)
+        .output()
+        .expect("run repliq tail");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ' ');
+            Some((
+                it.next()?.parse().ok()?,
+                it.next()?.parse().ok()?,
+                it.next()?.to_string(),
+            ))
+        })
+        .collect()
+}
