@@ -217,6 +217,14 @@ fn a_queue_created_on_one_member_is_replicated_byte_identical_and_refused_on_its
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("replica"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    // b's daemon notes the leader beside the queue as it follows (within a
+    // driver step), and the refusal names it.
+    c.wait("b's refusal names the leader", || {
+        let out = append(&b, &["intruder"]);
+        out.status.code() == Some(1)
+            && String::from_utf8_lossy(&out.stderr).contains("the leader is a (epoch 1)")
+    });
     assert_eq!(records(&b), expected, "the refused append left no trace");
     // The catalog names a as the leader of epoch 1 on every member.
     c.wait("every member's catalog shows a leading orders", || {

@@ -95,6 +95,7 @@ async fn drive(shared: Arc<Shared>, catalog: Arc<Catalog>, lease: Arc<Lease>, na
     let mut follower: Option<Follower> = None;
     let mut opened = false;
     let mut transfer: Option<Transfer> = None;
+    let mut hinted: Option<u32> = None;
     let timeout = Duration::from_millis(
         shared
             .cfg
@@ -110,8 +111,19 @@ async fn drive(shared: Arc<Shared>, catalog: Arc<Catalog>, lease: Arc<Lease>, na
             }
             return;
         };
-        if let Ok(mut l) = q.leader.lock() {
+        let changed = q.leader.lock().is_ok_and(|mut l| {
+            let changed = *l != e.leader;
             *l = e.leader.clone();
+            changed
+        });
+        if changed || hinted != Some(e.epoch) {
+            // The hint a refused local append quotes (the leader to go to).
+            if let (Some(l), Some(s)) = (&e.leader, q.store()) {
+                match s.set_leader_hint(l, e.epoch) {
+                    Ok(()) => hinted = Some(e.epoch),
+                    Err(err) => tracing::debug!(queue = %name, "leader hint: {err}"),
+                }
+            }
         }
         if !opened {
             opened = true;

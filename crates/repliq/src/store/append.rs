@@ -80,9 +80,14 @@ impl Store {
             )));
         }
         if !role.accepts_appends() {
+            let leader = match self.leader_hint() {
+                Some((name, epoch)) => {
+                    format!("the leader is {name} (epoch {epoch}): append there")
+                }
+                None => "append on the primary, or configure this node as the primary".into(),
+            };
             return Err(StoreError::ReadOnly(format!(
-                "{} is a replica (role {} in its control file): only replication writes it; \
-                 append on the primary, or configure this node as the primary",
+                "{} is a replica (role {} in its control file): only replication writes it; {leader}",
                 inner.dir.display(),
                 role.name()
             )));

@@ -97,6 +97,11 @@ pub const EPOCHS_MAGIC: u64 = u64::from_le_bytes(*b"RPLQEPCH");
 pub const EPOCHS_VERSION: u32 = 1;
 /// Entries kept in the epoch history (the newest).
 pub const EPOCHS_MAX_ENTRIES: usize = 4096;
+/// Name of the leader hint inside a queue directory: one line, `NAME EPOCH`,
+/// the queue's leader as this node's cluster daemon last learnt it from the
+/// catalog. Written by replacing the file (write, then rename); read only to
+/// name the leader in a refused append's error, never to decide anything.
+pub const LEADER_FILE: &str = "leader";
 /// Prefix of quarantine files: records removed by a truncation.
 pub const QUARANTINE_PREFIX: &str = "quarantine-";
 /// Magic number at offset 0 of a quarantine file (`b"RPLQQUAR"`).

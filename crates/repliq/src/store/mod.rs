@@ -407,6 +407,32 @@ impl Store {
         self.inner.ctl.lease_until().store(monotonic_ns, Release);
     }
 
+    /// Records which node leads this queue (a hint for error messages:
+    /// a refused append on a replica names it). Written by the cluster
+    /// daemon whenever the catalog's leader changes.
+    ///
+    /// ```
+    /// use repliq::store::{Role, Store, StoreError, StoreOptions};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("q"), &StoreOptions::create())?;
+    /// store.set_leader_hint("node-b", 3)?;
+    /// store.set_role(Role::Secondary);
+    /// match store.append(b"x") {
+    ///     Err(StoreError::ReadOnly(m)) => assert!(m.contains("the leader is node-b (epoch 3)")),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_leader_hint(&self, leader: &str, epoch: u32) -> Result<()> {
+        role::write_leader_hint(&self.inner.dir, leader, epoch)
+            .map_err(|e| StoreError::io(self.inner.dir.join(layout::LEADER_FILE), e))
+    }
+
+    /// The leader hint, `(leader, epoch)`, if the daemon wrote one.
+    pub fn leader_hint(&self) -> Option<(String, u32)> {
+        role::read_leader_hint(&self.inner.dir)
+    }
+
     /// The role appends meet now: [`Role::Changing`] for a primary whose
     /// lease deadline has passed, else the role word.
     #[inline]

@@ -94,6 +94,30 @@ impl Role {
     }
 }
 
+/// Writes the leader hint ([`LEADER_FILE`](super::layout::LEADER_FILE)) of
+/// the queue in `dir`: `leader` leads it in `epoch`, as the catalog says.
+pub(super) fn write_leader_hint(
+    dir: &std::path::Path,
+    leader: &str,
+    epoch: u32,
+) -> std::io::Result<()> {
+    let path = dir.join(super::layout::LEADER_FILE);
+    let tmp = dir.join(format!("{}.tmp", super::layout::LEADER_FILE));
+    std::fs::write(&tmp, format!("{leader} {epoch}\n"))?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// The leader hint of the queue in `dir`, as `(leader, epoch)`, if there is
+/// a well-formed one.
+pub(super) fn read_leader_hint(dir: &std::path::Path) -> Option<(String, u32)> {
+    let text = std::fs::read_to_string(dir.join(super::layout::LEADER_FILE)).ok()?;
+    let mut it = text.split_whitespace();
+    let name = it.next()?;
+    let epoch = it.next()?.parse().ok()?;
+    let printable = name.len() <= 253 && name.chars().all(|c| c.is_ascii_graphic());
+    (printable && it.next().is_none()).then(|| (name.to_string(), epoch))
+}
+
 /// `CLOCK_MONOTONIC` now, in nanoseconds: the clock of the lease deadline
 /// ([`Store::set_lease_until`](super::Store::set_lease_until)). The same in
 /// every process of the host.
