@@ -5,7 +5,9 @@
 #   3. the image repliq:ci (deploy/docker/Dockerfile), with crates vendored
 #      first when build containers cannot download them;
 #   4. the image itself: read-only root, non-root user, HEALTHCHECK, exit 0 on SIGTERM;
-#   5. the three-node compose cluster (deploy/test/compose-e2e.sh).
+#   5. the three-node compose cluster (deploy/test/compose-e2e.sh);
+#   6. the compose cluster in cluster mode: failover and partition
+#      (deploy/test/compose-cluster-e2e.sh).
 # Quiet unless something fails; prints each stage's duration.
 # Environment: REPLIQ_CI_IMAGE (default repliq:ci); REPLIQ_DOCKER_VENDOR=auto
 # (default: vendor if a build container cannot fetch from crates.io, or if
@@ -143,4 +145,8 @@ took
 
 stage "compose cluster end to end"
 REPLIQ_IMAGE=$IMAGE bash deploy/test/compose-e2e.sh
+took
+
+stage "compose cluster in cluster mode: failover and partition"
+REPLIQ_IMAGE=$IMAGE bash deploy/test/compose-cluster-e2e.sh
 took
