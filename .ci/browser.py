@@ -12,7 +12,10 @@ websocket library) and checks that:
 * the message rate becomes > 0;
 * the depth shown changes;
 * the charts fill, the page raises no JavaScript error and requests nothing
-  from anywhere but the daemon.
+  from anywhere but the daemon;
+* in cluster mode (three more daemons, a Raft catalog), the catalog panel
+  names the queue's leader and epoch, and after SIGKILL of the leader a
+  survivor's page shows the new leader in a new epoch.
 
 It then saves a 1280x900 screenshot (default docs/images/dashboard.png).
 Usage: browser.py REPLIQ_BINARY [SCREENSHOT]. Exits non-zero on any failure.
@@ -70,34 +73,43 @@ def wait_until(what, secs, pred, interval=0.2):
 
 
 class Cluster:
-    def __init__(self, binary, root):
+    """Daemons on loopback: a static primary `node-0` and a secondary, or
+    (`catalog=True`) three members in cluster mode with a Raft catalog."""
+
+    def __init__(self, binary, root, catalog=False):
         self.binary = binary
         self.root = root
         self.procs = []
-        self.repl = [free_port(), free_port()]
-        self.http = [free_port(), free_port()]
-        self.names = ["node-0", "node-1"]
+        self.names = ["cm-a", "cm-b", "cm-c"] if catalog else ["node-0", "node-1"]
+        self.repl = [free_port() for _ in self.names]
+        self.http = [free_port() for _ in self.names]
         peers = "".join(
             f"      - name: {n}\n        address: 127.0.0.1:{p}\n"
             for n, p in zip(self.names, self.repl)
         )
+        if catalog:
+            replication = "  mode: async\n  failover_timeout_ms: 2000\n"
+            queues = ""
+        else:
+            replication = "  mode: async\n  primary: node-0\n  heartbeat_ms: 200\n"
+            queues = f"  names: [{QUEUE}]\n"
         self.configs = []
         for i, name in enumerate(self.names):
             data = os.path.join(root, name, "data")
             text = (
                 f"node:\n  name: {name}\n"
-                f"replication:\n  mode: async\n  primary: node-0\n"
-                f"  listen: 127.0.0.1:{self.repl[i]}\n  heartbeat_ms: 200\n"
+                f"replication:\n{replication}"
+                f"  listen: 127.0.0.1:{self.repl[i]}\n"
                 f"  discovery:\n    method: static\n    peers:\n{peers}"
                 f"http:\n  listen: 127.0.0.1:{self.http[i]}\n"
-                f"queue:\n  capacity: 200000\n  names: [{QUEUE}]\n"
+                f"queue:\n  capacity: 200000\n{queues}"
                 f"  persistence:\n    path: {data}\n"
             )
             path = os.path.join(root, f"{name}.yaml")
             with open(path, "w") as f:
                 f.write(text)
             self.configs.append(path)
-        self.queue_dir = os.path.join(root, "node-0", "data", QUEUE)
+        self.queue_dir = os.path.join(root, self.names[0], "data", QUEUE)
 
     def url(self, i, path="/"):
         return f"http://127.0.0.1:{self.http[i]}{path}"
@@ -113,7 +125,7 @@ class Cluster:
                     env={**os.environ, "RUST_LOG": "info"},
                 )
             )
-        for i in range(2):
+        for i in range(len(self.names)):
             wait_until(
                 f"{self.names[i]} /healthz",
                 30,
@@ -403,6 +415,70 @@ def nodes_ok(page, expect):
     )
 
 
+CATALOG_JS = """(() => { const s = document.getElementById('catalog');
+  if (!s || s.hidden) return null;
+  return [...document.querySelectorAll('#catalog-rows tr')].map(r => ({
+    queue: r.dataset.queue, leader: r.dataset.leader, epoch: Number(r.dataset.epoch) })); })()"""
+
+
+def catalog_rows(page):
+    """The catalog table as the page shows it: {queue: (leader, epoch)}."""
+    return {r["queue"]: (r["leader"], r["epoch"]) for r in page.eval(CATALOG_JS) or []}
+
+
+def catalog_phase(binary, chromium, root):
+    """Cluster mode: the catalog panel names a queue's leader and epoch, and
+    shows the new leader in a new epoch after the old one is killed."""
+    os.makedirs(os.path.join(root, "catalog"), exist_ok=True)
+    cluster = Cluster(binary, os.path.join(root, "catalog"), catalog=True)
+    page = None
+    ok = False
+    try:
+        cluster.start()
+        page = Chromium(chromium, os.path.join(root, "chromium-catalog"), open(os.path.join(root, "chromium-catalog.log"), "w"))
+        page.open(cluster.url(0))
+        wait_until("the catalog panel", 30, lambda: page.eval(CATALOG_JS) is not None)
+        r = subprocess.run([binary, "create", cluster.queue_dir], capture_output=True, timeout=30)
+        if r.returncode != 0:
+            fail(f"repliq create: {r.stderr.decode()[-500:]}")
+        r = subprocess.run([binary, "append", cluster.queue_dir, "one", "two"], capture_output=True, timeout=30)
+        if r.returncode != 0:
+            fail(f"repliq append: {r.stderr.decode()[-500:]}")
+        wait_until(
+            "the catalog panel to show cm-a leading orders in epoch 1",
+            30,
+            lambda: catalog_rows(page).get(QUEUE) == ("cm-a", 1),
+        )
+        head = page.eval("document.getElementById('catalog-head').textContent") or ""
+        if "term" not in head or not all(n in head for n in cluster.names):
+            fail(f"the catalog header says: {head!r}")
+        print(f"browser test: catalog panel: {QUEUE} led by cm-a in epoch 1 ({head})", flush=True)
+
+        # The leader dies; cm-b's page shows who took over, in a new epoch.
+        cluster.procs[0].kill()
+        cluster.procs[0].wait()
+        page.call("Page.navigate", {"url": cluster.url(1)})
+        wait_until("cm-b's page", 20, lambda: page.eval("document.body.dataset.live") == "yes")
+        after = wait_until(
+            "the catalog panel to show a new leader in a new epoch",
+            60,
+            lambda: (lambda row: row if row and row[0] in ("cm-b", "cm-c") and row[1] >= 2 else None)(
+                catalog_rows(page).get(QUEUE)
+            ),
+        )
+        problems = [p for p in page.problems("http://127.0.0.1:") if "favicon" not in p]
+        if problems:
+            fail("the page misbehaved:\n  " + "\n  ".join(problems))
+        print(f"browser test: after SIGKILL of cm-a the catalog panel shows {after[0]} leading epoch {after[1]}", flush=True)
+        ok = True
+    finally:
+        if page:
+            page.close()
+        cluster.stop()
+        if not ok:
+            print(cluster.logs(), file=sys.stderr)
+
+
 def main():
     if len(sys.argv) < 2:
         fail("usage: browser.py REPLIQ_BINARY [SCREENSHOT]")
@@ -483,6 +559,12 @@ def main():
         if load.errors:
             fail("load generator: " + "; ".join(load.errors))
         print(f"browser test: screenshot {shot} ({size} bytes)", flush=True)
+        load.finish()
+        load = None
+        page.close()
+        page = None
+        cluster.stop()
+        catalog_phase(binary, chromium, root)
         ok = True
     finally:
         if load:

@@ -274,6 +274,28 @@ function renderCluster(cluster) {
   }));
 }
 
+// Cluster mode only: the Raft catalog as this node has applied it.
+function renderCatalog(catalog) {
+  const box = $('catalog');
+  box.hidden = !catalog;
+  if (!catalog) return;
+  setText('catalog-head',
+    `leader ${catalog.leader || '–'} · term ${catalog.term} · applied index ${catalog.commit_index ?? '–'}` +
+    ` · voters ${catalog.voters.join(', ') || '–'} · failover ${catalog.failover_timeout_ms} ms`);
+  $('catalog-rows').replaceChildren(...catalog.queues.map((q) => h('tr', {
+    'data-queue': q.name,
+    'data-leader': q.leader || '',
+    'data-epoch': q.epoch,
+  },
+  h('td', { class: 'name' }, q.name),
+  h('td', null, q.leader || '– (none)'),
+  h('td', { class: 'num' }, q.epoch),
+  h('td', null, q.replicas.map((r) =>
+    `${r.node}${r.node === q.leader ? '*' : ''} ${r.tail === null ? '–' : fmtCount(r.tail)}` +
+    ` · ${r.lag_bytes === null ? '–' : fmtBytes(r.lag_bytes)}`).join('   ')),
+  h('td', { class: 'num' }, q.min_insync))));
+}
+
 function renderQueues(data, derived) {
   const body = $('queue-rows');
   if (data.queues.length === 0) {
@@ -380,6 +402,7 @@ async function tick() {
     state.prev = data;
     renderNode(node);
     renderCluster(cluster);
+    renderCatalog(cluster.catalog);
     renderQueues(data, derived);
     renderSelected(data, derived);
     renderDiskQueues(data);
