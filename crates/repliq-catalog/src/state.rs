@@ -69,6 +69,28 @@ pub struct CatalogState {
 }
 
 impl CatalogState {
+    /// A member came back under a new incarnation: it lost its data
+    /// directory, so its copies of the queues are gone. It leaves every
+    /// in-sync set (its old acknowledgements no longer count), stops leading
+    /// (failover elects among the in-sync replicas left), and its old
+    /// progress is forgotten. It re-enters an in-sync set once it has caught
+    /// up (`SetInSync`).
+    fn forget_copies_of(&mut self, name: &str) {
+        for q in self.queues.values_mut() {
+            if !q.replicas.iter().any(|r| r == name) {
+                continue;
+            }
+            q.in_sync.retain(|r| r != name);
+            if q.leader.as_deref() == Some(name) {
+                q.leader = None;
+                q.transfer_to = None;
+            }
+            if let Some(p) = self.progress.get_mut(&q.name) {
+                p.remove(name);
+            }
+        }
+    }
+
     /// The queue `name`, if its current epoch is `epoch` (a command made for
     /// another epoch is stale).
     fn queue_at_epoch(&mut self, name: &str, epoch: u32) -> Result<&mut QueueEntry, Rejection> {
@@ -107,6 +129,9 @@ impl CatalogState {
                             given: *incarnation,
                             current: m.incarnation,
                         });
+                    }
+                    if *incarnation > m.incarnation {
+                        self.forget_copies_of(name);
                     }
                 }
                 let m = Member {
@@ -357,5 +382,52 @@ mod tests {
         ));
         assert!(matches!(s.apply(&join(6)), Response::Member(_)));
         assert_eq!(s.members["a"].incarnation, 6);
+    }
+
+    #[test]
+    fn a_member_back_with_a_lost_directory_stops_leading_and_leaves_the_in_sync_sets() {
+        let mut s = CatalogState::default();
+        for (n, i) in [("a", 5), ("b", 5), ("c", 5)] {
+            s.apply(&Command::Join {
+                name: n.into(),
+                addr: format!("{n}:1"),
+                incarnation: i,
+            });
+        }
+        s.apply(&create(7));
+        s.apply(&Command::Report {
+            node: "a".into(),
+            incarnation: 5,
+            seq: 1,
+            progress: vec![("q".into(), 1, 900)],
+        });
+        let rejoin = |i: u64| Command::Join {
+            name: "a".into(),
+            addr: "a:1".into(),
+            incarnation: i,
+        };
+        // The same incarnation (a restart with its disk) changes nothing.
+        s.apply(&rejoin(5));
+        assert_eq!(s.queues["q"].leader.as_deref(), Some("a"));
+        assert!(s.queues["q"].in_sync.contains(&"a".to_string()));
+        // A new incarnation (an empty directory): no longer the leader, out
+        // of the in-sync set, its old progress forgotten.
+        s.apply(&rejoin(6));
+        let q = &s.queues["q"];
+        assert_eq!(q.leader, None);
+        assert_eq!(q.in_sync, vec!["b".to_string(), "c".to_string()]);
+        assert_eq!(q.replicas.len(), 3, "still a replica: it copies again");
+        assert!(!s.progress["q"].contains_key("a"));
+        // It may not be elected back without catching up (or --unclean).
+        assert!(matches!(
+            s.apply(&Command::ElectLeader {
+                queue: "q".into(),
+                new_leader: "a".into(),
+                expected_epoch: 1,
+                first_id: 0,
+                unclean: false,
+            }),
+            Response::Rejected(Rejection::NotInSync(_))
+        ));
     }
 }

@@ -564,3 +564,61 @@ fn a_stopped_leader_daemon_stops_local_appends_by_its_lease_and_never_leads_its_
         );
     }
 }
+
+#[test]
+fn a_leader_back_with_an_empty_data_directory_never_leads_and_every_record_survives() {
+    let mut c = Cluster::start(3000);
+    let a = c.node("a").queue("orders");
+    assert!(repliq(&["create"], &a).status.success());
+    let msgs: Vec<String> = (0..50).map(|i| format!("kept-{i}")).collect();
+    let refs: Vec<&str> = msgs.iter().map(String::as_str).collect();
+    let out = append(&a, &refs);
+    assert!(out.status.success(), "{out:?}");
+    let written = records(&a);
+    let (b, cq) = (c.node("b").queue("orders"), c.node("c").queue("orders"));
+    c.wait("orders replicated to b and c", || {
+        records(&b) == written && records(&cq) == written
+    });
+
+    // a loses its disk (queue and catalog alike) and comes straight back,
+    // before the failover timeout: the catalog still names it the leader.
+    c.node("a").kill();
+    let data = c.node("a").data();
+    std::fs::remove_dir_all(&data).expect("lose a's data directory");
+    c.node("a").start();
+
+    // Someone with the data leads, in a new epoch, and takes appends.
+    let mut leader = PathBuf::new();
+    c.wait("b or c takes appends", || {
+        [&b, &cq].iter().any(|d| {
+            let ok = append(d, &["after"]).status.success();
+            if ok {
+                leader = d.to_path_buf();
+            }
+            ok
+        })
+    });
+    let now = records(&leader);
+    assert_eq!(
+        &now[..50],
+        &written[..],
+        "every record survived a's lost disk"
+    );
+    assert!(now[50].1 >= 2, "a new epoch: {:?}", now[50]);
+    // a copies the log again and re-enters the in-sync set.
+    c.wait("a holds the leader's log again", || {
+        records(&a) == records(&leader)
+    });
+    c.wait("a is back in the in-sync set", || {
+        c.catalog("b").is_some_and(|cat| {
+            cat["queues"].as_array().is_some_and(|qs| {
+                qs.iter().any(|q| {
+                    q["name"] == "orders"
+                        && q["replicas"].as_array().is_some_and(|rs| {
+                            rs.iter().any(|r| r["node"] == "a" && r["in_sync"] == true)
+                        })
+                })
+            })
+        })
+    });
+}

@@ -16,6 +16,10 @@
 //!    last epoch, then highest tail; ties by name), with a compare-and-set on
 //!    the epoch, so that two catalog leaders in a row cannot both elect.
 //!
+//! A replica outside the in-sync set (it came back with a lost directory,
+//! or an unclean election left it out) re-enters it once a report shows it
+//! holds the leader's last reported log.
+//!
 //! Every member notes report arrivals as it applies the catalog's log, so a
 //! newly elected catalog leader already knows when it last saw each report:
 //! any member applies a report only after it was sent, so a silence counted
@@ -90,6 +94,7 @@ async fn check(
     let leader_ok = q.leader.as_deref().is_some_and(alive);
     if leader_ok {
         suspect.remove(name);
+        readmit(catalog, q, caught_up(state, q)).await;
         return;
     }
     let decided = *suspect.entry(name.to_string()).or_insert_with(|| {
@@ -113,6 +118,49 @@ async fn check(
         }
         Ok(other) => tracing::warn!(queue = %name, "failover refused: {other:?}"),
         Err(e) => tracing::warn!(queue = %name, "failover proposal failed: {e}"),
+    }
+}
+
+/// The replicas outside the in-sync set (one that lost its directory, or
+/// left behind by an unclean election) whose last report shows they hold
+/// what the leader last reported: the same epoch for their last record, and
+/// at least the leader's tail.
+fn caught_up(state: &CatalogState, q: &QueueEntry) -> Vec<String> {
+    let (Some(leader), Some(p)) = (q.leader.as_deref(), state.progress.get(&q.name)) else {
+        return Vec::new();
+    };
+    let Some(lp) = p.get(leader) else {
+        return Vec::new();
+    };
+    q.replicas
+        .iter()
+        .filter(|r| r.as_str() != leader && !q.in_sync.contains(r))
+        .filter(|r| {
+            p.get(r.as_str())
+                .is_some_and(|rp| rp.epoch == lp.epoch && rp.tail >= lp.tail)
+        })
+        .cloned()
+        .collect()
+}
+
+/// Adds `back` to the queue's in-sync set (compare-and-set on the epoch).
+async fn readmit(catalog: &Catalog, q: &QueueEntry, back: Vec<String>) {
+    if back.is_empty() {
+        return;
+    }
+    let mut in_sync = q.in_sync.clone();
+    in_sync.extend(back.iter().cloned());
+    let cmd = Command::SetInSync {
+        queue: q.name.clone(),
+        epoch: q.epoch,
+        in_sync,
+    };
+    match catalog.propose(cmd).await {
+        Ok(Response::Queue(_)) => {
+            tracing::info!(queue = %q.name, replicas = ?back, "caught up: back in the in-sync set")
+        }
+        Ok(other) => tracing::debug!(queue = %q.name, "in-sync update refused: {other:?}"),
+        Err(e) => tracing::debug!(queue = %q.name, "in-sync update failed: {e}"),
     }
 }
 
@@ -175,6 +223,43 @@ mod tests {
             },
             transfer_to: None,
         }
+    }
+
+    #[test]
+    fn a_replica_re_enters_the_in_sync_set_once_it_holds_the_leaders_reported_log() {
+        let mut q = entry();
+        q.in_sync = vec!["a".into(), "b".into()];
+        let mut state = CatalogState::default();
+        let mut p = std::collections::BTreeMap::new();
+        let at = |epoch, tail| Progress {
+            epoch,
+            tail,
+            seq: 1,
+        };
+        p.insert("a".to_string(), at(2, 900));
+        p.insert("c".to_string(), at(2, 400));
+        state.progress.insert("q".into(), p);
+        assert!(caught_up(&state, &q).is_empty(), "c is behind");
+        state
+            .progress
+            .get_mut("q")
+            .unwrap()
+            .insert("c".into(), at(1, 950));
+        assert!(
+            caught_up(&state, &q).is_empty(),
+            "c's last record is of an older epoch"
+        );
+        state
+            .progress
+            .get_mut("q")
+            .unwrap()
+            .insert("c".into(), at(2, 900));
+        assert_eq!(caught_up(&state, &q), vec!["c".to_string()]);
+        q.leader = None;
+        assert!(
+            caught_up(&state, &q).is_empty(),
+            "no leader to compare with"
+        );
     }
 
     #[test]
