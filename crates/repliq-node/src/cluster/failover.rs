@@ -15,6 +15,11 @@
 //! 3. It elects the freshly reported replica with the newest log (highest
 //!    last epoch, then highest tail; ties by name), with a compare-and-set on
 //!    the epoch, so that two catalog leaders in a row cannot both elect.
+//!    Every replica's fresh report counts, in the in-sync set or not: a
+//!    member back with a lost directory reports a short log and is never the
+//!    newest while one with the records reports. A choice outside the
+//!    in-sync set is re-admitted first (the same proof covers it), then
+//!    elected.
 //!
 //! A replica outside the in-sync set (it came back with a lost directory,
 //! or an unclean election left it out) re-enters it once a report shows it
@@ -104,6 +109,15 @@ async fn check(
     let Some(choice) = choose(state, seen, q, decided) else {
         return;
     };
+    if !q.in_sync.contains(&choice.0) {
+        // The quorum of fresh reports proves the choice holds every
+        // acknowledged record, in the in-sync set or not (it may have caught
+        // up since it came back with a lost directory, and not be
+        // re-admitted yet): re-admit it first; the election follows at the
+        // next check, fenced by the epoch.
+        readmit(catalog, q, vec![choice.0.clone()]).await;
+        return;
+    }
     let cmd = Command::ElectLeader {
         queue: name.to_string(),
         new_leader: choice.0.clone(),
@@ -176,7 +190,7 @@ fn choose(
     let fresh: Vec<(String, u32, u64)> = q
         .replicas
         .iter()
-        .filter(|r| Some(r.as_str()) != q.leader.as_deref() && q.in_sync.contains(r))
+        .filter(|r| Some(r.as_str()) != q.leader.as_deref())
         .filter_map(|r| {
             let s = seen.get(r)?;
             if s.at <= decided {
