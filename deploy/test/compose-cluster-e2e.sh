@@ -36,67 +36,13 @@ Q=/var/lib/repliq/data/orders
 NODES=(repliq-1 repliq-2 repliq-3)
 export REPLIQ_HTTP_PORT_1=0 REPLIQ_HTTP_PORT_2=0 REPLIQ_HTTP_PORT_3=0
 
-if docker-compose version >/dev/null 2>&1; then
-    compose=(docker-compose)
-elif docker compose version >/dev/null 2>&1; then
-    compose=(docker compose)
-else
-    echo "FAIL: neither docker-compose nor docker compose found" >&2
-    exit 1
-fi
-dc() { "${compose[@]}" -p "$PROJECT" -f "$COMPOSE_FILE" "$@"; }
-
-passed=0
+# shellcheck source=deploy/test/compose-lib.sh
+source deploy/test/compose-lib.sh
 work=$(mktemp -d)
 t0=$SECONDS
-cleanup() {
-    local rc=$?
-    if [ "$rc" != 0 ]; then
-        echo "--- logs of the nodes (last 60 lines each)"
-        dc logs --no-color --tail=60 2>&1 || true
-    fi
-    dc down -v --remove-orphans -t 5 >/dev/null 2>&1 || true
-    rm -rf "$work"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-set -E
-trap 'echo "FAIL: line $LINENO: $BASH_COMMAND" >&2; echo "$passed passed, 1 failed"' ERR
 
-pass() { passed=$((passed + 1)); echo "PASS: $*"; }
-fail() {
-    echo "FAIL: $*" >&2
-    echo "$passed passed, 1 failed"
-    exit 1
-}
-note() { printf '  [%3ds] %s\n' "$((SECONDS - t0))" "$*"; }
-wait_for() {
-    local limit=$1 what=$2 deadline=$((SECONDS + $1))
-    shift 2
-    until "$@" >/dev/null 2>&1; do
-        [ "$SECONDS" -lt "$deadline" ] || fail "timed out after ${limit}s waiting for: $what"
-        sleep 0.2
-    done
-}
 now_ms() { date +%s%3N; }
 
-declare -A ids=()
-cid() { echo "${ids[$1]}"; }
-rq() {
-    local node=$1
-    shift
-    docker exec "$(cid "$node")" repliq "$@"
-}
-rq_in() {
-    local node=$1
-    shift
-    docker exec -i "$(cid "$node")" repliq "$@"
-}
-records() { rq "$1" tail "$Q" --format json; }
-count() { records "$1" | wc -l; }
-healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$(cid "$1")")" = healthy ]; }
-stopped() { [ "$(docker inspect -f '{{.State.Running}}' "$(cid "$1")")" = false ]; }
 # cluster_json NODE: the catalog as NODE serves it.
 cluster_json() { rq "$1" cluster status 127.0.0.1:8080 --json; }
 # formed NODE: NODE's catalog lists the three members, each with a report.
@@ -146,10 +92,7 @@ take_appends() { rq "$1" append "$Q" "$2"; }
 echo "compose cluster e2e: project $PROJECT, image $REPLIQ_IMAGE"
 docker image inspect "$REPLIQ_IMAGE" >/dev/null 2>&1 || fail "image $REPLIQ_IMAGE not found (build it first)"
 dc up -d >"$work/up.log" 2>&1 || { cat "$work/up.log" >&2; fail "docker-compose up"; }
-for n in "${NODES[@]}"; do
-    ids[$n]=$(dc ps -a -q "$n")
-    [ -n "${ids[$n]}" ] || fail "no container for $n"
-done
+read_ids "${NODES[@]}"
 for n in "${NODES[@]}"; do wait_for "$TIMEOUT" "$n healthy" healthy "$n"; done
 for n in "${NODES[@]}"; do wait_for "$TIMEOUT" "$n's catalog to list 3 reporting members" formed "$n"; done
 pass "cluster formed: 3 members in every node's catalog ($((SECONDS - t0)) s)"
@@ -216,7 +159,7 @@ seq -f 'before-cut-%06g' 1 100 | rq_in "$old" append "$Q"
 for n in "${NODES[@]}"; do
     [ "$n" = "$old" ] || wait_for "$TIMEOUT" "$n to hold $old's records" same_records "$old" "$n"
 done
-net=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}' "$(cid "$old")" | awk '{print $1}')
+net=$(network_of "$old")
 [ -n "$net" ] || fail "cannot find $old's network"
 docker network disconnect "$net" "$(cid "$old")" || fail "docker network disconnect"
 cut_at=$(now_ms)

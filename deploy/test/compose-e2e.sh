@@ -35,84 +35,16 @@ Q=/var/lib/repliq/data/orders  # the queue (compose.yaml: queue.names)
 # never collides with anything on the host.
 export REPLIQ_HTTP_PORT_1=0 REPLIQ_HTTP_PORT_2=0 REPLIQ_HTTP_PORT_3=0
 
-if docker-compose version >/dev/null 2>&1; then
-    compose=(docker-compose)
-elif docker compose version >/dev/null 2>&1; then
-    compose=(docker compose)
-else
-    echo "FAIL: neither docker-compose nor docker compose found" >&2
-    exit 1
-fi
-dc() { "${compose[@]}" -p "$PROJECT" -f "$COMPOSE_FILE" "$@"; }
-
-passed=0
-writer_pid=
+# shellcheck source=deploy/test/compose-lib.sh
+source deploy/test/compose-lib.sh
 work=$(mktemp -d)
 t0=$SECONDS
 
-cleanup() {
-    local rc=$?
-    if [ -n "$writer_pid" ]; then
-        kill "$writer_pid" "$(cat "$work/writer.pid" 2>/dev/null)" 2>/dev/null || true
-    fi
-    if [ "$rc" != 0 ]; then
-        echo "--- logs of the nodes (last 40 lines each)"
-        dc logs --no-color --tail=40 2>&1 || true
-    fi
-    dc down -v --remove-orphans -t 5 >/dev/null 2>&1 || true
-    rm -rf "$work"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-set -E
-trap 'echo "FAIL: line $LINENO: $BASH_COMMAND" >&2; echo "$passed passed, 1 failed"' ERR
-
-pass() { passed=$((passed + 1)); echo "PASS: $*"; }
-fail() {
-    echo "FAIL: $*" >&2
-    echo "$passed passed, 1 failed"
-    exit 1
-}
-note() { printf '  [%3ds] %s\n' "$((SECONDS - t0))" "$*"; }
-
-# wait_for SECONDS DESCRIPTION COMMAND...: polls COMMAND until it succeeds.
-wait_for() {
-    local limit=$1 what=$2 deadline=$((SECONDS + $1))
-    shift 2
-    until "$@" >/dev/null 2>&1; do
-        [ "$SECONDS" -lt "$deadline" ] || fail "timed out after ${limit}s waiting for: $what"
-        sleep 0.2
-    done
-}
-
-# Container ids by service, read once after `up` (they survive kill, stop
-# and start; docker-compose itself is slow to ask).
-declare -A ids=()
-cid() { echo "${ids[$1]}"; }
-# rq NODE ARGS...: runs the repliq CLI inside NODE's container;
-# rq_in reads standard input.
-rq() {
-    local node=$1
-    shift
-    docker exec "$(cid "$node")" repliq "$@"
-}
-rq_in() {
-    local node=$1
-    shift
-    docker exec -i "$(cid "$node")" repliq "$@"
-}
-# records NODE: the queue's records as JSON lines (id, epoch, len, payload).
-records() { rq "$1" tail "$Q" --format json; }
-count() { records "$1" | wc -l; }
 payloads() { records "$1" | sed -E 's/.*"payload":"([^"]*)".*/\1/'; }
 has_count() { [ "$(count "$1")" -eq "$2" ]; }
 has_at_least() { [ "$(count "$1")" -ge "$2" ]; }
 ready() { docker exec "$(cid "$1")" repliq-healthcheck /readyz; }
 not_ready() { ! ready "$1"; }
-healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$(cid "$1")")" = healthy ]; }
-running() { [ "$(docker inspect -f '{{.State.Running}}' "$(cid "$1")")" = true ]; }
-stopped() { ! running "$1"; }
 
 # same_as_primary NODE: NODE's records are exactly the primary's.
 same_as_primary() {
@@ -136,10 +68,7 @@ echo "compose e2e: project $PROJECT, image $REPLIQ_IMAGE"
 docker image inspect "$REPLIQ_IMAGE" >/dev/null 2>&1 || fail "image $REPLIQ_IMAGE not found (build it first)"
 
 dc up -d >"$work/up.log" 2>&1 || { cat "$work/up.log" >&2; fail "docker-compose up"; }
-for n in repliq-1 repliq-2 repliq-3; do
-    ids[$n]=$(dc ps -a -q "$n")
-    [ -n "${ids[$n]}" ] || fail "no container for $n"
-done
+read_ids repliq-1 repliq-2 repliq-3
 for n in repliq-1 repliq-2 repliq-3; do
     wait_for "$TIMEOUT" "$n healthy (HEALTHCHECK)" healthy "$n"
 done
@@ -203,7 +132,7 @@ wait_for "$TIMEOUT" "repliq-2 ready again" ready repliq-2
 
 # --- 3. a secondary cut off the network -------------------------------------
 echo "== 3. repliq-3 disconnected from the network, written to, reconnected"
-net=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}' "$(cid repliq-3)" | awk '{print $1}')
+net=$(network_of repliq-3)
 [ -n "$net" ] || fail "cannot find repliq-3's network"
 before=$(count repliq-3)
 docker network disconnect "$net" "$(cid repliq-3)" || fail "docker network disconnect"
