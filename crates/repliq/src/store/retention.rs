@@ -74,6 +74,8 @@ impl Store {
         let mut removed = 0;
         for k in low..target {
             let p = segment::segment_path(&inner.dir, k);
+            #[cfg(test)]
+            super::test_hooks::reached(super::test_hooks::Point::SegmentUnlink, &inner.dir, k);
             match std::fs::remove_file(&p) {
                 Ok(()) => removed += 1,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -19,6 +19,9 @@ pub(crate) enum Point {
     /// In `segment::sync_dir`, before the directory is fsynced (the argument
     /// is 0): after a file in it was created, renamed or unlinked.
     DirSync,
+    /// In retention, just before a segment file is unlinked (the argument
+    /// is the segment index).
+    SegmentUnlink,
 }
 
 type Hook = Arc<dyn Fn(Point, &Path, u64) + Send + Sync>;

@@ -354,3 +354,64 @@ fn a_missing_segment_fails_a_flush_and_never_blocks_closing_the_queue() {
         other => panic!("a flush over a missing segment gave {other:?}"),
     }
 }
+
+/// Retention moves the low mark before it unlinks a file: a reader that
+/// finds a segment file missing must already see the mark and get
+/// `NotRetained`, never wait for a file that will not come back. The hook
+/// looks at the shared low mark at the moment each file is about to go.
+#[test]
+fn retention_moves_the_low_mark_before_it_unlinks_a_segment() {
+    let _serial = test_hooks::serial();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("q");
+    let store = Store::open(
+        &dir,
+        &StoreOptions::create()
+            .segment_size(MIN_SEGMENT_SIZE)
+            .durability(Durability::None),
+    )
+    .expect("create the queue");
+    let payload = [7u8; 1000];
+    while store.geometry().segment_of(store.tail_position()) < 4 {
+        store.append(&payload).expect("append");
+    }
+    let own = dir.clone();
+    let observer = store.clone();
+    let seen = Arc::new(Mutex::new(Vec::<(u64, u64)>::new()));
+    let log = seen.clone();
+    let hook = test_hooks::install(move |point, at: &Path, index| {
+        if point == Point::SegmentUnlink && at == own.as_path() {
+            let low = observer.stats().low_segment;
+            log.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((index, low));
+        }
+    });
+    // A tailer left at the first record, in a segment retention removes.
+    let mut early = store.tailer();
+    let mut consumer = store.consumer();
+    while consumer.dequeue().expect("dequeue").is_some() {}
+    // The consumer runs retention as it passes segments; run it once more.
+    store.retain().expect("retain");
+    drop(hook);
+    let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert!(
+        seen.len() >= 3,
+        "retention removed too few segments: {seen:?}"
+    );
+    assert!(
+        !segment::segment_path(&dir, 0).exists(),
+        "segment 0 is gone"
+    );
+    for (index, low) in &seen {
+        assert!(
+            low > index,
+            "segment {index} was unlinked while the low mark was still {low}: {seen:?}"
+        );
+    }
+    // The reader left behind gets NotRetained at once.
+    match early.next() {
+        Err(StoreError::NotRetained { .. }) => {}
+        other => panic!("reading a deleted segment gave {other:?}, not NotRetained"),
+    }
+}
