@@ -73,8 +73,13 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// Three members `a`, `b`, `c`, started.
+    /// Three members `a`, `b`, `c`, started, replicating asynchronously.
     fn start(failover_timeout_ms: u64) -> Cluster {
+        Cluster::start_with(failover_timeout_ms, "async")
+    }
+
+    /// Three members `a`, `b`, `c` with `replication.mode: MODE`, started.
+    fn start_with(failover_timeout_ms: u64, mode: &str) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let names = ["a", "b", "c"];
         let ports: Vec<(u16, u16)> = names.iter().map(|_| (free_port(), free_port())).collect();
@@ -88,7 +93,7 @@ impl Cluster {
             let root = tmp.path().join(n);
             std::fs::create_dir_all(&root).unwrap();
             let cfg = format!(
-                "node:\n  name: {n}\nreplication:\n  mode: async\n  listen: 127.0.0.1:{r}\n  \
+                "node:\n  name: {n}\nreplication:\n  mode: {mode}\n  listen: 127.0.0.1:{r}\n  \
                  failover_timeout_ms: {failover_timeout_ms}\n  discovery:\n    method: static\n    \
                  peers:\n{peers}queue:\n  capacity: 100000\n  persistence:\n    path: {}\n\
                  http:\n  listen: 127.0.0.1:{h}\n",
@@ -619,6 +624,103 @@ fn a_leader_back_with_an_empty_data_directory_never_leads_and_every_record_survi
                         })
                 })
             })
+        })
+    });
+}
+
+/// `replication.mode: sync` in a cluster: a process that opens the queue with
+/// the founding API (no `with_replication`) and `repliq append` both return
+/// only once a replica holds the record, and fail within their timeout,
+/// never reporting success, when no replica can acknowledge. Before the
+/// daemon published its acknowledgement count in the control file, both
+/// returned at once and the appends below "succeeded" with the followers
+/// stopped.
+#[test]
+fn in_a_sync_cluster_founding_api_and_cli_appends_return_only_once_a_replica_holds_them() {
+    use repliq::{QueueError, RepliqQueue};
+    let mut c = Cluster::start_with(3000, "sync");
+    let a = c.node("a").queue("orders");
+    assert!(repliq(&["create"], &a).status.success());
+    c.wait("orders registered with a as leader", || {
+        c.catalog("a").is_some_and(|cat| {
+            cat["queues"].as_array().is_some_and(|qs| {
+                qs.iter()
+                    .any(|q| q["name"] == "orders" && q["leader"] == "a")
+            })
+        })
+    });
+    c.wait("a accepts appends as the leader", || {
+        append(&a, &["first"]).status.success()
+    });
+    let b = c.node("b").queue("orders");
+    let cq = c.node("c").queue("orders");
+    let on_a_replica = |payload: &str| {
+        [&b, &cq]
+            .iter()
+            .any(|d| records(d).iter().any(|r| r.2 == payload))
+    };
+    // Acknowledged means held by a replica at the moment append returns.
+    let out = append(&a, &["by-cli"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        on_a_replica("by-cli"),
+        "repliq append returned before a replica held the record"
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let q: RepliqQueue<String> = RepliqQueue::open(a.to_str().unwrap())
+        .unwrap()
+        .with_sync_timeout(std::time::Duration::from_millis(700));
+    rt.block_on(q.enqueue("by-api".to_string())).unwrap();
+    // The API's payload is postcard-encoded: look for the text inside it.
+    let api_on_replica = [&b, &cq]
+        .iter()
+        .any(|d| records(d).iter().any(|r| r.2.contains("by-api")));
+    assert!(
+        api_on_replica,
+        "enqueue returned before a replica held the record"
+    );
+
+    // Both followers stop: nothing can acknowledge. a's lease (1.5 s) still
+    // holds for a moment, so the appends land locally; they must not be
+    // reported as acknowledged.
+    c.node("b").signal("-STOP");
+    c.node("c").signal("-STOP");
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args(["append", "--sync-timeout", "500ms"])
+        .arg(&a)
+        .arg("lonely-cli")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let api = rt.block_on(q.enqueue("lonely-api".to_string()));
+    assert!(
+        matches!(api, Err(QueueError::Replication(_))),
+        "enqueue with no replica to acknowledge gave {api:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the failing appends took {:?}",
+        started.elapsed()
+    );
+    c.node("b").signal("-CONT");
+    c.node("c").signal("-CONT");
+    // Everything acknowledged survives on every member.
+    let dirs: Vec<PathBuf> = ["a", "b", "c"]
+        .iter()
+        .map(|n| c.node(n).queue("orders"))
+        .collect();
+    c.wait("every member holds the acknowledged records", || {
+        dirs.iter().all(|d| {
+            let r = records(d);
+            ["first", "by-cli"]
+                .iter()
+                .all(|p| r.iter().any(|x| x.2 == *p))
+                && r.iter().any(|x| x.2.contains("by-api"))
         })
     });
 }

@@ -400,6 +400,15 @@ fn killed_secondary_catches_up_without_gap_or_duplicate_in_sync_mode() {
         m.contains(r#"repliq_replication_mode{node="node-0",mode="sync"} 1"#),
         "{m}"
     );
+    // The primary publishes what a synchronous enqueue of any local process
+    // waits for: min_acks (1) replica acknowledgements.
+    let stat = Command::new(BIN).arg("stat").arg(&pq).output().unwrap();
+    let stat = String::from_utf8_lossy(&stat.stdout);
+    assert!(
+        stat.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["sync_acks", "1"]),
+        "{stat}"
+    );
 
     // The writer runs in three phases, each started by the test: while
     // node-1 replicates, while it is dead, and while it restarts and catches

@@ -350,6 +350,10 @@ fn open_primary_queue(cfg: &Config, name: &str) -> Result<Store, String> {
     // A static primary holds no lease (a deadline left by cluster mode would
     // stop its appends).
     s.set_lease_until(0);
+    s.set_sync_acks(match cfg.mode {
+        crate::config::Mode::Sync => u32::try_from(cfg.min_acks).unwrap_or(u32::MAX),
+        crate::config::Mode::Async => 0,
+    });
     s.set_role(repliq::store::Role::Primary);
     Ok(s)
 }

@@ -232,19 +232,29 @@ impl<T: Serialize + DeserializeOwned + Send + Sync> RepliqQueue<T> {
     /// In [`ReplicationMode::Synchronous`] mode this returns once the
     /// required secondaries acknowledged the record, or fails with
     /// [`QueueError::Replication`] after the sync timeout; the record then
-    /// stays in the log and is still replicated later.
+    /// stays in the log and is still replicated later. A queue that a
+    /// `repliq daemon` replicates synchronously (its `replication.mode:
+    /// sync`) gives the same guarantee without `with_replication`: the
+    /// leading daemon publishes the acknowledgements it needs in the control
+    /// file ([`Store::set_sync_acks`](crate::store::Store::set_sync_acks)).
     pub async fn enqueue(&self, item: T) -> Result<(), QueueError> {
         let (id, len) = self.append_item(&item)?;
         self.wait_for_acks(id, len).await
     }
 
     async fn wait_for_acks(&self, id: u64, len: usize) -> Result<(), QueueError> {
-        let Some(r) = &self.replication else {
-            return Ok(());
+        // Whose guarantee: this process's own replication, or else the one
+        // the daemon replicating the queue published in the control file.
+        let whose = match &self.replication {
+            Some(r) if r.mode != ReplicationMode::Synchronous || r.min_acks == 0 => return Ok(()),
+            Some(r) => format!("{} of {} secondaries", r.min_acks, r.secondaries.len()),
+            None => match self.store.sync_acks() {
+                0 => return Ok(()),
+                n => format!(
+                    "{n} replica(s) besides the leader (the queue is replicated synchronously by its daemon)"
+                ),
+            },
         };
-        if r.mode != ReplicationMode::Synchronous || r.min_acks == 0 {
-            return Ok(());
-        }
         let end = sync::record_end(&self.store, id, len);
         let started = std::time::Instant::now();
         let waited = sync::wait_replicated(&self.store, end, self.sync_timeout).await;
@@ -253,9 +263,7 @@ impl<T: Serialize + DeserializeOwned + Send + Sync> RepliqQueue<T> {
         match waited {
             Ok(()) => Ok(()),
             Err(ReplicationError::Timeout(_)) => Err(QueueError::Replication(format!(
-                "not acknowledged by {} of {} secondaries within {:?}; the record (id {id}) stays in the log",
-                r.min_acks,
-                r.secondaries.len(),
+                "not acknowledged by {whose} within {:?}; the record (id {id}) stays in the log",
                 self.sync_timeout
             ))),
             Err(e) => Err(QueueError::Replication(e.to_string())),

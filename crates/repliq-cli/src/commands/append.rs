@@ -2,9 +2,12 @@
 
 use std::io::{BufRead, Read};
 use std::path::PathBuf;
+use std::time::Duration;
 
+use repliq::replication::sync;
 use repliq::store::{Durability, Store};
 
+use super::args;
 use super::exit::{CliError, CmdResult, OK};
 use super::output::Out;
 
@@ -24,12 +27,18 @@ pub struct AppendArgs {
     /// Print the id of each appended message, one per line.
     #[arg(long)]
     pub print_ids: bool,
+    /// On a queue its daemon replicates synchronously: how long to wait for
+    /// the replicas' acknowledgements of the last message before exiting 1
+    /// (500ms, 2s, 1m). The messages stay in the log either way.
+    #[arg(long, value_parser = args::parse_duration, value_name = "DURATION", default_value = "5s")]
+    pub sync_timeout: Duration,
 }
 
 pub fn run(a: AppendArgs) -> CmdResult {
     let store = super::open_existing(&a.dir)?;
     let mut out = Out::stdout();
     let mut n = 0u64;
+    let mut last: Option<(u64, usize)> = None;
     let mut put = |payload: &[u8], out: &mut Out| -> Result<(), CliError> {
         let id = store.append(payload).map_err(|e| {
             if n > 0 {
@@ -42,6 +51,7 @@ pub fn run(a: AppendArgs) -> CmdResult {
             }
         })?;
         n += 1;
+        last = Some((id, payload.len()));
         if a.print_ids {
             out.line(&id.to_string())?;
         }
@@ -99,7 +109,29 @@ pub fn run(a: AppendArgs) -> CmdResult {
     finish(&store)?;
     r?;
     flushed?;
+    if let Some((id, len)) = last {
+        acknowledged(&store, id, len, a.sync_timeout)?;
+    }
     Ok(OK)
+}
+
+/// On a queue its daemon replicates synchronously (the control file says how
+/// many acknowledgements), waits until the replicas acknowledged the record
+/// `id` (and so every record before it), as the founding API's `enqueue`
+/// does.
+fn acknowledged(store: &Store, id: u64, len: usize, timeout: Duration) -> Result<(), CliError> {
+    let acks = store.sync_acks();
+    if acks == 0 {
+        return Ok(());
+    }
+    let end = sync::record_end(store, id, len);
+    sync::wait_replicated_blocking(store, end, timeout).map_err(|e| CliError::Coded {
+        msg: format!(
+            "appended up to id {id}, but not acknowledged by {acks} replica(s) besides the \
+             leader: {e}; the messages stay in the log"
+        ),
+        code: 1,
+    })
 }
 
 /// Pushes what was appended to disk unless the queue is in `none` durability.

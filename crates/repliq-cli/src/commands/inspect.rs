@@ -305,6 +305,7 @@ pub fn dump(a: DumpArgs) -> CmdResult {
             .put("epoch", st.epoch)
             .put("role", role.as_str())
             .put("replicated", st.replicated)
+            .put("sync_acks", store.sync_acks())
             .put("low_segment", st.low_segment)
             .put("first_id", first)
             .put("unblocked", st.unblocked)
@@ -346,6 +347,7 @@ pub fn dump(a: DumpArgs) -> CmdResult {
             ("epoch", st.epoch.to_string()),
             ("role", role.clone()),
             ("replicated", st.replicated.to_string()),
+            ("sync_acks", store.sync_acks().to_string()),
             ("low_segment", st.low_segment.to_string()),
             ("first_id", first.to_string()),
             ("unblocked", st.unblocked.to_string()),
@@ -436,6 +438,7 @@ pub fn stat(a: StatArgs) -> CmdResult {
             .put("committed", st.committed)
             .put("flushed", st.flushed)
             .put("replicated", st.replicated)
+            .put("sync_acks", store.sync_acks())
             .put("epoch", st.epoch)
             .put("segments", segs.len())
             .put("low_segment", st.low_segment)
@@ -463,6 +466,7 @@ pub fn stat(a: StatArgs) -> CmdResult {
             ("committed", st.committed.to_string()),
             ("flushed", st.flushed.to_string()),
             ("replicated", st.replicated.to_string()),
+            ("sync_acks", store.sync_acks().to_string()),
             ("epoch", st.epoch.to_string()),
             ("segments", segs.len().to_string()),
             ("low_segment", st.low_segment.to_string()),

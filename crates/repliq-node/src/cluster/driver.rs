@@ -111,12 +111,12 @@ async fn drive(shared: Arc<Shared>, catalog: Arc<Catalog>, lease: Arc<Lease>, na
             }
             return;
         };
-        let changed = q.leader.lock().is_ok_and(|mut l| {
-            let changed = *l != e.leader;
-            *l = e.leader.clone();
-            changed
-        });
-        if changed || hinted != Some(e.epoch) {
+        if let Ok(mut l) = q.leader.lock() {
+            l.clone_from(&e.leader);
+        }
+        // Every change of leader comes with a new epoch (a leader removed
+        // keeps the epoch but leaves no one to name).
+        if hinted != Some(e.epoch) {
             // The hint a refused local append quotes (the leader to go to).
             if let (Some(l), Some(s)) = (&e.leader, q.store()) {
                 match s.set_leader_hint(l, e.epoch) {
@@ -272,6 +272,16 @@ fn lead(shared: &Shared, q: &QueueState, e: &QueueEntry, lease: &Lease) -> Resul
     // even if this daemon stops renewing it (SIGSTOP, a crash).
     if let Some(until) = lease.deadline_ns() {
         s.set_lease_until(until);
+    }
+    // What a synchronous enqueue of the founding API waits for here.
+    let acks = match e.settings.mode {
+        repliq_catalog::ReplicationMode::Sync => {
+            u32::try_from(shared.cfg.min_acks).unwrap_or(u32::MAX)
+        }
+        repliq_catalog::ReplicationMode::Async => 0,
+    };
+    if s.sync_acks() != acks {
+        s.set_sync_acks(acks);
     }
     if s.role() != Role::Primary {
         s.set_read_only(false);

@@ -36,9 +36,26 @@ pub async fn wait_replicated(
     tokio::time::timeout(timeout, ready)
         .await
         .map_err(|_| ReplicationError::Timeout("replication acknowledgements"))?;
-    // Acknowledged only while this node still leads the queue: a leader that
-    // lost its lease (role flipped) may already have been replaced, and the
-    // new leader was chosen from replicas' positions as of then.
+    still_leading(store)
+}
+
+/// [`wait_replicated`] for a caller without a runtime (the CLI): sleeps on
+/// the queue's shared futex, which acknowledgements wake.
+pub fn wait_replicated_blocking(
+    store: &Store,
+    end: u64,
+    timeout: Duration,
+) -> Result<(), ReplicationError> {
+    if !store.wait_until(Some(timeout), || replicated(store) >= end) {
+        return Err(ReplicationError::Timeout("replication acknowledgements"));
+    }
+    still_leading(store)
+}
+
+/// Acknowledged only while this node still leads the queue: a leader that
+/// lost its lease (role flipped) may already have been replaced, and the
+/// new leader was chosen from replicas' positions as of then.
+fn still_leading(store: &Store) -> Result<(), ReplicationError> {
     if !store.takes_appends() {
         return Err(ReplicationError::Refused(format!(
             "this node stopped leading the queue (role {}) before the record was \

@@ -322,6 +322,12 @@ impl Control {
         self.u64_at(CTL_LEASE_UNTIL_OFF)
     }
 
+    /// Secondary acknowledgements a daemon-replicated synchronous enqueue
+    /// waits for (0: none).
+    pub(crate) fn sync_acks(&self) -> &AtomicU32 {
+        self.u32_at(CTL_SYNC_ACKS_OFF)
+    }
+
     /// Replicated (quorum) watermark.
     pub(crate) fn replicated(&self) -> &AtomicU64 {
         self.u64_at(CTL_REPLICATED_OFF)

@@ -232,6 +232,14 @@ pub const CTL_REPLICATED_OFF: usize = 520;
 /// the catalog can elect another leader (the failover timeout is twice the
 /// lease; the coarse clock lags the fine one by at most a tick).
 pub const CTL_LEASE_UNTIL_OFF: usize = 528;
+/// Control: the secondary acknowledgements a synchronous `enqueue` of the
+/// founding API waits for when the queue is replicated by a daemon (atomic
+/// u32; 0: none, as for a standalone queue or asynchronous replication).
+/// Written by the daemon that leads the queue, from the queue's replication
+/// mode (`min_insync - 1` in a cluster, `min_acks` with a static primary).
+/// A process that replicates the queue itself (`with_replication`) uses its
+/// own setting instead.
+pub const CTL_SYNC_ACKS_OFF: usize = 536;
 /// Control: index of the oldest segment still on disk (atomic u64).
 pub const CTL_LOW_SEGMENT_OFF: usize = 640;
 /// Control: number of stuck frames turned into padding (atomic u64).

@@ -407,6 +407,33 @@ impl Store {
         self.inner.ctl.lease_until().store(monotonic_ns, Release);
     }
 
+    /// Sets how many secondary acknowledgements a synchronous `enqueue` of
+    /// the founding API waits for on this queue (0: none). Written by the
+    /// daemon that leads a replicated queue; an application that opens the
+    /// queue without `with_replication` then gets the daemon's guarantee:
+    /// `enqueue` returns once the replicated watermark covers the record, or
+    /// fails after its timeout. See
+    /// [`CTL_SYNC_ACKS_OFF`](layout::CTL_SYNC_ACKS_OFF).
+    ///
+    /// ```
+    /// use repliq::store::{Store, StoreOptions};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path().join("q"), &StoreOptions::create())?;
+    /// assert_eq!(store.sync_acks(), 0);
+    /// store.set_sync_acks(1);
+    /// assert_eq!(store.sync_acks(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_sync_acks(&self, acks: u32) {
+        self.inner.ctl.sync_acks().store(acks, Release);
+    }
+
+    /// The secondary acknowledgements a daemon-replicated synchronous
+    /// enqueue waits for (0: none); see [`Store::set_sync_acks`].
+    pub fn sync_acks(&self) -> u32 {
+        self.inner.ctl.sync_acks().load(Acquire)
+    }
+
     /// Records which node leads this queue (a hint for error messages:
     /// a refused append on a replica names it). Written by the cluster
     /// daemon whenever the catalog's leader changes.
