@@ -724,3 +724,59 @@ fn in_a_sync_cluster_founding_api_and_cli_appends_return_only_once_a_replica_hol
         })
     });
 }
+
+/// The in-sync set as member `asked` sees it for queue `q`, sorted.
+fn in_sync(c: &Cluster, asked: &str, q: &str) -> Option<Vec<String>> {
+    let cat = c.catalog(asked)?;
+    let entry = cat["queues"]
+        .as_array()?
+        .iter()
+        .find(|x| x["name"] == q)?
+        .clone();
+    let mut v: Vec<String> = entry["replicas"]
+        .as_array()?
+        .iter()
+        .filter(|r| r["in_sync"] == true)
+        .filter_map(|r| r["node"].as_str().map(String::from))
+        .collect();
+    v.sort();
+    Some(v)
+}
+
+/// A follower that dies leaves the queue's in-sync set once it has been
+/// behind the leader for the failover timeout (Kafka's
+/// `replica.lag.time.max.ms`), and comes back once it has caught up after a
+/// restart; the leader never leaves. Before the in-sync set followed the
+/// reports, every replica stayed in it for good.
+#[test]
+fn a_dead_follower_leaves_the_in_sync_set_and_comes_back_once_caught_up() {
+    let mut c = Cluster::start(1500);
+    let a = c.node("a").queue("orders");
+    assert!(repliq(&["create"], &a).status.success());
+    c.wait("every replica in sync", || {
+        in_sync(&c, "a", "orders").is_some_and(|v| v == ["a", "b", "c"])
+    });
+    c.wait("a accepts appends", || {
+        append(&a, &["before"]).status.success()
+    });
+    c.node("c").kill();
+    c.wait("c out of the in-sync set", || {
+        in_sync(&c, "a", "orders").is_some_and(|v| v == ["a", "b"])
+    });
+    let (_, metrics) = http_get(&c.node("a").http.clone(), "/metrics").unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("repliq_in_sync_replicas{")
+                && l.contains("orders")
+                && l.ends_with(" 2")),
+        "{metrics}"
+    );
+    assert!(append(&a, &["while-c-was-down"]).status.success());
+    c.node("c").start();
+    let cq = c.node("c").queue("orders");
+    c.wait("c caught up and back in the in-sync set", || {
+        in_sync(&c, "a", "orders").is_some_and(|v| v == ["a", "b", "c"])
+            && records(&cq).iter().any(|r| r.2 == "while-c-was-down")
+    });
+}

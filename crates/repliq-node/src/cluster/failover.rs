@@ -21,9 +21,10 @@
 //!    in-sync set is re-admitted first (the same proof covers it), then
 //!    elected.
 //!
-//! A replica outside the in-sync set (it came back with a lost directory,
-//! or an unclean election left it out) re-enters it once a report shows it
-//! holds the leader's last reported log.
+//! While a queue's leader reports, the in-sync set follows the replicas'
+//! reports ([`super::in_sync`]): a replica that has not held the leader's
+//! log within the failover timeout leaves it, and one whose report holds
+//! the leader's last reported log comes back.
 //!
 //! Every member notes report arrivals as it applies the catalog's log, so a
 //! newly elected catalog leader already knows when it last saw each report:
@@ -38,6 +39,8 @@ use std::time::{Duration, Instant};
 
 use repliq_catalog::{Catalog, CatalogState, Command, QueueEntry, Response};
 
+use super::in_sync::{self, Arrivals, InSync};
+
 /// What the catalog's leader knows of one member's reports.
 #[derive(Debug, Clone, Copy)]
 struct Seen {
@@ -50,6 +53,7 @@ pub async fn run(catalog: Arc<Catalog>, timeout: Duration, every: Duration) {
     let mut rx = catalog.subscribe();
     let mut seen: HashMap<String, Seen> = HashMap::new();
     let mut suspect: HashMap<String, Instant> = HashMap::new();
+    let mut in_sync = InSync::new(timeout);
     let watching = Instant::now();
     loop {
         let state = catalog.state();
@@ -73,11 +77,29 @@ pub async fn run(catalog: Arc<Catalog>, timeout: Duration, every: Duration) {
             }
         }
         if catalog.metrics().leader.as_deref() == Some(catalog.name()) {
+            let arrivals: Arrivals = seen.iter().map(|(n, s)| (n.clone(), s.at)).collect();
+            in_sync.retain(&state);
             for (name, q) in &state.queues {
-                check(&catalog, &state, &seen, &mut suspect, name, q, timeout).await;
+                let watch = Watch {
+                    seen: &seen,
+                    arrivals: &arrivals,
+                    timeout,
+                };
+                check(
+                    &catalog,
+                    &state,
+                    &watch,
+                    &mut suspect,
+                    &mut in_sync,
+                    name,
+                    q,
+                )
+                .await;
             }
         } else {
             suspect.clear();
+            // A catalog leader again later starts the count afresh.
+            in_sync = InSync::new(timeout);
         }
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
@@ -86,20 +108,30 @@ pub async fn run(catalog: Arc<Catalog>, timeout: Duration, every: Duration) {
     }
 }
 
+/// What the catalog's leader has seen of the members' reports.
+struct Watch<'a> {
+    seen: &'a HashMap<String, Seen>,
+    arrivals: &'a Arrivals,
+    timeout: Duration,
+}
+
 async fn check(
     catalog: &Catalog,
     state: &CatalogState,
-    seen: &HashMap<String, Seen>,
+    watch: &Watch<'_>,
     suspect: &mut HashMap<String, Instant>,
+    in_sync: &mut InSync,
     name: &str,
     q: &QueueEntry,
-    timeout: Duration,
 ) {
-    let alive = |n: &str| seen.get(n).is_some_and(|s| s.at.elapsed() < timeout);
+    let seen = watch.seen;
+    let alive = |n: &str| seen.get(n).is_some_and(|s| s.at.elapsed() < watch.timeout);
     let leader_ok = q.leader.as_deref().is_some_and(alive);
     if leader_ok {
         suspect.remove(name);
-        readmit(catalog, q, caught_up(state, q)).await;
+        if let Some(change) = in_sync.update(state, q, watch.arrivals, Instant::now()) {
+            set_in_sync(catalog, q, change).await;
+        }
         return;
     }
     let decided = *suspect.entry(name.to_string()).or_insert_with(|| {
@@ -135,28 +167,6 @@ async fn check(
     }
 }
 
-/// The replicas outside the in-sync set (one that lost its directory, or
-/// left behind by an unclean election) whose last report shows they hold
-/// what the leader last reported: the same epoch for their last record, and
-/// at least the leader's tail.
-fn caught_up(state: &CatalogState, q: &QueueEntry) -> Vec<String> {
-    let (Some(leader), Some(p)) = (q.leader.as_deref(), state.progress.get(&q.name)) else {
-        return Vec::new();
-    };
-    let Some(lp) = p.get(leader) else {
-        return Vec::new();
-    };
-    q.replicas
-        .iter()
-        .filter(|r| r.as_str() != leader && !q.in_sync.contains(r))
-        .filter(|r| {
-            p.get(r.as_str())
-                .is_some_and(|rp| rp.epoch == lp.epoch && rp.tail >= lp.tail)
-        })
-        .cloned()
-        .collect()
-}
-
 /// Adds `back` to the queue's in-sync set (compare-and-set on the epoch).
 async fn readmit(catalog: &Catalog, q: &QueueEntry, back: Vec<String>) {
     if back.is_empty() {
@@ -172,6 +182,28 @@ async fn readmit(catalog: &Catalog, q: &QueueEntry, back: Vec<String>) {
     match catalog.propose(cmd).await {
         Ok(Response::Queue(_)) => {
             tracing::info!(queue = %q.name, replicas = ?back, "caught up: back in the in-sync set")
+        }
+        Ok(other) => tracing::debug!(queue = %q.name, "in-sync update refused: {other:?}"),
+        Err(e) => tracing::debug!(queue = %q.name, "in-sync update failed: {e}"),
+    }
+}
+
+/// Proposes a change of the queue's in-sync set (compare-and-set on the
+/// epoch).
+async fn set_in_sync(catalog: &Catalog, q: &QueueEntry, change: in_sync::Change) {
+    let cmd = Command::SetInSync {
+        queue: q.name.clone(),
+        epoch: q.epoch,
+        in_sync: change.in_sync.clone(),
+    };
+    match catalog.propose(cmd).await {
+        Ok(Response::Queue(_)) => {
+            if !change.left.is_empty() {
+                tracing::warn!(queue = %q.name, replicas = ?change.left, in_sync = ?change.in_sync, "fell behind the leader for the failover timeout: out of the in-sync set");
+            }
+            if !change.joined.is_empty() {
+                tracing::info!(queue = %q.name, replicas = ?change.joined, "caught up: back in the in-sync set");
+            }
         }
         Ok(other) => tracing::debug!(queue = %q.name, "in-sync update refused: {other:?}"),
         Err(e) => tracing::debug!(queue = %q.name, "in-sync update failed: {e}"),
@@ -237,43 +269,6 @@ mod tests {
             },
             transfer_to: None,
         }
-    }
-
-    #[test]
-    fn a_replica_re_enters_the_in_sync_set_once_it_holds_the_leaders_reported_log() {
-        let mut q = entry();
-        q.in_sync = vec!["a".into(), "b".into()];
-        let mut state = CatalogState::default();
-        let mut p = std::collections::BTreeMap::new();
-        let at = |epoch, tail| Progress {
-            epoch,
-            tail,
-            seq: 1,
-        };
-        p.insert("a".to_string(), at(2, 900));
-        p.insert("c".to_string(), at(2, 400));
-        state.progress.insert("q".into(), p);
-        assert!(caught_up(&state, &q).is_empty(), "c is behind");
-        state
-            .progress
-            .get_mut("q")
-            .unwrap()
-            .insert("c".into(), at(1, 950));
-        assert!(
-            caught_up(&state, &q).is_empty(),
-            "c's last record is of an older epoch"
-        );
-        state
-            .progress
-            .get_mut("q")
-            .unwrap()
-            .insert("c".into(), at(2, 900));
-        assert_eq!(caught_up(&state, &q), vec!["c".to_string()]);
-        q.leader = None;
-        assert!(
-            caught_up(&state, &q).is_empty(),
-            "no leader to compare with"
-        );
     }
 
     #[test]

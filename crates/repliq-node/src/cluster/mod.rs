@@ -36,6 +36,7 @@
 
 pub mod driver;
 pub mod failover;
+pub mod in_sync;
 pub mod lease;
 pub mod registrar;
 pub mod report;
