@@ -217,22 +217,7 @@ pub fn reader(a: ReaderArgs) -> i32 {
     loop {
         match c.dequeue_with(|r| (r.id, r.epoch, decode_value(r.payload))) {
             Ok(Some((id, epoch, value))) => {
-                let e = Event {
-                    kind: EventType::Ok,
-                    f: OpFn::Dequeue,
-                    process: a.process,
-                    node: a.node.clone(),
-                    queue: a.queue.clone(),
-                    mode: Mode::Sync,
-                    value: value.unwrap_or(u64::MAX),
-                    group: Some(a.group.clone()),
-                    id: Some(id),
-                    epoch: Some(epoch),
-                    time_ns: now_ns(),
-                    error: value
-                        .is_none()
-                        .then(|| "payload is not a value".to_string()),
-                };
+                let e = read_event(a.process, &a.node, &a.queue, &a.group, id, epoch, value);
                 if !emit(&mut out, &e) {
                     return 1;
                 }
@@ -482,22 +467,7 @@ pub fn tail_reader(a: TailReaderArgs) -> i32 {
                     }
                     last = Some(id);
                     idle_after_stop = 0;
-                    let e = Event {
-                        kind: EventType::Ok,
-                        f: OpFn::Dequeue,
-                        process: a.process,
-                        node: a.node.clone(),
-                        queue: a.queue.clone(),
-                        mode: Mode::Sync,
-                        value: value.unwrap_or(u64::MAX),
-                        group: Some(group.clone()),
-                        id: Some(id),
-                        epoch: Some(epoch),
-                        time_ns: now_ns(),
-                        error: value
-                            .is_none()
-                            .then(|| "payload is not a value".to_string()),
-                    };
+                    let e = read_event(a.process, &a.node, &a.queue, &group, id, epoch, value);
                     if !emit(&mut out, &e) {
                         return 1;
                     }
@@ -518,5 +488,34 @@ pub fn tail_reader(a: TailReaderArgs) -> i32 {
                 }
             }
         }
+    }
+}
+
+/// The history event of a record `id` a reader of `group` took: its value,
+/// or an error if the payload is not one.
+fn read_event(
+    process: u64,
+    node: &str,
+    queue: &str,
+    group: &str,
+    id: u64,
+    epoch: u32,
+    value: Option<u64>,
+) -> Event {
+    Event {
+        kind: EventType::Ok,
+        f: OpFn::Dequeue,
+        process,
+        node: node.to_string(),
+        queue: queue.to_string(),
+        mode: Mode::Sync,
+        value: value.unwrap_or(u64::MAX),
+        group: Some(group.to_string()),
+        id: Some(id),
+        epoch: Some(epoch),
+        time_ns: now_ns(),
+        error: value
+            .is_none()
+            .then(|| "payload is not a value".to_string()),
     }
 }

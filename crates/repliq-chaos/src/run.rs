@@ -268,34 +268,9 @@ impl Run {
         if !self.cluster_mode {
             return self.spawn_static_writer(queue, mode);
         }
-        let process = self.next_process;
-        self.next_process += 1;
-        let log = self.c.log_file(&format!("client-{process}.log"))?;
-        let child = self
-            .c
-            .in_ns(node, &self.exe)
-            .arg("cluster-client")
-            .arg("--dir")
-            .arg(self.c.nodes[node].data.join(queue))
-            .args(["--queue", queue, "--node", &self.c.nodes[node].name])
-            .arg("--http")
-            .arg(self.c.http(node))
-            .arg("--process")
-            .arg(process.to_string())
-            .arg("--mode")
-            .arg(if mode == Mode::Sync { "sync" } else { "async" })
-            .arg("--rate")
-            .arg(self.rate.to_string())
-            .arg("--stop-file")
-            .arg(&self.stop_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start a client: {e}"))?;
-        let child = self.collect(child);
-        self.c.others.push(child);
-        Ok(self.c.others.len() - 1)
+        let (process, mut cmd) = self.writer_command(node, "cluster-client", queue, mode);
+        cmd.arg("--http").arg(self.c.http(node));
+        self.launch_writer(process, cmd)
     }
 
     /// A tailer of node `node`'s replica of `queue` (cluster mode).
@@ -353,31 +328,52 @@ impl Run {
     }
 
     fn spawn_static_writer(&mut self, queue: &str, mode: Mode) -> Result<usize, String> {
-        let process = self.next_process;
-        self.next_process += 1;
         let secs: Vec<String> = self.c.nodes[1..].iter().map(|n| n.name.clone()).collect();
-        let log = self.c.log_file(&format!("client-{process}.log"))?;
-        let child = self
-            .c
-            .in_ns(0, &self.exe)
-            .arg("client")
-            .arg("--dir")
-            .arg(self.c.nodes[0].data.join(queue))
-            .args(["--queue", queue, "--node", &self.c.nodes[0].name])
-            .arg("--secondaries")
+        let (process, mut cmd) = self.writer_command(0, "client", queue, mode);
+        cmd.arg("--secondaries")
             .arg(secs.join(","))
             .arg("--port")
             .arg((40000 + process).to_string())
+            .arg("--min-acks")
+            .arg(self.min_acks.to_string());
+        self.launch_writer(process, cmd)
+    }
+
+    /// The command line every writer shares (`sub` on node `node`), with its
+    /// process number.
+    fn writer_command(
+        &mut self,
+        node: usize,
+        sub: &str,
+        queue: &str,
+        mode: Mode,
+    ) -> (u64, std::process::Command) {
+        let process = self.next_process;
+        self.next_process += 1;
+        let mut cmd = self.c.in_ns(node, &self.exe);
+        cmd.arg(sub)
+            .arg("--dir")
+            .arg(self.c.nodes[node].data.join(queue))
+            .args(["--queue", queue, "--node", &self.c.nodes[node].name])
             .arg("--process")
             .arg(process.to_string())
             .arg("--mode")
             .arg(if mode == Mode::Sync { "sync" } else { "async" })
-            .arg("--min-acks")
-            .arg(self.min_acks.to_string())
             .arg("--rate")
             .arg(self.rate.to_string())
             .arg("--stop-file")
-            .arg(&self.stop_file)
+            .arg(&self.stop_file);
+        (process, cmd)
+    }
+
+    /// Starts a writer, collecting its history; returns its index.
+    fn launch_writer(
+        &mut self,
+        process: u64,
+        mut cmd: std::process::Command,
+    ) -> Result<usize, String> {
+        let log = self.c.log_file(&format!("client-{process}.log"))?;
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
