@@ -136,6 +136,18 @@ pub enum Command {
         /// `(queue, last epoch, tail)` for every queue it holds.
         progress: Vec<(String, u32, u64)>,
     },
+    /// Adds a member to a queue's replica set (a queue registered while
+    /// fewer members than its replication factor were known). The new
+    /// replica starts outside the in-sync set and copies the log from the
+    /// leader. Fenced by the epoch.
+    AddReplica {
+        /// Queue name.
+        queue: String,
+        /// The current epoch.
+        epoch: u32,
+        /// The member to add.
+        node: String,
+    },
 }
 
 /// Why the state machine refused a command.

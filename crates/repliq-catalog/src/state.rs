@@ -231,6 +231,16 @@ impl CatalogState {
                 q.in_sync = in_sync.clone();
                 Ok(Response::Queue(q.clone()))
             }
+            Command::AddReplica { queue, epoch, node } => {
+                if !self.members.contains_key(node) {
+                    return Err(Rejection::NoSuchMember(node.clone()));
+                }
+                let q = self.queue_at_epoch(queue, *epoch)?;
+                if !q.replicas.contains(node) {
+                    q.replicas.push(node.clone());
+                }
+                Ok(Response::Queue(q.clone()))
+            }
             Command::DeleteQueue { name } => {
                 self.queues.remove(name);
                 self.progress.remove(name);
@@ -365,6 +375,48 @@ mod tests {
         };
         assert_eq!(q.leader.as_deref(), Some("c"));
         assert_eq!(q.in_sync, vec!["c".to_string()]);
+    }
+
+    #[test]
+    fn add_replica_takes_a_member_outside_the_in_sync_set_once_and_is_fenced() {
+        let mut s = CatalogState::default();
+        let small = Command::CreateQueue {
+            name: "q".into(),
+            queue_id: 7,
+            replicas: vec!["a".into(), "b".into()],
+            leader: Some("a".into()),
+            settings: settings(),
+            start_pos: 0,
+        };
+        assert!(matches!(s.apply(&small), Response::Queue(_)));
+        let add = |node: &str, epoch: u32| Command::AddReplica {
+            queue: "q".into(),
+            epoch,
+            node: node.into(),
+        };
+        assert_eq!(
+            s.apply(&add("c", 1)),
+            Response::Rejected(Rejection::NoSuchMember("c".into())),
+            "only a member can be added"
+        );
+        s.apply(&Command::Join {
+            name: "c".into(),
+            addr: "c:1".into(),
+            incarnation: 1,
+        });
+        assert!(matches!(
+            s.apply(&add("c", 2)),
+            Response::Rejected(Rejection::StaleEpoch { .. })
+        ));
+        let Response::Queue(q) = s.apply(&add("c", 1)) else {
+            panic!("add failed")
+        };
+        assert_eq!(q.replicas, ["a", "b", "c"]);
+        assert!(!q.in_sync.contains(&"c".to_string()), "{q:?}");
+        let Response::Queue(q) = s.apply(&add("c", 1)) else {
+            panic!("a second add failed")
+        };
+        assert_eq!(q.replicas, ["a", "b", "c"], "added once");
     }
 
     #[test]

@@ -990,6 +990,26 @@ fn catalog_at(http: &str) -> Option<Value> {
     v.get("catalog").cloned().filter(|c| !c.is_null())
 }
 
+/// The founding ConfigMap, with what a loopback test must add: the
+/// addresses, the stub API server and its namespace, and a failover timeout
+/// a loaded machine never reaches.
+fn loopback_founding_config(stub: &Stub, data: &Path, ip: &str, port: u16, http: &str) -> String {
+    configmap_config()
+        .replace("/var/lib/repliq/data", &data.display().to_string())
+        .replace(
+            "  mode: async\n",
+            &format!("  mode: async\n  listen: {ip}:{port}\n  failover_timeout_ms: 30000\n"),
+        )
+        .replace(
+            "    label_selector: name=repliq\n",
+            &format!(
+                "    label_selector: name=repliq\n    namespace: {NS}\n    api_server: {}\n",
+                stub.url()
+            ),
+        )
+        + &format!("http:\n  listen: {http}\n")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_daemons_with_the_founding_config_form_one_cluster_and_replicate() {
     let stub = Stub::start().await;
@@ -1012,23 +1032,7 @@ async fn three_daemons_with_the_founding_config_form_one_cluster_and_replicate()
     for (n, ip) in names.iter().zip(ips) {
         let http = format!("127.0.0.1:{}", free_port());
         let path = dir.path().join(n).join("data");
-        // The founding ConfigMap, with what a loopback test must add: the
-        // addresses, the stub API server and its namespace, and a failover
-        // timeout a loaded machine never reaches.
-        let text = configmap_config()
-            .replace("/var/lib/repliq/data", &path.display().to_string())
-            .replace(
-                "  mode: async\n",
-                &format!("  mode: async\n  listen: {ip}:{port}\n  failover_timeout_ms: 30000\n"),
-            )
-            .replace(
-                "    label_selector: name=repliq\n",
-                &format!(
-                    "    label_selector: name=repliq\n    namespace: {NS}\n    api_server: {}\n",
-                    stub.url()
-                ),
-            )
-            + &format!("http:\n  listen: {http}\n");
+        let text = loopback_founding_config(&stub, &path, ip, port, &http);
         assert!(!text.contains("peers"), "{text}");
         assert!(!text.contains("primary"), "{text}");
         let cfg = dir.path().join(format!("{n}.yaml"));
@@ -1239,6 +1243,124 @@ async fn three_daemons_with_the_founding_config_form_one_cluster_and_replicate()
             "a restart initialized again: {}",
             d.log()
         );
+        assert_eq!(d.exited(), None, "{}", d.log());
+    }
+}
+
+/// A queue created while the cluster had two members (a DaemonSet of two
+/// nodes) has two replicas; once a third node joins (the DaemonSet grows),
+/// its leader adds it, the new replica copies the whole log and joins the
+/// in-sync set. Before, the queue kept two replicas for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_created_before_a_member_joined_gains_it_as_a_replica() {
+    let stub = Stub::start().await;
+    stub.state.lock().unwrap().desired = 2;
+    let names = ["node-a", "node-b", "node-c"];
+    let ips = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
+    for (n, ip) in names.iter().zip(ips).take(2) {
+        stub.put(repliq_pod(&format!("repliq-{n}"), n, Some(ip), true));
+    }
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemons = Vec::new();
+    let mut https = Vec::new();
+    let mut data = Vec::new();
+    let start = |k: usize| {
+        let n = names[k];
+        let http = format!("127.0.0.1:{}", free_port());
+        let path = dir.path().join(n).join("data");
+        let cfg = dir.path().join(format!("{n}.yaml"));
+        std::fs::write(
+            &cfg,
+            loopback_founding_config(&stub, &path, ips[k], port, &http),
+        )
+        .unwrap();
+        let d = Daemon::start(&cfg, n, dir.path().join(format!("{n}.log")));
+        (d, http, path)
+    };
+    for k in 0..2 {
+        let (d, http, path) = start(k);
+        daemons.push(d);
+        https.push(http);
+        data.push(path);
+    }
+    let replicas_at = |h: &str| -> Option<Vec<String>> {
+        let c = catalog_at(h)?;
+        let q = c["queues"]
+            .as_array()?
+            .iter()
+            .find(|q| q["name"] == "orders")?
+            .clone();
+        let mut v: Vec<String> = q["replicas"]
+            .as_array()?
+            .iter()
+            .filter_map(|r| r["node"].as_str().map(String::from))
+            .collect();
+        v.sort();
+        Some(v)
+    };
+    {
+        let all: Vec<&Daemon> = daemons.iter().collect();
+        wait_until("a two-member cluster", &all, || {
+            https.iter().all(|h| {
+                catalog_at(h).is_some_and(|c| c["members"].as_array().map_or(0, Vec::len) == 2)
+            })
+        })
+        .await;
+    }
+    let qb = data[1].join("orders");
+    let out = Command::new(BIN).arg("create").arg(&qb).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let h_b = https[1].clone();
+    {
+        let all: Vec<&Daemon> = daemons.iter().collect();
+        wait_until("orders registered with two replicas", &all, || {
+            replicas_at(&h_b).is_some_and(|r| r == ["node-a", "node-b"])
+        })
+        .await;
+        let mut appended = false;
+        wait_until("node-b takes appends", &all, || {
+            appended = appended
+                || Command::new(BIN)
+                    .arg("append")
+                    .arg(&qb)
+                    .args(["one", "two"])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+            appended
+        })
+        .await;
+    }
+
+    // The DaemonSet grows to a third node.
+    stub.state.lock().unwrap().desired = 3;
+    stub.put(repliq_pod("repliq-node-c", "node-c", Some(ips[2]), true));
+    let (d, _, path) = start(2);
+    daemons.push(d);
+    let qc = path.join("orders");
+    let expected = records(&qb);
+    assert_eq!(expected.len(), 2, "{expected:?}");
+    let all: Vec<&Daemon> = daemons.iter().collect();
+    wait_until("node-c added to orders' replicas", &all, || {
+        replicas_at(&h_b).is_some_and(|r| r == ["node-a", "node-b", "node-c"])
+    })
+    .await;
+    wait_until("node-c holds the whole log and is in sync", &all, || {
+        records(&qc) == expected
+            && catalog_at(&h_b).is_some_and(|c| {
+                c["queues"].as_array().is_some_and(|qs| {
+                    qs.iter().any(|q| {
+                        q["name"] == "orders"
+                            && q["replicas"]
+                                .as_array()
+                                .is_some_and(|rs| rs.iter().all(|r| r["in_sync"] == true))
+                    })
+                })
+            })
+    })
+    .await;
+    drop(all);
+    for d in &mut daemons {
         assert_eq!(d.exited(), None, "{}", d.log());
     }
 }

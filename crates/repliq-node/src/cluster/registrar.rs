@@ -19,6 +19,7 @@ pub async fn run(shared: Arc<Shared>, catalog: Arc<Catalog>, c: ClusterSettings,
         if let Err(e) = register_new(&shared, &catalog, &c).await {
             tracing::warn!("registering queues: {e}");
         }
+        grow(&shared, &catalog, &c).await;
     }
 }
 
@@ -81,12 +82,9 @@ async fn register_new(
             continue;
         }
         // Static: the configured peers. Discovered: the members in the
-        // catalog now (the factor is capped by how many there are).
-        let members: Vec<String> = if c.members.is_empty() {
-            catalog.state().members.keys().cloned().collect()
-        } else {
-            c.members.iter().map(|p| p.name.clone()).collect()
-        };
+        // catalog now (the factor is capped by how many there are; `grow`
+        // adds replicas as more members join).
+        let members = members(catalog, c);
         let factor = c.factor.min(members.len()).max(1);
         let qc = store.config();
         let settings = QueueSettings {
@@ -125,6 +123,54 @@ async fn register_new(
         }
     }
     Ok(())
+}
+
+/// The members a queue's replicas are chosen from: the static peers, or the
+/// members the catalog holds now (discovered).
+fn members(catalog: &Catalog, c: &ClusterSettings) -> Vec<String> {
+    if c.members.is_empty() {
+        catalog.state().members.keys().cloned().collect()
+    } else {
+        c.members.iter().map(|p| p.name.clone()).collect()
+    }
+}
+
+/// Brings the queues this node leads up to the replication factor: a queue
+/// registered while fewer members were known (discovery still finding them,
+/// a member added later) gains the next members in name order, one per
+/// pass. Each new replica copies the log from this node and joins the
+/// in-sync set once caught up.
+async fn grow(shared: &Shared, catalog: &Catalog, c: &ClusterSettings) {
+    let me = &shared.cfg.node_name;
+    let state = catalog.state();
+    let members = members(catalog, c);
+    let factor = c.factor.min(members.len()).max(1);
+    for q in state.queues.values() {
+        if q.leader.as_deref() != Some(me.as_str())
+            || q.transfer_to.is_some()
+            || q.replicas.len() >= factor
+        {
+            continue;
+        }
+        let Some(node) = replicas_for(me, &members, factor)
+            .into_iter()
+            .find(|n| !q.replicas.contains(n) && state.members.contains_key(n))
+        else {
+            continue;
+        };
+        let cmd = Command::AddReplica {
+            queue: q.name.clone(),
+            epoch: q.epoch,
+            node: node.clone(),
+        };
+        match catalog.propose(cmd).await {
+            Ok(Response::Queue(e)) => {
+                tracing::info!(queue = %q.name, %node, replicas = ?e.replicas, factor, "replica added: the queue had fewer than replication.factor")
+            }
+            Ok(other) => tracing::debug!(queue = %q.name, %node, "replica not added: {other:?}"),
+            Err(e) => tracing::debug!(queue = %q.name, %node, "replica not added: {e}"),
+        }
+    }
 }
 
 fn is_queue(dir: &std::path::Path) -> bool {
