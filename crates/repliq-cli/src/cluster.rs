@@ -140,32 +140,11 @@ pub fn run(a: ClusterArgs) -> i32 {
 /// `POST path` with an empty body; the answer's body, or an error with the
 /// daemon's reason.
 fn post(addr: &str, path: &str) -> Result<String, String> {
-    use std::io::{Read, Write};
-    use std::net::ToSocketAddrs;
-    let sa = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("{addr}: bad address: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{addr}: resolves to nothing"))?;
-    let mut c = std::net::TcpStream::connect_timeout(&sa, std::time::Duration::from_secs(2))
-        .map_err(|e| format!("{addr}: cannot connect: {e}"))?;
-    let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(30)));
-    write!(
-        c,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("{addr}: cannot send: {e}"))?;
-    let mut buf = Vec::new();
-    c.read_to_end(&mut buf)
-        .map_err(|e| format!("{addr}: cannot read: {e}"))?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{addr}: not an HTTP answer"))?;
-    match head.split(' ').nth(1) {
-        Some("200") => Ok(body.trim().to_string()),
-        Some(code) => Err(format!("{addr}: HTTP {code}: {}", body.trim())),
-        None => Err(format!("{addr}: not an HTTP answer")),
+    let (status, body) =
+        crate::http_client::request(addr, "POST", path, std::time::Duration::from_secs(30))?;
+    match status.as_str() {
+        "200" => Ok(body.trim().to_string()),
+        code => Err(format!("{addr}: HTTP {code}: {}", body.trim())),
     }
 }
 

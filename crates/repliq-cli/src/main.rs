@@ -6,6 +6,7 @@ mod commands;
 mod daemon;
 mod demo;
 mod demo_cluster;
+mod http_client;
 mod top;
 
 use clap::{Parser, Subcommand};

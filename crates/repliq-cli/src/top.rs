@@ -3,8 +3,7 @@
 //! role, health and link, and per queue the rates in and out, depth against
 //! capacity, enqueue p99, replication lag and disk use.
 
-use std::io::{IsTerminal, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -86,53 +85,11 @@ fn fetch(addr: &str) -> Result<(Value, Value), String> {
 
 /// `GET path` over HTTP/1.1 and parse the JSON body.
 pub(crate) fn get_json(addr: &str, path: &str) -> Result<Value, String> {
-    let sa = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("bad address: {e}"))?
-        .next()
-        .ok_or("bad address: resolves to nothing")?;
-    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2))
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("cannot send: {e}"))?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or("not an HTTP answer (is ADDR the daemon's http.listen?)")?;
-    let status = head.split(' ').nth(1).unwrap_or("?");
+    let (status, body) = crate::http_client::request(addr, "GET", path, Duration::from_secs(5))?;
     if status != "200" {
         return Err(format!("{path}: HTTP {status}"));
     }
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body).ok_or("malformed chunked answer")?
-    } else {
-        body.to_string()
-    };
     serde_json::from_str(&body).map_err(|e| format!("{path}: not JSON: {e}"))
-}
-
-/// Decodes an HTTP/1.1 chunked body.
-fn dechunk(mut s: &str) -> Option<String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = s.split_once("\r\n")?;
-        let n = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
-        if n == 0 {
-            return Some(out);
-        }
-        out.push_str(rest.get(..n)?);
-        s = rest.get(n..)?.strip_prefix("\r\n")?;
-    }
 }
 
 fn u(v: &Value) -> u64 {
@@ -283,12 +240,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dechunks_and_formats() {
-        assert_eq!(
-            dechunk("4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n").as_deref(),
-            Some("{\"a\":1}")
-        );
-        assert_eq!(dechunk("zz\r\n"), None);
+    fn formats() {
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(3 << 20), "3.0 MiB");
         assert_eq!(count(12_345.0), "12.3k");

@@ -115,6 +115,7 @@ struct RawHttp {
     listen: Option<String>,
     max_connections: Option<u64>,
     header_timeout_ms: Option<u64>,
+    auth_token_file: Option<String>,
 }
 
 /// Replication mode.
@@ -199,6 +200,10 @@ pub struct Config {
     pub http_max_connections: usize,
     /// Time a client has to send a request's headers (ms).
     pub http_header_timeout_ms: u64,
+    /// File holding the bearer token every HTTP endpoint but the probes
+    /// needs (`None`: no token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_auth_token_file: Option<PathBuf>,
     /// Capacity of queues created here, in messages.
     pub capacity: u64,
     /// Directory holding one directory per queue.
@@ -644,6 +649,17 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
             format!("{http_header_timeout_ms} is out of range 100..=600000"),
         ));
     }
+    let http_auth_token_file = match raw.http.auth_token_file {
+        None => None,
+        Some(p) if p.is_empty() => {
+            return Err(err("http.auth_token_file", "must not be empty".into()))
+        }
+        Some(p) => {
+            let p = PathBuf::from(p);
+            crate::http_auth::read_token(&p).map_err(|e| err("http.auth_token_file", e))?;
+            Some(p)
+        }
+    };
     let http_listen: SocketAddr = http_s.parse().map_err(|e| {
         err(
             "http.listen",
@@ -687,6 +703,7 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         http_listen,
         http_max_connections,
         http_header_timeout_ms,
+        http_auth_token_file,
         capacity,
         path,
         queue_names,

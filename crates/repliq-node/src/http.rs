@@ -21,13 +21,23 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let obs_cfg = shared.cfg.clone();
+    let token = match &obs_cfg.http_auth_token_file {
+        Some(p) => match crate::http_auth::Token::load(p) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // Checked when the configuration was read; gone since.
+                tracing::error!("http.auth_token_file: {e}; the HTTP server does not start");
+                return;
+            }
+        },
+        None => None,
+    };
     let obs = Observer::new(shared);
     let sampler = tokio::spawn(obs.clone().sample(stop.clone()));
-    let app = Router::new()
+    let reloader = token.clone().map(|t| tokio::spawn(t.reload()));
+    let mut app = Router::new()
         .route("/", get(dashboard::index))
         .route("/ui/{*file}", get(dashboard::asset))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/node", get(api::node))
         .route("/api/v1/cluster", get(api::cluster))
@@ -36,10 +46,23 @@ pub async fn serve(
             axum::routing::post(api::transfer),
         )
         .route("/api/v1/cluster/promote", axum::routing::post(api::promote))
-        .route("/api/v1/queues", get(api::queues))
+        .route("/api/v1/queues", get(api::queues));
+    if let Some(t) = token {
+        app = app.route_layer(axum::middleware::from_fn_with_state(
+            t,
+            crate::http_auth::require,
+        ));
+    }
+    // The probes stay open: the kubelet and Docker's health check send no token.
+    let app = app
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .with_state(obs);
     accept_loop(l, app, &obs_cfg, &mut stop).await;
     sampler.abort();
+    if let Some(r) = reloader {
+        r.abort();
+    }
 }
 
 /// Accepts HTTP/1.1 connections until `stop`: at most

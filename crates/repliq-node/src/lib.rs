@@ -32,6 +32,7 @@ pub mod cluster;
 pub mod config;
 mod discovery;
 mod http;
+pub mod http_auth;
 pub mod kubernetes;
 mod run;
 mod state;

@@ -24,13 +24,19 @@ pub fn free_port() -> u16 {
 /// `GET path` over HTTP/1.1: status, lower-cased head and body; `None` if
 /// nothing answers or the answer is not HTTP.
 pub fn http_get_full(addr: &str, path: &str) -> Option<(u16, String, String)> {
+    http_get_with(addr, path, "")
+}
+
+/// `GET path` with `headers` (each line ending in `\r\n`): status,
+/// lower-cased head and body.
+pub fn http_get_with(addr: &str, path: &str, headers: &str) -> Option<(u16, String, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     // A daemon answers in milliseconds; the bound only keeps a hung server
     // from hanging the test.
     s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
     )
     .ok()?;
     let mut buf = Vec::new();
