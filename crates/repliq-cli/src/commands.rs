@@ -1,4 +1,5 @@
-//! Queue commands: create, append, tail, dequeue, dump, stat, verify, completions.
+//! Queue commands: create, append, tail, dequeue, dump, stat, verify,
+//! peer-remove, completions.
 //!
 //! Every command returns an exit code; errors are printed on one line of
 //! standard error as `repliq: error: ...`. Codes and output formats are
@@ -11,6 +12,7 @@ mod exit;
 mod inspect;
 mod json;
 mod output;
+mod peers;
 mod read;
 
 use std::path::Path;
@@ -37,6 +39,9 @@ pub enum QueueCommand {
     Stat(inspect::StatArgs),
     /// Check every frame's CRC; exit 4 at the first damage.
     Verify(inspect::VerifyArgs),
+    /// Remove a replication peer's slot (a node gone for good): it stops
+    /// holding segments back.
+    PeerRemove(peers::PeerRemoveArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
 }
@@ -59,6 +64,7 @@ pub fn run(c: QueueCommand) -> i32 {
         QueueCommand::Dump(a) => inspect::dump(a),
         QueueCommand::Stat(a) => inspect::stat(a),
         QueueCommand::Verify(a) => inspect::verify(a),
+        QueueCommand::PeerRemove(a) => peers::remove(a),
         QueueCommand::Completions(a) => completions(a),
     };
     match r {

@@ -743,3 +743,72 @@ fn http_closes_slow_header_senders_and_connections_beyond_its_cap() {
         }
     }
 }
+
+/// The primary frees the slot of a secondary disconnected for longer than
+/// `replication.peer_expiry_ms` (its segments no longer held back); a
+/// secondary that comes back starts again and gets a slot. `repliq
+/// peer-remove` frees one at once, refusing a connected peer without
+/// `--force`.
+#[test]
+fn a_secondary_gone_longer_than_the_peer_expiry_loses_its_slot_and_peer_remove_frees_one() {
+    let mut c = cluster(2, "  peer_expiry_ms: 1500\n");
+    for n in &mut c.nodes {
+        n.start();
+    }
+    let pq = c.nodes[0].queue("orders");
+    let peers = |dir: &Path| -> Vec<String> {
+        open_ro(dir)
+            .map(|s| s.peer_links().into_iter().map(|l| l.node).collect())
+            .unwrap_or_default()
+    };
+    let connected = |dir: &Path| -> bool {
+        open_ro(dir).is_some_and(|s| {
+            s.peer_links()
+                .iter()
+                .any(|l| l.node == "node-1" && l.connected)
+        })
+    };
+    wait_for("node-1 connected", &c.nodes, || connected(&pq));
+    // Connected: never expires, and peer-remove refuses without --force.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(peers(&pq), ["node-1"], "a connected peer does not expire");
+    let out = Command::new(BIN)
+        .arg("peer-remove")
+        .arg(&pq)
+        .arg("node-1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--force"),
+        "{out:?}"
+    );
+    let out = Command::new(BIN)
+        .arg("peer-remove")
+        .arg(&pq)
+        .arg("nobody")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+
+    // node-1 dies: after the expiry its slot is gone.
+    c.nodes[1].kill9();
+    wait_for("node-1's slot expired", &c.nodes, || peers(&pq).is_empty());
+    assert!(
+        c.nodes[0].logs().contains("peer_expiry_ms"),
+        "{}",
+        c.nodes[0].logs()
+    );
+    // It comes back: a new slot, replication goes on.
+    c.nodes[1].start();
+    wait_for("node-1 connected again", &c.nodes, || connected(&pq));
+    // A forced removal of the connected peer.
+    let out = Command::new(BIN)
+        .args(["peer-remove", "--force"])
+        .arg(&pq)
+        .arg("node-1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "removed peer node-1");
+}

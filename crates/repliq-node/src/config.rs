@@ -72,6 +72,7 @@ struct RawReplication {
     failover_timeout_ms: Option<u64>,
     expected_members: Option<u64>,
     max_connections: Option<u64>,
+    peer_expiry_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -194,6 +195,9 @@ pub struct Config {
     /// Connections the replication port serves at once; more are closed
     /// as they arrive.
     pub max_connections: usize,
+    /// Idle time after which a disconnected replication peer's slot is
+    /// freed on the queues this node serves (ms; 0: never).
+    pub peer_expiry_ms: u64,
     /// HTTP listen address.
     pub http_listen: SocketAddr,
     /// HTTP connections served at once; more are closed as they arrive.
@@ -619,6 +623,13 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
             ))
         }
     };
+    let peer_expiry_ms = r.peer_expiry_ms.unwrap_or(3_600_000);
+    if peer_expiry_ms != 0 && peer_expiry_ms < 1000 {
+        return Err(err(
+            "replication.peer_expiry_ms",
+            format!("{peer_expiry_ms} is below 1000 (0 turns expiry off)"),
+        ));
+    }
     let heartbeat_ms = r.heartbeat_ms.unwrap_or(500);
     if heartbeat_ms == 0 || heartbeat_ms >= timeout_ms {
         return Err(err(
@@ -700,6 +711,7 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         timeout_ms,
         heartbeat_ms,
         max_connections,
+        peer_expiry_ms,
         http_listen,
         http_max_connections,
         http_header_timeout_ms,

@@ -34,6 +34,7 @@ mod discovery;
 mod http;
 pub mod http_auth;
 pub mod kubernetes;
+mod peer_expiry;
 mod run;
 mod state;
 // observability: /metrics, /api/v1, the dashboard

@@ -57,6 +57,7 @@ pub async fn run_until(cfg: Config, stop: impl Future<Output = ()>) -> Result<()
             .map_err(|e| format!("replication.listen {}: {e}", cfg.listen))?;
         tracing::info!(addr = %cfg.listen, "serving replication");
         tasks.push(tokio::spawn(accept_loop(l, shared.clone())));
+        tasks.push(tokio::spawn(crate::peer_expiry::run(shared.clone())));
     } else {
         let candidates = discovery::start(&cfg);
         for (name, q) in shared.queues() {
@@ -143,11 +144,10 @@ async fn run_cluster(
         .map_err(|e| format!("replication.listen {}: {e}", cfg.listen))?;
     // HTTP first: with discovered members, the node must be Ready (its
     // `/readyz`) to be found, and the catalog waits for discovery.
-    let mut tasks = vec![tokio::spawn(http::serve(
-        http_listener,
-        shared.clone(),
-        stop_rx.clone(),
-    ))];
+    let mut tasks = vec![
+        tokio::spawn(http::serve(http_listener, shared.clone(), stop_rx.clone())),
+        tokio::spawn(crate::peer_expiry::run(shared.clone())),
+    ];
     tokio::pin!(stop);
     let cluster = tokio::select! {
         c = crate::cluster::Cluster::start(shared.clone(), &c) => c?,

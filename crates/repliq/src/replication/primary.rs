@@ -168,7 +168,13 @@ pub(crate) async fn serve_session(
         let _ = send(&mut wr, &mut codec, &refuse(3, why.clone())).await;
         return Err(ReplicationError::Refused(why));
     }
-    let slot = store.peer_slot(&hello.node)?;
+    // The peer's slot, marked connected, its position reset to where this
+    // session starts (what the peer holds now).
+    let slot = store.attach_peer(&hello.node, start)?;
+    let _link = LinkState {
+        store: &store,
+        slot,
+    };
     let cfgq = store.config();
     let welcome = Message::Welcome(Welcome {
         version: protocol::PROTOCOL_VERSION,
@@ -182,7 +188,6 @@ pub(crate) async fn serve_session(
     });
     send(&mut wr, &mut codec, &welcome).await?;
     tracing::info!(peer = %hello.node, start, "secondary connected");
-    let _link = LinkState::connected(&store, slot);
 
     // The end of what this session has handed to the socket: a secondary
     // cannot hold more, so an Ack beyond it is forged (or a bug) and ends
@@ -295,18 +300,11 @@ fn ack_end(
     }
 }
 
-/// Keeps a peer slot's link state `connected` for as long as the session
-/// runs, whichever way it ends.
+/// Marks a peer slot's link disconnected when the session ends, whichever
+/// way it ends ([`Store::attach_peer`] marked it connected).
 struct LinkState<'a> {
     store: &'a Store,
     slot: usize,
-}
-
-impl<'a> LinkState<'a> {
-    fn connected(store: &'a Store, slot: usize) -> Self {
-        store.set_peer_link(slot, true);
-        LinkState { store, slot }
-    }
 }
 
 impl Drop for LinkState<'_> {

@@ -420,6 +420,10 @@ impl<'a> Slot<'a> {
     pub(crate) fn acked_at(&self) -> &'a AtomicU64 {
         self.ctl.u64_at(self.base + SLOT_ACKED_AT_OFF)
     }
+    /// A peer slot's time of its link state's last change (Unix ns).
+    pub(crate) fn link_at(&self) -> &'a AtomicU64 {
+        self.ctl.u64_at(self.base + SLOT_LINK_AT_OFF)
+    }
     /// The slot's name; empty if unreadable.
     pub(crate) fn name(&self) -> String {
         let len = (self.ctl.u32_at(self.base + SLOT_NAME_LEN_OFF).load(Acquire) as usize)

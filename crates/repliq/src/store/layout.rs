@@ -328,6 +328,11 @@ pub const SLOT_LINK_OFF: usize = 80;
 /// Peer slot: Unix time in nanoseconds of the peer's last acknowledgement
 /// (atomic u64).
 pub const SLOT_ACKED_AT_OFF: usize = 88;
+/// Peer slot: Unix time in nanoseconds of the link state's last change
+/// (atomic u64; 0: not recorded, as in files of older builds). Peer expiry
+/// counts a disconnected peer's idle time from the later of this and its
+/// last acknowledgement.
+pub const SLOT_LINK_AT_OFF: usize = 96;
 /// Link state: never seen since the slot was created.
 pub const LINK_UNKNOWN: u32 = 0;
 /// Link state: a replication session with the peer is established.

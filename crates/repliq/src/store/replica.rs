@@ -256,10 +256,117 @@ impl Store {
         let s = self.control().slot(CTL_PEERS_OFF, PEER_SLOT_LEN, slot);
         if connected {
             s.count().fetch_add(1, AcqRel);
-            s.link().store(LINK_CONNECTED, Release);
+            s.link().store(LINK_CONNECTED, SeqCst);
         } else {
-            s.link().store(LINK_DISCONNECTED, Release);
+            s.link().store(LINK_DISCONNECTED, SeqCst);
         }
+        s.link_at().store(unix_ns(), Release);
+    }
+
+    /// Starts a replication session with peer `node`: its slot (created at
+    /// the oldest retained position on first use), marked connected, with
+    /// its acknowledged position lowered to `position`, where the session
+    /// starts, if that is lower: the peer holds less than it once
+    /// acknowledged (it lost its disk, or cut a divergent suffix), so
+    /// retention must keep what it needs again. It is never raised here:
+    /// only an acknowledgement says what the peer holds durably. Safe against [`Store::expire_peers`] running in
+    /// another process: a slot freed between the lookup and the mark is
+    /// looked up again. End the session with `set_peer_link(slot, false)`.
+    pub fn attach_peer(&self, node: &str, position: u64) -> Result<usize> {
+        loop {
+            let slot = self.peer_slot(node)?;
+            self.set_peer_link(slot, true);
+            let s = self.control().slot(CTL_PEERS_OFF, PEER_SLOT_LEN, slot);
+            // SeqCst pairs with `expire_peers`: it takes the slot (state
+            // BUSY) before it reads the link; this marks the link before it
+            // reads the state. One of the two sees the other.
+            if s.state().load(SeqCst) == SLOT_ACTIVE && s.name() == node {
+                s.position().fetch_min(position, AcqRel);
+                return Ok(slot);
+            }
+        }
+    }
+
+    /// Frees the slots of peers disconnected for longer than `idle` (counted
+    /// from the later of their last acknowledgement and their last link
+    /// change), so that they stop holding segments back from retention and
+    /// stop taking one of the [`PEER_SLOTS`]. A connected peer is never
+    /// expired. Returns the names freed. A slot never stamped (an older
+    /// build's) is stamped now and expires `idle` later.
+    pub fn expire_peers(&self, idle: std::time::Duration) -> Result<Vec<String>> {
+        let idle_ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
+        let now = unix_ns();
+        let ctl = self.control();
+        let mut freed = Vec::new();
+        for i in 0..PEER_SLOTS {
+            let s = ctl.slot(CTL_PEERS_OFF, PEER_SLOT_LEN, i);
+            if s.state().load(Acquire) != SLOT_ACTIVE || s.link().load(SeqCst) == LINK_CONNECTED {
+                continue;
+            }
+            let since = s.acked_at().load(Acquire).max(s.link_at().load(Acquire));
+            if since == 0 {
+                s.link_at().store(now, Release);
+                continue;
+            }
+            if now.saturating_sub(since) <= idle_ns {
+                continue;
+            }
+            if let Some(name) = self.free_peer_slot(i, false)? {
+                freed.push(name);
+            }
+        }
+        if !freed.is_empty() {
+            self.retain_if_read()?;
+        }
+        Ok(freed)
+    }
+
+    /// Removes peer `node`'s slot (an operator's `repliq peer-remove`): it
+    /// stops holding segments back and frees its slot. Refused while the
+    /// peer is connected unless `force`. Returns false if there is no such
+    /// peer.
+    pub fn remove_peer(&self, node: &str, force: bool) -> Result<bool> {
+        let ctl = self.control();
+        let found = (0..PEER_SLOTS).find(|&i| {
+            let s = ctl.slot(CTL_PEERS_OFF, PEER_SLOT_LEN, i);
+            s.state().load(Acquire) == SLOT_ACTIVE && s.name() == node
+        });
+        let Some(i) = found else {
+            return Ok(false);
+        };
+        match self.free_peer_slot(i, force)? {
+            Some(_) => {
+                self.retain_if_read()?;
+                Ok(true)
+            }
+            None => Err(StoreError::InvalidConfig(format!(
+                "peer {node} is connected; stop it first or force the removal"
+            ))),
+        }
+    }
+
+    /// Frees peer slot `i` unless its peer is connected (or `force`), under
+    /// the directory lock. Returns the freed name.
+    fn free_peer_slot(&self, i: usize, force: bool) -> Result<Option<String>> {
+        let _lock = super::dir_lock::DirLock::take(self.dir())?;
+        let s = self.control().slot(CTL_PEERS_OFF, PEER_SLOT_LEN, i);
+        if s.state()
+            .compare_exchange(SLOT_ACTIVE, SLOT_BUSY, SeqCst, Relaxed)
+            .is_err()
+        {
+            return Ok(None);
+        }
+        if !force && s.link().load(SeqCst) == LINK_CONNECTED {
+            s.state().store(SLOT_ACTIVE, SeqCst);
+            return Ok(None);
+        }
+        let name = s.name();
+        s.link().store(LINK_UNKNOWN, Release);
+        s.acked_at().store(0, Release);
+        s.link_at().store(0, Release);
+        s.state().store(SLOT_FREE, SeqCst);
+        tracing::info!(queue = %self.dir().display(), peer = %name, "replication peer slot freed");
+        Ok(Some(name))
     }
 
     /// Every replication peer's link, as recorded in the control file.
