@@ -111,6 +111,50 @@ fn bad_configs_exit_2_naming_file_key_and_reason() {
             "replication.discovery.peers[0].address",
             "not an address",
         ),
+        (
+            // A name longer than a peer slot holds could never replicate.
+            "long-node.yaml",
+            format!("node:\n  name: {}\n{base}", "n".repeat(49)),
+            "node.name",
+            "1 to 48",
+        ),
+        (
+            "long-peer.yaml",
+            base.replace(
+                "method: kubernetes",
+                &format!(
+                    "method: static\n    peers:\n      - name: a\n        address: a:1\n      \
+                     - name: {}\n        address: b:1",
+                    "b".repeat(49)
+                ),
+            )
+            .replace("replication:\n", "replication:\n  primary: a\n"),
+            "replication.discovery.peers[1].name",
+            "1 to 48",
+        ),
+        (
+            // One secondary can never give two acknowledgements.
+            "min-acks.yaml",
+            base.replace(
+                "method: kubernetes",
+                "method: static\n    peers:\n      - name: a\n        address: a:1\n      \
+                 - name: b\n        address: b:1",
+            )
+            .replace("replication:\n", "replication:\n  primary: a\n  min_acks: 2\n"),
+            "replication.min_acks",
+            "more than the 1 peers",
+        ),
+        (
+            "min-acks-cluster.yaml",
+            base.replace(
+                "method: kubernetes",
+                "method: static\n    peers:\n      - name: a\n        address: a:1\n      \
+                 - name: b\n        address: b:1\n      - name: c\n        address: c:1",
+            )
+            .replace("replication:\n", "node:\n  name: a\nreplication:\n  min_acks: 3\n"),
+            "replication.min_acks",
+            "more than the 2 peers",
+        ),
     ];
     for (name, text, key, reason) in cases {
         let p = d.path().join(name);

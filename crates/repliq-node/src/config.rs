@@ -275,6 +275,12 @@ fn default_node_name() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
+/// True if `s` is a valid node name: a valid name that fits the 48 bytes a
+/// replication-peer slot holds (a longer name could never be replicated to).
+fn valid_node_name(s: &str) -> bool {
+    valid_name(s) && s.len() <= repliq::store::layout::SLOT_NAME_MAX
+}
+
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 200
@@ -314,10 +320,13 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         Some(n) => n,
         None => default_node_name(),
     };
-    if !valid_name(&node_name) {
+    if !valid_node_name(&node_name) {
         return Err(err(
             "node.name",
-            format!("{node_name:?} is not a valid node name (letters, digits, '-', '_', '.')"),
+            format!(
+                "{node_name:?} is not a valid node name (1 to {} letters, digits, '-', '_', '.')",
+                repliq::store::layout::SLOT_NAME_MAX
+            ),
         ));
     }
     let r = raw.replication;
@@ -356,10 +365,14 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
             let mut peers = Vec::new();
             for (i, p) in d.peers.unwrap_or_default().into_iter().enumerate() {
                 let key = format!("replication.discovery.peers[{i}]");
-                if !valid_name(&p.name) {
+                if !valid_node_name(&p.name) {
                     return Err(err(
                         &format!("{key}.name"),
-                        format!("{:?} is not a valid node name", p.name),
+                        format!(
+                            "{:?} is not a valid node name (1 to {} letters, digits, '-', '_', '.')",
+                            p.name,
+                            repliq::store::layout::SLOT_NAME_MAX
+                        ),
                     ));
                 }
                 if !valid_host_port(&p.address) {
@@ -446,10 +459,13 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
     };
     let primary = r.primary;
     if let Some(p) = &primary {
-        if !valid_name(p) {
+        if !valid_node_name(p) {
             return Err(err(
                 "replication.primary",
-                format!("{p:?} is not a valid node name"),
+                format!(
+                    "{p:?} is not a valid node name (1 to {} letters, digits, '-', '_', '.')",
+                    repliq::store::layout::SLOT_NAME_MAX
+                ),
             ));
         }
     }
@@ -600,6 +616,23 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
                 return Err(err(
                     "replication.min_acks",
                     format!("{n} is more than the 64 peers a queue tracks"),
+                ));
+            }
+            // What can acknowledge at most: the other replicas of a queue
+            // (cluster), the secondaries (static peers). Unknown with dns or
+            // kubernetes discovery and a fixed primary.
+            let most = match (&cluster, &discovery) {
+                (Some(c), _) => Some(c.factor.saturating_sub(1)),
+                (None, Discovery::Static { .. }) => Some(secondaries),
+                _ => None,
+            };
+            if let Some(m) = most.filter(|&m| n > m) {
+                return Err(err(
+                    "replication.min_acks",
+                    format!(
+                        "{n} is more than the {m} peers that can acknowledge (a synchronous \
+                         enqueue could never succeed)"
+                    ),
                 ));
             }
             n
