@@ -140,7 +140,10 @@ fn bad_configs_exit_2_naming_file_key_and_reason() {
                 "method: static\n    peers:\n      - name: a\n        address: a:1\n      \
                  - name: b\n        address: b:1",
             )
-            .replace("replication:\n", "replication:\n  primary: a\n  min_acks: 2\n"),
+            .replace(
+                "replication:\n",
+                "replication:\n  primary: a\n  min_acks: 2\n",
+            ),
             "replication.min_acks",
             "more than the 1 peers",
         ),
@@ -151,7 +154,10 @@ fn bad_configs_exit_2_naming_file_key_and_reason() {
                 "method: static\n    peers:\n      - name: a\n        address: a:1\n      \
                  - name: b\n        address: b:1\n      - name: c\n        address: c:1",
             )
-            .replace("replication:\n", "node:\n  name: a\nreplication:\n  min_acks: 3\n"),
+            .replace(
+                "replication:\n",
+                "node:\n  name: a\nreplication:\n  min_acks: 3\n",
+            ),
             "replication.min_acks",
             "more than the 2 peers",
         ),
@@ -854,5 +860,8 @@ fn a_secondary_gone_longer_than_the_peer_expiry_loses_its_slot_and_peer_remove_f
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "removed peer node-1");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "removed peer node-1"
+    );
 }
