@@ -145,6 +145,17 @@ impl Cluster {
         }
     }
 
+    /// Waits until member `asked`'s catalog lists queue `q` led by `leader`.
+    fn wait_led_by(&self, asked: &str, q: &str, leader: &str) {
+        self.wait(&format!("{q} registered with {leader} as leader"), || {
+            self.catalog(asked).is_some_and(|cat| {
+                cat["queues"]
+                    .as_array()
+                    .is_some_and(|qs| qs.iter().any(|x| x["name"] == q && x["leader"] == leader))
+            })
+        });
+    }
+
     /// The catalog as member `name` serves it in `/api/v1/cluster`.
     fn catalog(&self, name: &str) -> Option<serde_json::Value> {
         let n = self.nodes.iter().find(|n| n.name == name)?;
@@ -329,14 +340,7 @@ fn a_leader_cut_off_from_the_catalog_refuses_appends_once_its_lease_runs_out() {
     let mut c = Cluster::start(2000);
     let a = c.node("a").queue("orders");
     assert!(repliq(&["create"], &a).status.success());
-    c.wait("orders registered", || {
-        c.catalog("a").is_some_and(|cat| {
-            cat["queues"].as_array().is_some_and(|qs| {
-                qs.iter()
-                    .any(|q| q["name"] == "orders" && q["leader"] == "a")
-            })
-        })
-    });
+    c.wait_led_by("a", "orders", "a");
     c.wait("a accepts appends as the leader", || {
         append(&a, &["x"]).status.success()
     });
@@ -641,14 +645,7 @@ fn in_a_sync_cluster_founding_api_and_cli_appends_return_only_once_a_replica_hol
     let mut c = Cluster::start_with(3000, "sync");
     let a = c.node("a").queue("orders");
     assert!(repliq(&["create"], &a).status.success());
-    c.wait("orders registered with a as leader", || {
-        c.catalog("a").is_some_and(|cat| {
-            cat["queues"].as_array().is_some_and(|qs| {
-                qs.iter()
-                    .any(|q| q["name"] == "orders" && q["leader"] == "a")
-            })
-        })
-    });
+    c.wait_led_by("a", "orders", "a");
     c.wait("a accepts appends as the leader", || {
         append(&a, &["first"]).status.success()
     });

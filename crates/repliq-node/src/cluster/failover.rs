@@ -249,27 +249,9 @@ fn choose(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use repliq_catalog::{Durability, Progress, QueueSettings, ReplicationMode};
+    use repliq_catalog::Progress;
 
-    fn entry() -> QueueEntry {
-        QueueEntry {
-            name: "q".into(),
-            queue_id: 1,
-            replicas: vec!["a".into(), "b".into(), "c".into()],
-            leader: Some("a".into()),
-            epoch: 1,
-            epoch_history: vec![(1, 64)],
-            in_sync: vec!["a".into(), "b".into(), "c".into()],
-            settings: QueueSettings {
-                capacity: 10,
-                segment_size: 1 << 16,
-                durability: Durability::Batch,
-                mode: ReplicationMode::Sync,
-                min_insync: 2,
-            },
-            transfer_to: None,
-        }
-    }
+    use super::super::test_fixtures::entry;
 
     #[test]
     fn the_newest_freshly_reported_log_wins_and_stale_reports_do_not_count() {

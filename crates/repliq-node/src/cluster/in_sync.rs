@@ -179,27 +179,9 @@ pub fn holds_leaders_log(state: &CatalogState, q: &QueueEntry, r: &str) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use repliq_catalog::{Durability, Progress, QueueSettings, ReplicationMode};
+    use repliq_catalog::Progress;
 
-    fn entry() -> QueueEntry {
-        QueueEntry {
-            name: "q".into(),
-            queue_id: 1,
-            replicas: vec!["a".into(), "b".into(), "c".into()],
-            leader: Some("a".into()),
-            epoch: 2,
-            epoch_history: vec![(1, 64), (2, 500)],
-            in_sync: vec!["a".into(), "b".into(), "c".into()],
-            settings: QueueSettings {
-                capacity: 10,
-                segment_size: 1 << 16,
-                durability: Durability::Batch,
-                mode: ReplicationMode::Sync,
-                min_insync: 2,
-            },
-            transfer_to: None,
-        }
-    }
+    use super::super::test_fixtures::entry;
 
     /// Reports of `(node, epoch, tail, seq)`.
     fn report(state: &mut CatalogState, node: &str, epoch: u32, tail: u64, seq: u64) {

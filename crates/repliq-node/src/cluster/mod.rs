@@ -40,6 +40,8 @@ pub mod in_sync;
 pub mod lease;
 pub mod registrar;
 pub mod report;
+#[cfg(test)]
+mod test_fixtures;
 
 use std::sync::Arc;
 use std::time::Duration;
