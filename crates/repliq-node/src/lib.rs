@@ -35,6 +35,7 @@ mod http;
 pub mod kubernetes;
 mod run;
 mod state;
+pub mod tls;
 // observability: /metrics, /api/v1, the dashboard
 mod api;
 mod dashboard;
@@ -89,11 +90,13 @@ pub fn check_report(cfg: &Config) -> String {
     format!("{}# role: {role}\n", config::render(cfg))
 }
 
-/// Checks what can be checked before the node starts. With Kubernetes
+/// Checks what can be checked before the node starts. The TLS files must
+/// load (`tls.mode` `required` or `permissive`). With Kubernetes
 /// discovery, a secondary and a cluster member (no `replication.primary`)
 /// need an API server (configured, or in-cluster from the pod's service
 /// account).
 pub fn preflight(cfg: &Config) -> Result<(), String> {
+    tls::Tls::from_settings(&cfg.tls)?;
     if let config::Discovery::Kubernetes { api_server, .. } = &cfg.discovery {
         if !cfg.is_primary() {
             // The primary never talks to the API server; the others fail

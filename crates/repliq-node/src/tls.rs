@@ -1,0 +1,429 @@
+//! Mutual TLS on the replication port (rustls with the `ring` provider).
+//!
+//! * Both ends present a certificate that must chain to `tls.ca`.
+//! * Identity is checked after the handshake, against the member name a
+//!   peer claims: the `Hello`'s node name for replication, the sender of a
+//!   Raft RPC or a `Join` for the catalog, the member a node dials. A
+//!   certificate names a member when one of its SANs (a DNS name) is it.
+//! * ALPN tells the two protocols apart inside TLS ([`ALPN_REPLICATION`],
+//!   [`ALPN_CATALOG`]); in plain TCP the catalog's `RQCL` magic does.
+//! * The files are read again when their modification time, size or inode
+//!   changes (checked at each handshake): a rotated Kubernetes Secret is
+//!   used by the next connection without a restart. A rotation that fails
+//!   to load keeps the previous configuration and logs why.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig};
+use tokio::net::TcpStream;
+
+use crate::config::{TlsMode, TlsSettings};
+
+/// ALPN protocol of replication sessions.
+pub const ALPN_REPLICATION: &[u8] = b"repliq/1";
+/// ALPN protocol of catalog (Raft) connections.
+pub const ALPN_CATALOG: &[u8] = b"repliq-catalog/1";
+
+/// Which protocol a TLS connection carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// Replication sessions.
+    Replication,
+    /// The catalog's Raft RPCs.
+    Catalog,
+}
+
+/// True if `bytes` (the first three of a connection) start a TLS handshake
+/// record: content type 22, protocol major version 3. No plain replication
+/// session starts so: its first bytes are a little-endian frame length, and
+/// `16 03 0x` would declare more than the 64 KiB a `Hello` may take; the
+/// catalog's start with `RQCL`.
+pub fn is_tls_hello(bytes: &[u8]) -> bool {
+    matches!(bytes, [0x16, 0x03, 0x00..=0x04, ..])
+}
+
+/// Size, modification time and inode of the three files.
+type Stamp = [(Option<SystemTime>, u64, u64); 3];
+
+struct Loaded {
+    stamp: Stamp,
+    server: Arc<ServerConfig>,
+    replication: Arc<ClientConfig>,
+    catalog: Arc<ClientConfig>,
+}
+
+/// This node's TLS identity and trust, reloaded from the files as they
+/// change.
+pub struct Tls {
+    mode: TlsMode,
+    files: [PathBuf; 3],
+    loaded: Mutex<Arc<Loaded>>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("mode", &self.mode)
+            .field("files", &self.files)
+            .finish()
+    }
+}
+
+impl Tls {
+    /// Loads the files of `settings`; `None` when TLS is disabled. Errors
+    /// name the key and the file.
+    pub fn from_settings(settings: &TlsSettings) -> Result<Option<Arc<Tls>>, String> {
+        if settings.mode == TlsMode::Disabled {
+            return Ok(None);
+        }
+        let file = |key: &str, p: &Option<PathBuf>| {
+            p.clone()
+                .ok_or_else(|| format!("{key}: required with tls.mode {:?}", settings.mode))
+        };
+        let files = [
+            file("tls.cert", &settings.cert)?,
+            file("tls.key", &settings.key)?,
+            file("tls.ca", &settings.ca)?,
+        ];
+        let loaded = load(&files)?;
+        Ok(Some(Arc::new(Tls {
+            mode: settings.mode,
+            files,
+            loaded: Mutex::new(Arc::new(loaded)),
+        })))
+    }
+
+    /// The configured mode (never `Disabled`).
+    pub fn mode(&self) -> TlsMode {
+        self.mode
+    }
+
+    /// The current configuration, reloaded first if a file changed.
+    fn current(&self) -> Arc<Loaded> {
+        // A panic elsewhere while holding the lock leaves a sound value.
+        let mut g = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        let now = stamp(&self.files);
+        if now != g.stamp {
+            match load(&self.files) {
+                Ok(l) => {
+                    tracing::info!(cert = %self.files[0].display(), "tls: certificate files changed: reloaded");
+                    *g = Arc::new(l);
+                }
+                Err(e) => {
+                    // Half-written during a rotation, or wrong: keep the
+                    // previous configuration, try again at the next change
+                    // (or handshake, since the stamp is left as it was).
+                    tracing::warn!("tls: certificate files changed but cannot be loaded (the previous ones stay in use): {e}");
+                }
+            }
+        }
+        g.clone()
+    }
+
+    /// Completes the server side of a handshake on `tcp` (the peer must
+    /// present a certificate chaining to the CA); returns the stream and
+    /// the protocol the client asked for.
+    pub async fn accept(
+        &self,
+        tcp: TcpStream,
+    ) -> std::io::Result<(tokio_rustls::server::TlsStream<TcpStream>, Alpn)> {
+        let cfg = self.current().server.clone();
+        let s = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await?;
+        let alpn = match s.get_ref().1.alpn_protocol() {
+            Some(p) if p == ALPN_CATALOG => Alpn::Catalog,
+            _ => Alpn::Replication,
+        };
+        Ok((s, alpn))
+    }
+
+    /// Completes the client side of a handshake on `tcp` for `alpn`; with
+    /// `expect`, the server's certificate must name that member.
+    pub async fn connect(
+        &self,
+        tcp: TcpStream,
+        expect: Option<&str>,
+        alpn: Alpn,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let l = self.current();
+        let cfg = match alpn {
+            Alpn::Replication => l.replication.clone(),
+            Alpn::Catalog => l.catalog.clone(),
+        };
+        let sni = expect
+            .and_then(|n| ServerName::try_from(n.to_string()).ok())
+            .unwrap_or_else(|| {
+                ServerName::try_from("repliq").unwrap_or(ServerName::IpAddress(
+                    std::net::IpAddr::from([127, 0, 0, 1]).into(),
+                ))
+            });
+        let s = tokio_rustls::TlsConnector::from(cfg)
+            .connect(sni, tcp)
+            .await?;
+        if let Some(name) = expect {
+            let certs = s.get_ref().1.peer_certificates().unwrap_or(&[]);
+            if !certificate_names(certs, name) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "the peer's certificate does not name {name:?} (its SANs: {})",
+                        sans(certs).join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(s)
+    }
+
+    /// Connects to `addr` and completes a handshake (see [`Tls::connect`]).
+    pub async fn dial(
+        &self,
+        addr: &str,
+        expect: Option<&str>,
+        alpn: Alpn,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(addr).await?;
+        let _ = tcp.set_nodelay(true);
+        self.connect(tcp, expect, alpn).await
+    }
+}
+
+/// True if the end-entity certificate of `chain` names `name` in a SAN.
+pub fn certificate_names(chain: &[CertificateDer<'_>], name: &str) -> bool {
+    let Some(ee) = chain.first() else {
+        return false;
+    };
+    let Ok(sn) = ServerName::try_from(name) else {
+        return false;
+    };
+    let Ok(cert) = webpki::EndEntityCert::try_from(ee) else {
+        return false;
+    };
+    cert.verify_is_valid_for_subject_name(&sn).is_ok()
+}
+
+/// The DNS names of the end-entity certificate of `chain`, for messages.
+pub fn sans(chain: &[CertificateDer<'_>]) -> Vec<String> {
+    let Some(ee) = chain.first() else {
+        return vec!["no certificate".into()];
+    };
+    match webpki::EndEntityCert::try_from(ee) {
+        Ok(c) => c.valid_dns_names().map(str::to_string).collect::<Vec<_>>(),
+        Err(e) => vec![format!("unreadable certificate: {e}")],
+    }
+}
+
+/// A [`crate::config::TlsSettings`]-driven connector for the catalog.
+#[derive(Debug)]
+pub struct CatalogDialer(pub Arc<Tls>);
+
+impl repliq_catalog::network::Connector for CatalogDialer {
+    fn connect<'a>(
+        &'a self,
+        addr: &'a str,
+        name: Option<&'a str>,
+    ) -> repliq_catalog::network::ConnectFuture<'a> {
+        Box::pin(async move {
+            let s = self.0.dial(addr, name, Alpn::Catalog).await?;
+            Ok(Box::new(s) as repliq_catalog::network::BoxStream)
+        })
+    }
+}
+
+fn stamp(files: &[PathBuf; 3]) -> Stamp {
+    let one = |p: &Path| match std::fs::metadata(p) {
+        Ok(m) => {
+            use std::os::unix::fs::MetadataExt;
+            (m.modified().ok(), m.len(), m.ino())
+        }
+        Err(_) => (None, 0, 0),
+    };
+    [one(&files[0]), one(&files[1]), one(&files[2])]
+}
+
+fn load(files: &[PathBuf; 3]) -> Result<Loaded, String> {
+    let before = stamp(files);
+    let [cert_p, key_p, ca_p] = files;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_p)
+        .map_err(|e| format!("tls.cert {}: {e}", cert_p.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls.cert {}: {e}", cert_p.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "tls.cert {}: no CERTIFICATE in the file",
+            cert_p.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_p)
+        .map_err(|e| format!("tls.key {}: {e}", key_p.display()))?;
+    let mut roots = RootCertStore::empty();
+    let mut n = 0usize;
+    for c in CertificateDer::pem_file_iter(ca_p)
+        .map_err(|e| format!("tls.ca {}: {e}", ca_p.display()))?
+    {
+        let c = c.map_err(|e| format!("tls.ca {}: {e}", ca_p.display()))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("tls.ca {}: {e}", ca_p.display()))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(format!(
+            "tls.ca {}: no CERTIFICATE in the file",
+            ca_p.display()
+        ));
+    }
+    let roots = Arc::new(roots);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client_verifier =
+        WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| format!("tls.ca {}: {e}", ca_p.display()))?;
+    let mut server = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_client_cert_verifier(client_verifier)
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(|e| format!("tls.cert/tls.key {}: {e}", cert_p.display()))?;
+    server.alpn_protocols = vec![ALPN_REPLICATION.to_vec(), ALPN_CATALOG.to_vec()];
+    let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| format!("tls.ca {}: {e}", ca_p.display()))?;
+    let verifier = Arc::new(ChainOnly(server_verifier));
+    let client = |alpn: &[u8]| -> Result<Arc<ClientConfig>, String> {
+        let mut c = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("tls: {e}"))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_client_auth_cert(chain.clone(), key.clone_key())
+            .map_err(|e| format!("tls.cert/tls.key {}: {e}", cert_p.display()))?;
+        c.alpn_protocols = vec![alpn.to_vec()];
+        Ok(Arc::new(c))
+    };
+    Ok(Loaded {
+        // The stamp from before reading: a change while reading is seen
+        // at the next handshake.
+        stamp: before,
+        server: Arc::new(server),
+        replication: client(ALPN_REPLICATION)?,
+        catalog: client(ALPN_CATALOG)?,
+    })
+}
+
+/// Verifies the server's chain to the CA and its signatures, but not its
+/// name: which member a node expects is checked after the handshake (see
+/// [`Tls::connect`]), and a node dialing a discovered address does not
+/// know it yet.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            r => r,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// PEM files of a new certificate authority: `(certificate, private key)`.
+pub fn generate_ca(common_name: &str) -> Result<(String, String), String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| format!("cannot generate a key: {e}"))?;
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new())
+        .map_err(|e| format!("certificate parameters: {e}"))?;
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    p.not_before = rcgen::date_time_ymd(2025, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2045, 1, 1);
+    let cert = p
+        .self_signed(&key)
+        .map_err(|e| format!("cannot sign the CA certificate: {e}"))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// PEM files of a node certificate signed by the CA (`ca_cert_pem`,
+/// `ca_key_pem`), its SANs `names` (the node name first): `(certificate,
+/// private key)`. Usable as a server and as a client certificate.
+pub fn generate_node(
+    names: &[String],
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+) -> Result<(String, String), String> {
+    let ca_key = rcgen::KeyPair::from_pem(ca_key_pem).map_err(|e| format!("the CA key: {e}"))?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(ca_cert_pem, ca_key)
+        .map_err(|e| format!("the CA certificate: {e}"))?;
+    let key = rcgen::KeyPair::generate().map_err(|e| format!("cannot generate a key: {e}"))?;
+    let mut p = rcgen::CertificateParams::new(names.to_vec())
+        .map_err(|e| format!("a SAN is not a valid name: {e}"))?;
+    if let Some(n) = names.first() {
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, n.as_str());
+    }
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::DigitalSignature,
+        rcgen::KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    p.use_authority_key_identifier_extension = true;
+    // A random serial, so a re-issued certificate is told apart.
+    let mut serial = [0u8; 16];
+    getrandom::fill(&mut serial).map_err(|e| format!("no randomness: {e}"))?;
+    serial[0] &= 0x7f;
+    p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    p.not_before = rcgen::date_time_ymd(2025, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2035, 1, 1);
+    let cert = p
+        .signed_by(&key, &issuer)
+        .map_err(|e| format!("cannot sign the node certificate: {e}"))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
