@@ -642,4 +642,54 @@ fn a_three_member_cluster_over_mutual_tls_forms_and_replicates() {
         assert!(log.contains("mutual TLS required"), "{log}");
         assert!(!log.contains("TLS handshake refused"), "{log}");
     }
+
+    // The catalog checks the member a request claims against the
+    // certificate: mallory (signed by the CA) may ask who b is, but not
+    // propose b's Join.
+    issue(d.path(), "ca", "mallory", "mallory");
+    let dialer: repliq_catalog::network::Dialer =
+        Arc::new(repliq_node::tls::CatalogDialer(client(d.path(), "mallory")));
+    let (identify, join) = rt().block_on(async {
+        let mut c = repliq_catalog::network::PeerClient::with_dialer(
+            nodes[1].repl.clone(),
+            Some("b".into()),
+            dialer,
+        );
+        let identify = c
+            .call(
+                &repliq_catalog::wire::RpcRequest::Identify,
+                Duration::from_secs(10),
+            )
+            .await;
+        let join = c
+            .call(
+                &repliq_catalog::wire::RpcRequest::Propose(repliq_catalog::Command::Join {
+                    name: "b".into(),
+                    addr: "127.0.0.1:1".into(),
+                    incarnation: u64::MAX,
+                }),
+                Duration::from_secs(10),
+            )
+            .await;
+        (identify, join)
+    });
+    match identify {
+        Ok(repliq_catalog::wire::RpcReply::Identify(id)) => assert_eq!(id.name, "b"),
+        other => panic!("identify over TLS: {other:?}"),
+    }
+    assert!(
+        join.is_err(),
+        "a Join for b from mallory was answered: {join:?}"
+    );
+    wait("the catalog's refusal logged", &nodes, || {
+        nodes[1].logs().contains(
+            "catalog connection refused: identity refused: the peer's certificate does not name member \"b\"",
+        )
+    });
+    // b's member record is untouched on every member.
+    for n in &nodes {
+        let cat = catalog(n).unwrap().to_string();
+        assert!(!cat.contains("\"127.0.0.1:1\""), "{cat}");
+        assert!(!cat.contains(&u64::MAX.to_string()), "{cat}");
+    }
 }
