@@ -7,14 +7,15 @@
 //!   certificate names a member when one of its SANs (a DNS name) is it.
 //! * ALPN tells the two protocols apart inside TLS ([`ALPN_REPLICATION`],
 //!   [`ALPN_CATALOG`]); in plain TCP the catalog's `RQCL` magic does.
-//! * The files are read again when their modification time, size or inode
-//!   changes (checked at each handshake): a rotated Kubernetes Secret is
-//!   used by the next connection without a restart. A rotation that fails
-//!   to load keeps the previous configuration and logs why.
+//! * The three files are read at each new connection (a few KiB, next to a
+//!   handshake's signatures) and loaded again when their bytes changed: a
+//!   rotated Kubernetes Secret is used by the next connection without a
+//!   restart. Comparing bytes, not modification times, catches a rewrite
+//!   within the file system's timestamp granularity. A rotation that fails
+//!   to load keeps the previous configuration and logs why, once.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -49,8 +50,8 @@ pub fn is_tls_hello(bytes: &[u8]) -> bool {
     matches!(bytes, [0x16, 0x03, 0x00..=0x04, ..])
 }
 
-/// Size, modification time and inode of the three files.
-type Stamp = [(Option<SystemTime>, u64, u64); 3];
+/// The bytes of the three files (or why one could not be read).
+type Stamp = [Result<Vec<u8>, String>; 3];
 
 struct Loaded {
     stamp: Stamp,
@@ -64,7 +65,14 @@ struct Loaded {
 pub struct Tls {
     mode: TlsMode,
     files: [PathBuf; 3],
-    loaded: Mutex<Arc<Loaded>>,
+    loaded: Mutex<State>,
+}
+
+struct State {
+    current: Arc<Loaded>,
+    /// The stamp of files that failed to load (logged once, not retried
+    /// until they change again).
+    failed: Option<Stamp>,
 }
 
 impl std::fmt::Debug for Tls {
@@ -92,11 +100,14 @@ impl Tls {
             file("tls.key", &settings.key)?,
             file("tls.ca", &settings.ca)?,
         ];
-        let loaded = load(&files)?;
+        let loaded = load(&files, stamp(&files))?;
         Ok(Some(Arc::new(Tls {
             mode: settings.mode,
             files,
-            loaded: Mutex::new(Arc::new(loaded)),
+            loaded: Mutex::new(State {
+                current: Arc::new(loaded),
+                failed: None,
+            }),
         })))
     }
 
@@ -110,21 +121,22 @@ impl Tls {
         // A panic elsewhere while holding the lock leaves a sound value.
         let mut g = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         let now = stamp(&self.files);
-        if now != g.stamp {
-            match load(&self.files) {
+        if now != g.current.stamp && g.failed.as_ref() != Some(&now) {
+            match load(&self.files, now.clone()) {
                 Ok(l) => {
                     tracing::info!(cert = %self.files[0].display(), "tls: certificate files changed: reloaded");
-                    *g = Arc::new(l);
+                    g.current = Arc::new(l);
+                    g.failed = None;
                 }
                 Err(e) => {
                     // Half-written during a rotation, or wrong: keep the
-                    // previous configuration, try again at the next change
-                    // (or handshake, since the stamp is left as it was).
+                    // previous configuration until the files change again.
                     tracing::warn!("tls: certificate files changed but cannot be loaded (the previous ones stay in use): {e}");
+                    g.failed = Some(now);
                 }
             }
         }
-        g.clone()
+        g.current.clone()
     }
 
     /// Completes the server side of a handshake on `tcp` (the peer must
@@ -237,21 +249,24 @@ impl repliq_catalog::network::Connector for CatalogDialer {
 }
 
 fn stamp(files: &[PathBuf; 3]) -> Stamp {
-    let one = |p: &Path| match std::fs::metadata(p) {
-        Ok(m) => {
-            use std::os::unix::fs::MetadataExt;
-            (m.modified().ok(), m.len(), m.ino())
-        }
-        Err(_) => (None, 0, 0),
-    };
+    let one = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read: {e}"));
     [one(&files[0]), one(&files[1]), one(&files[2])]
 }
 
-fn load(files: &[PathBuf; 3]) -> Result<Loaded, String> {
-    let before = stamp(files);
+/// Builds the configurations from `bytes`, the contents of `files`.
+fn load(files: &[PathBuf; 3], bytes: Stamp) -> Result<Loaded, String> {
     let [cert_p, key_p, ca_p] = files;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_p)
-        .map_err(|e| format!("tls.cert {}: {e}", cert_p.display()))?
+    let [cert_b, key_b, ca_b] = &bytes;
+    let cert_b = cert_b
+        .as_ref()
+        .map_err(|e| format!("tls.cert {}: {e}", cert_p.display()))?;
+    let key_b = key_b
+        .as_ref()
+        .map_err(|e| format!("tls.key {}: {e}", key_p.display()))?;
+    let ca_b = ca_b
+        .as_ref()
+        .map_err(|e| format!("tls.ca {}: {e}", ca_p.display()))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_b)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("tls.cert {}: {e}", cert_p.display()))?;
     if chain.is_empty() {
@@ -260,13 +275,11 @@ fn load(files: &[PathBuf; 3]) -> Result<Loaded, String> {
             cert_p.display()
         ));
     }
-    let key = PrivateKeyDer::from_pem_file(key_p)
+    let key = PrivateKeyDer::from_pem_slice(key_b)
         .map_err(|e| format!("tls.key {}: {e}", key_p.display()))?;
     let mut roots = RootCertStore::empty();
     let mut n = 0usize;
-    for c in CertificateDer::pem_file_iter(ca_p)
-        .map_err(|e| format!("tls.ca {}: {e}", ca_p.display()))?
-    {
+    for c in CertificateDer::pem_slice_iter(ca_b) {
         let c = c.map_err(|e| format!("tls.ca {}: {e}", ca_p.display()))?;
         roots
             .add(c)
@@ -307,13 +320,13 @@ fn load(files: &[PathBuf; 3]) -> Result<Loaded, String> {
         c.alpn_protocols = vec![alpn.to_vec()];
         Ok(Arc::new(c))
     };
+    let replication = client(ALPN_REPLICATION)?;
+    let catalog = client(ALPN_CATALOG)?;
     Ok(Loaded {
-        // The stamp from before reading: a change while reading is seen
-        // at the next handshake.
-        stamp: before,
+        stamp: bytes,
         server: Arc::new(server),
-        replication: client(ALPN_REPLICATION)?,
-        catalog: client(ALPN_CATALOG)?,
+        replication,
+        catalog,
     })
 }
 
@@ -426,4 +439,88 @@ pub fn generate_node(
         .signed_by(&key, &issuer)
         .map_err(|e| format!("cannot sign the node certificate: {e}"))?;
     Ok((cert.pem(), key.serialize_pem()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_node(dir: &Path, name: &str, ca: &(String, String)) -> TlsSettings {
+        let (c, k) = generate_node(&[name.to_string()], &ca.0, &ca.1).expect("node cert");
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        std::fs::write(d.join("tls.crt"), c).expect("write");
+        std::fs::write(d.join("tls.key"), k).expect("write");
+        std::fs::write(d.join("ca.crt"), &ca.0).expect("write");
+        TlsSettings {
+            mode: TlsMode::Required,
+            cert: Some(d.join("tls.crt")),
+            key: Some(d.join("tls.key")),
+            ca: Some(d.join("ca.crt")),
+        }
+    }
+
+    #[test]
+    fn tls_records_are_told_from_plain_frames_and_rqcl() {
+        assert!(is_tls_hello(&[0x16, 0x03, 0x01]));
+        assert!(is_tls_hello(&[0x16, 0x03, 0x03, 0x00]));
+        assert!(!is_tls_hello(b"RQCL"));
+        // A plain Hello of 22 bytes starts 16 00 00 00.
+        assert!(!is_tls_hello(&[0x16, 0x00, 0x00]));
+        assert!(!is_tls_hello(&[0x16, 0x03]));
+    }
+
+    #[test]
+    fn certificates_name_their_sans_only() {
+        let ca = generate_ca("t").expect("ca");
+        let (c, _) = generate_node(&["node-a".into(), "alias".into()], &ca.0, &ca.1).expect("cert");
+        let der = CertificateDer::from_pem_slice(c.as_bytes()).expect("pem");
+        let chain = [der];
+        assert!(certificate_names(&chain, "node-a"));
+        assert!(certificate_names(&chain, "alias"));
+        assert!(!certificate_names(&chain, "node-b"));
+        assert!(!certificate_names(&chain, "node-"));
+        assert!(!certificate_names(&[], "node-a"));
+        assert_eq!(sans(&chain), ["node-a", "alias"]);
+    }
+
+    #[test]
+    fn missing_or_bad_files_are_errors_naming_the_key_and_a_bad_rotation_keeps_the_old_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = generate_ca("t").expect("ca");
+        let s = write_node(dir.path(), "a", &ca);
+        let mut missing = s.clone();
+        missing.ca = Some(dir.path().join("nope.crt"));
+        let e = Tls::from_settings(&missing).expect_err("missing CA");
+        assert!(e.starts_with("tls.ca ") && e.contains("nope.crt"), "{e}");
+        let mut not_pem = s.clone();
+        let junk = dir.path().join("junk");
+        std::fs::write(&junk, "not a key").expect("write");
+        not_pem.key = Some(junk);
+        let e = Tls::from_settings(&not_pem).expect_err("bad key");
+        assert!(e.starts_with("tls.key "), "{e}");
+
+        let tls = Tls::from_settings(&s).expect("load").expect("enabled");
+        let before = Arc::as_ptr(&tls.current());
+        assert_eq!(
+            Arc::as_ptr(&tls.current()),
+            before,
+            "reloaded without a change"
+        );
+        // A key that does not match the certificate: the old pair stays.
+        let other = generate_node(&["a".to_string()], &ca.0, &ca.1).expect("cert");
+        std::fs::write(s.key.as_ref().expect("key"), other.1).expect("write");
+        assert_eq!(
+            Arc::as_ptr(&tls.current()),
+            before,
+            "a mismatched pair was taken"
+        );
+        // Its certificate too: the new pair is loaded.
+        std::fs::write(s.cert.as_ref().expect("cert"), other.0).expect("write");
+        assert_ne!(
+            Arc::as_ptr(&tls.current()),
+            before,
+            "a rotation was not taken"
+        );
+    }
 }
