@@ -233,6 +233,20 @@ async fn accept_loop_with(
     }
 }
 
+/// Connections refused at the TLS layer (no or a bad certificate, plain
+/// TCP under `required`), logged for the first 100 and every 1000th after.
+static REFUSED: RefusalCount = RefusalCount(std::sync::atomic::AtomicU64::new(0));
+
+struct RefusalCount(std::sync::atomic::AtomicU64);
+
+impl RefusalCount {
+    /// Counts one; `Some(count)` when this one is to be logged.
+    fn note(&self) -> Option<u64> {
+        let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
+        (n <= 100 || n % 1000 == 0).then_some(n)
+    }
+}
+
 /// Serves one accepted connection: TLS (when configured) or plain TCP,
 /// then the catalog or a replication session.
 async fn serve_connection(
@@ -252,11 +266,15 @@ async fn serve_connection(
             let (s, alpn) = match tokio::time::timeout(HELLO_TIMEOUT, tls.accept(stream)).await {
                 Ok(Ok(x)) => x,
                 Ok(Err(e)) => {
-                    tracing::warn!(%peer, "TLS handshake refused: {e}");
+                    if let Some(n) = REFUSED.note() {
+                        tracing::warn!(%peer, refused = n, "TLS handshake refused: {e}");
+                    }
                     return;
                 }
                 Err(_) => {
-                    tracing::warn!(%peer, "TLS handshake timed out");
+                    if let Some(n) = REFUSED.note() {
+                        tracing::warn!(%peer, refused = n, "TLS handshake timed out");
+                    }
                     return;
                 }
             };
@@ -298,7 +316,9 @@ async fn serve_connection(
             return;
         }
         if tls.mode() == TlsMode::Required {
-            tracing::warn!(%peer, "plain TCP connection refused: tls.mode is required");
+            if let Some(n) = REFUSED.note() {
+                tracing::warn!(%peer, refused = n, "plain TCP connection refused: tls.mode is required");
+            }
             return;
         }
     }

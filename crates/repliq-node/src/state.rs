@@ -143,6 +143,9 @@ impl Shared {
     pub fn open(cfg: Config) -> Result<Shared, String> {
         let primary = cfg.is_primary();
         let tls = crate::tls::Tls::from_settings(&cfg.tls)?;
+        if let Some(t) = &tls {
+            t.check_own_name(&cfg.node_name)?;
+        }
         std::fs::create_dir_all(&cfg.path)
             .map_err(|e| format!("cannot create {}: {e}", cfg.path.display()))?;
         let mut queues = BTreeMap::new();

@@ -55,6 +55,7 @@ type Stamp = [Result<Vec<u8>, String>; 3];
 
 struct Loaded {
     stamp: Stamp,
+    chain: Vec<CertificateDer<'static>>,
     server: Arc<ServerConfig>,
     replication: Arc<ClientConfig>,
     catalog: Arc<ClientConfig>,
@@ -109,6 +110,22 @@ impl Tls {
                 failed: None,
             }),
         })))
+    }
+
+    /// Fails unless this node's own certificate names `node` (its
+    /// `node.name`): peers would refuse it.
+    pub fn check_own_name(&self, node: &str) -> Result<(), String> {
+        let l = self.current();
+        if certificate_names(&l.chain, node) {
+            Ok(())
+        } else {
+            Err(format!(
+                "tls.cert {}: the certificate names {} but not this node ({node:?}, node.name): \
+                 its peers would refuse it",
+                self.files[0].display(),
+                sans(&l.chain).join(", ")
+            ))
+        }
     }
 
     /// The configured mode (never `Disabled`).
@@ -323,6 +340,7 @@ fn load(files: &[PathBuf; 3], bytes: Stamp) -> Result<Loaded, String> {
     let replication = client(ALPN_REPLICATION)?;
     let catalog = client(ALPN_CATALOG)?;
     Ok(Loaded {
+        chain,
         stamp: bytes,
         server: Arc::new(server),
         replication,
