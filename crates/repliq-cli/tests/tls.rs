@@ -588,6 +588,33 @@ fn permissive_accepts_a_plain_tcp_peer_and_a_tls_peer() {
     );
 }
 
+#[test]
+fn a_permissive_secondary_follows_a_primary_not_upgraded_yet_and_a_required_one_does_not() {
+    let d = tempfile::tempdir().unwrap();
+    certs(d.path(), "ca", &["node-1", "node-2"]);
+    let tls = vec![
+        // The primary still plain TCP.
+        String::new(),
+        tls_yaml(d.path(), "node-1", "permissive"),
+        tls_yaml(d.path(), "node-2", "required"),
+    ];
+    let mut nodes = static_nodes(d.path(), &tls);
+    start_all(&mut nodes);
+    let pq = nodes[0].queue("orders");
+    append(&pq, &msgs("m", 300));
+    let expected = records(&pq);
+    let q1 = nodes[1].queue("orders");
+    wait("orders replicated to the permissive node-1", &nodes, || {
+        records(&q1) == expected
+    });
+    // node-2 requires TLS: it never falls back to plain TCP.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        records(&nodes[2].queue("orders")).is_empty(),
+        "a required node followed a plain TCP primary"
+    );
+}
+
 // ------------------------------------------------------------------ cluster
 
 #[test]

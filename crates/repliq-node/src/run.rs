@@ -17,7 +17,7 @@ use crate::config::{Config, Mode, TlsMode};
 use crate::discovery;
 use crate::http;
 use crate::state::{QueueState, Shared};
-use crate::tls::{certificate_names, is_tls_hello, sans, Alpn};
+use crate::tls::{certificate_names, is_tls_hello, sans, Alpn, Dialed};
 
 /// Runs the node until `stop` completes: the HTTP server, and the
 /// replication listener (primary) or one follower per queue (secondary).
@@ -376,11 +376,16 @@ pub(crate) async fn follow_session(
     match &shared.tls {
         None => secondary::session_with_status(sc, store, Some(status)).await,
         Some(tls) => {
-            let s =
-                tokio::time::timeout(sc.timeout, tls.dial(&sc.primary, leader, Alpn::Replication))
-                    .await
-                    .map_err(|_| ReplicationError::Timeout("connection"))??;
-            secondary::session_on(sc, store, Some(status), s).await
+            let s = tokio::time::timeout(
+                sc.timeout,
+                tls.dial_for_mode(&sc.primary, leader, Alpn::Replication),
+            )
+            .await
+            .map_err(|_| ReplicationError::Timeout("connection"))??;
+            match s {
+                Dialed::Tls(s) => secondary::session_on(sc, store, Some(status), s).await,
+                Dialed::Plain(s) => secondary::session_on(sc, store, Some(status), s).await,
+            }
         }
     }
 }

@@ -210,6 +210,35 @@ impl Tls {
         Ok(s)
     }
 
+    /// [`Tls::dial`]; in `permissive` mode, when the peer closes or resets
+    /// the connection during the handshake (a node not upgraded yet, which
+    /// reads the ClientHello as an oversized frame), again in plain TCP. A
+    /// certificate problem never falls back.
+    pub async fn dial_for_mode(
+        &self,
+        addr: &str,
+        expect: Option<&str>,
+        alpn: Alpn,
+    ) -> std::io::Result<Dialed> {
+        use std::io::ErrorKind::*;
+        match self.dial(addr, expect, alpn).await {
+            Ok(s) => Ok(Dialed::Tls(Box::new(s))),
+            Err(e)
+                if self.mode == TlsMode::Permissive
+                    && matches!(
+                        e.kind(),
+                        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+                    ) =>
+            {
+                tracing::debug!(%addr, "tls: the peer does not speak TLS ({e}); plain TCP (tls.mode permissive)");
+                let tcp = TcpStream::connect(addr).await?;
+                let _ = tcp.set_nodelay(true);
+                Ok(Dialed::Plain(tcp))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Connects to `addr` and completes a handshake (see [`Tls::connect`]).
     pub async fn dial(
         &self,
@@ -221,6 +250,15 @@ impl Tls {
         let _ = tcp.set_nodelay(true);
         self.connect(tcp, expect, alpn).await
     }
+}
+
+/// A connection made by [`Tls::dial_for_mode`].
+#[derive(Debug)]
+pub enum Dialed {
+    /// Mutual TLS.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Plain TCP (`permissive`, to a peer that does not speak TLS).
+    Plain(TcpStream),
 }
 
 /// True if the end-entity certificate of `chain` names `name` in a SAN.
@@ -259,8 +297,12 @@ impl repliq_catalog::network::Connector for CatalogDialer {
         name: Option<&'a str>,
     ) -> repliq_catalog::network::ConnectFuture<'a> {
         Box::pin(async move {
-            let s = self.0.dial(addr, name, Alpn::Catalog).await?;
-            Ok(Box::new(s) as repliq_catalog::network::BoxStream)
+            Ok(
+                match self.0.dial_for_mode(addr, name, Alpn::Catalog).await? {
+                    Dialed::Tls(s) => s as repliq_catalog::network::BoxStream,
+                    Dialed::Plain(s) => Box::new(s) as repliq_catalog::network::BoxStream,
+                },
+            )
         })
     }
 }
