@@ -5,7 +5,9 @@
 //! check under TLS) on the accepting side, `secondary::session_on` on the
 //! following side, `repliq_node::tls::Tls` for the handshakes (rustls, ring,
 //! certificates made by the code behind `repliq cert`). Each measurement
-//! runs plain, TLS, plain, TLS and reports every run.
+//! alternates plain and TLS runs (5 each for throughput, 3 each for the
+//! round trip), prints every run, then a summary: the median throughput
+//! and the round trip percentiles over all runs of a transport.
 //!
 //! `cargo run --release -p repliq-node --example tls_bench [DIR]`
 //! (DIR defaults to /dev/shm, else the temp dir).
@@ -71,7 +73,18 @@ fn identities(dir: &std::path::Path) -> Res<(Arc<Tls>, Arc<Tls>)> {
 struct Pair {
     p: Store,
     s: Store,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
+}
+
+impl Drop for Pair {
+    /// Ends the sessions, so that their stores (mapped segments of deleted
+    /// files on /dev/shm) are released before the next run.
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 /// A primary serving `name` and a secondary following it, over TLS when
@@ -88,11 +101,12 @@ async fn pair(base: &std::path::Path, name: &str, tls: Option<(Arc<Tls>, Arc<Tls
     let cfg = Arc::new(cfg);
     let ps = p.clone();
     let server_tls = tls.as_ref().map(|(a, _)| a.clone());
-    tokio::spawn(async move {
+    let acceptor = tokio::spawn(async move {
+        let mut sessions = tokio::task::JoinSet::new();
         while let Ok((c, _)) = l.accept().await {
             let _ = c.set_nodelay(true);
             let (ps, cfg, server_tls) = (ps.clone(), cfg.clone(), server_tls.clone());
-            tokio::spawn(async move {
+            sessions.spawn(async move {
                 let lookup = move |_: &str, _: &str| Some((ps.clone(), cfg.clone()));
                 let r = match server_tls {
                     None => serve_registry_with(lookup, |_| Ok(()), c).await,
@@ -125,7 +139,7 @@ async fn pair(base: &std::path::Path, name: &str, tls: Option<(Arc<Tls>, Arc<Tls
     let sdir = dir.path().join("s");
     let sc = SecondaryConfig::new("b", name, &sdir, &addr);
     let client_tls = tls.map(|(_, b)| b);
-    tokio::spawn(async move {
+    let follower = tokio::spawn(async move {
         let mut store = None;
         loop {
             let r = match &client_tls {
@@ -157,7 +171,12 @@ async fn pair(base: &std::path::Path, name: &str, tls: Option<(Arc<Tls>, Arc<Tls
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    Ok(Pair { p, s, _dir: dir })
+    Ok(Pair {
+        p,
+        s,
+        tasks: vec![acceptor, follower],
+        _dir: dir,
+    })
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -179,17 +198,18 @@ async fn main() -> Res<()> {
         "replication on loopback, plain TCP vs mutual TLS, queues under {}",
         base.display()
     );
-    let transports = [
-        ("plain", false),
-        ("tls", true),
-        ("plain", false),
-        ("tls", true),
-    ];
+    let alternate = |n: usize| {
+        (0..n)
+            .flat_map(|_| [("plain", false), ("tls", true)])
+            .collect::<Vec<_>>()
+    };
+    let mut summary = Vec::new();
 
     // 1. Throughput: append a batch as fast as possible, time until the
     //    secondary holds all of it.
-    for (size, count) in [(1024usize, 400_000u64), (64, 2_000_000)] {
-        for (label, use_tls) in transports {
+    for (size, count) in [(1024usize, 800_000u64), (64, 4_000_000)] {
+        let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        for (label, use_tls) in alternate(5) {
             let pr = pair(&base, &format!("tput{size}"), use_tls.then(|| ids.clone())).await?;
             let payload = vec![7u8; size];
             let t0 = Instant::now();
@@ -207,17 +227,35 @@ async fn main() -> Res<()> {
                 tokio::time::sleep(Duration::from_micros(200)).await;
             }
             let dt = t0.elapsed().as_secs_f64();
+            rates[usize::from(use_tls)].push(count as f64 / dt);
             println!(
                 "throughput {size:>5} B {label:>5}: {count} messages in {dt:.2} s: {:.3} M msg/s, {:.0} MB/s of payload",
                 count as f64 / dt / 1e6,
                 (count as f64 * size as f64) / dt / 1e6,
             );
         }
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        let (plain, tls) = (med(&mut rates[0]), med(&mut rates[1]));
+        summary.push(format!(
+            "throughput {size:>5} B, median of 5: plain {:.3} M msg/s ({:.0} MB/s), tls {:.3} M msg/s ({:.0} MB/s): tls/plain {:.1} %",
+            plain / 1e6,
+            plain * size as f64 / 1e6,
+            tls / 1e6,
+            tls * size as f64 / 1e6,
+            100.0 * tls / plain
+        ));
     }
 
     // 2. Synchronous append: append, then wait for the secondary's ack.
     for size in [64usize, 1024] {
-        for (label, use_tls) in transports {
+        let mut all = [
+            Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?,
+            Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?,
+        ];
+        for (label, use_tls) in alternate(3) {
             let pr = pair(&base, &format!("sync{size}"), use_tls.then(|| ids.clone())).await?;
             let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
             let payload = vec![1u8; size];
@@ -235,7 +273,18 @@ async fn main() -> Res<()> {
                 }
             }
             println!("sync round trip {size:>5} B {label:>5}: {}", pct(&h));
+            all[usize::from(use_tls)].add(&h)?;
         }
+        for (label, h) in [("plain", &all[0]), ("tls", &all[1])] {
+            summary.push(format!(
+                "sync round trip {size:>5} B {label:>5}, 3 runs: {}",
+                pct(h)
+            ));
+        }
+    }
+    println!("\nsummary");
+    for l in summary {
+        println!("{l}");
     }
     Ok(())
 }
