@@ -185,12 +185,13 @@ impl Tls {
             Alpn::Replication => l.replication.clone(),
             Alpn::Catalog => l.catalog.clone(),
         };
+        // The name sent (SNI) and given to the verifier, which checks the
+        // chain only (see `ChainOnly`); without an expected name, a loopback
+        // address (no SNI is sent for an address).
         let sni = expect
             .and_then(|n| ServerName::try_from(n.to_string()).ok())
             .unwrap_or_else(|| {
-                ServerName::try_from("repliq").unwrap_or(ServerName::IpAddress(
-                    std::net::IpAddr::from([127, 0, 0, 1]).into(),
-                ))
+                ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into())
             });
         let s = tokio_rustls::TlsConnector::from(cfg)
             .connect(sni, tcp)
@@ -518,6 +519,69 @@ mod tests {
             key: Some(d.join("tls.key")),
             ca: Some(d.join("ca.crt")),
         }
+    }
+
+    #[tokio::test]
+    async fn a_dialer_checks_the_chain_always_and_the_name_when_it_expects_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = generate_ca("t").expect("ca");
+        let server = Tls::from_settings(&write_node(dir.path(), "a", &ca))
+            .expect("load")
+            .expect("enabled");
+        let client = Tls::from_settings(&write_node(dir.path(), "b", &ca))
+            .expect("load")
+            .expect("enabled");
+        let other_ca = generate_ca("other").expect("ca");
+        let stranger = Tls::from_settings(&write_node(dir.path(), "c", &other_ca))
+            .expect("load")
+            .expect("enabled");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        let srv = server.clone();
+        tokio::spawn(async move {
+            while let Ok((c, _)) = l.accept().await {
+                let srv = srv.clone();
+                tokio::spawn(async move {
+                    if let Ok((mut s, alpn)) = srv.accept(c).await {
+                        let b = [u8::from(alpn == Alpn::Catalog)];
+                        let _ = tokio::io::AsyncWriteExt::write_all(&mut s, &b).await;
+                        let _ = tokio::io::AsyncWriteExt::flush(&mut s).await;
+                    }
+                });
+            }
+        });
+        let first_byte = |t: Arc<Tls>, expect: Option<&'static str>, alpn: Alpn| {
+            let addr = addr.clone();
+            async move {
+                let mut s = t.dial(&addr, expect, alpn).await?;
+                let mut b = [0u8; 1];
+                tokio::io::AsyncReadExt::read_exact(&mut s, &mut b).await?;
+                Ok::<u8, std::io::Error>(b[0])
+            }
+        };
+        // The name expected, none expected; the ALPN reaches the server.
+        assert_eq!(
+            first_byte(client.clone(), Some("a"), Alpn::Replication)
+                .await
+                .expect("a"),
+            0
+        );
+        assert_eq!(
+            first_byte(client.clone(), None, Alpn::Catalog)
+                .await
+                .expect("none"),
+            1
+        );
+        // Another name expected: refused after the handshake.
+        let e = first_byte(client.clone(), Some("x"), Alpn::Replication)
+            .await
+            .expect_err("x");
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+        assert!(e.to_string().contains("does not name \"x\""), "{e}");
+        // Another CA: neither side trusts the other.
+        assert!(first_byte(stranger, None, Alpn::Replication).await.is_err());
     }
 
     #[test]
