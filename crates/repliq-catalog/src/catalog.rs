@@ -56,6 +56,9 @@ pub struct CatalogConfig {
     /// start with `b"RQCL"` to [`serve_connection`](crate::serve_connection) with
     /// [`Catalog::server_context`].
     pub own_listener: bool,
+    /// How this node connects to its peers (plain TCP by default; the node
+    /// supplies mutual TLS).
+    pub dialer: crate::network::Dialer,
 }
 
 impl CatalogConfig {
@@ -78,6 +81,7 @@ impl CatalogConfig {
             snapshot_logs: 1000,
             logs_kept_after_snapshot: 1000,
             own_listener: true,
+            dialer: crate::network::tcp_dialer(),
         }
     }
 }
@@ -188,6 +192,7 @@ impl Catalog {
         };
         let network = Network {
             peers: cfg.discovered.is_some().then(|| peers.clone()),
+            dialer: cfg.dialer.clone(),
         };
         let raft = Raft::new(id, Arc::new(config), network, log.clone(), sm.clone())
             .await
@@ -203,6 +208,7 @@ impl Catalog {
             name: cfg.node_name.clone(),
             addr: cfg.addr.clone(),
             incarnation,
+            dialer: cfg.dialer.clone(),
         });
         let initialized_here = Arc::new(AtomicBool::new(false));
         tracing::info!(name = %cfg.node_name, id, incarnation, fresh, "catalog starting");

@@ -68,6 +68,10 @@ pub enum WireError {
     /// The peer answered with an unexpected message.
     #[error("unexpected reply")]
     Unexpected,
+    /// The peer's authenticated identity (its TLS certificate) does not
+    /// match the member it claims to be.
+    #[error("identity refused: {0}")]
+    Identity(String),
 }
 
 /// An error from the [`Catalog`](crate::Catalog).

@@ -84,9 +84,9 @@ pub(crate) async fn forward(
         let reply = match target {
             None => ctx.handle(clone_req(&req)).await,
             Some(addr) => {
-                let client = clients
-                    .entry(addr.clone())
-                    .or_insert_with(|| PeerClient::new(addr.clone()));
+                let client = clients.entry(addr.clone()).or_insert_with(|| {
+                    PeerClient::with_dialer(addr.clone(), None, ctx.dialer.clone())
+                });
                 match client.call(&req, RPC_TIMEOUT).await {
                     Ok(r) => r,
                     Err(e @ CallError::Connect { .. }) => {

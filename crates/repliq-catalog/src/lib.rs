@@ -21,7 +21,7 @@ pub use command::{Command, Durability, QueueSettings, Rejection, ReplicationMode
 pub use error::{CatalogError, StoreError, WireError};
 pub use forward::FORWARD_DEADLINE;
 pub use peers::Discovered;
-pub use server::{listen, serve_connection, ServerContext};
+pub use server::{listen, serve_connection, serve_connection_checked, PeerCheck, ServerContext};
 pub use state::{CatalogState, Member, Progress, QueueEntry};
 pub use types::node_id;
 pub use voters::voters;

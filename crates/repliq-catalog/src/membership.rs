@@ -114,9 +114,9 @@ async fn initialize(
                 complete = false;
                 continue;
             };
-            let client = clients
-                .entry(addr.clone())
-                .or_insert_with(|| PeerClient::new(addr.clone()));
+            let client = clients.entry(addr.clone()).or_insert_with(|| {
+                PeerClient::with_dialer(addr.clone(), Some(name.clone()), ctx.dialer.clone())
+            });
             match client.call(&RpcRequest::Identify, RPC_TIMEOUT).await {
                 Ok(RpcReply::Identify(id)) if id.name == *name => {
                     if id.initialized {

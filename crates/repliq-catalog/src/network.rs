@@ -1,6 +1,9 @@
 //! The client side of the catalog protocol: a connection to one peer, and openraft's
 //! `RaftNetworkFactory` / `RaftNetwork` on top of it.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -11,7 +14,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use tokio::io::BufStream;
+use tokio::io::{AsyncRead, AsyncWrite, BufStream};
 use tokio::net::TcpStream;
 
 use crate::error::WireError;
@@ -45,34 +48,102 @@ pub enum CallError {
     },
 }
 
+/// A byte stream a catalog connection runs on (plain TCP, TLS, ...).
+pub trait CatalogStream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> CatalogStream for T {}
+
+/// A boxed [`CatalogStream`].
+pub type BoxStream = Box<dyn CatalogStream>;
+
+/// The future a [`Connector`] returns.
+pub type ConnectFuture<'a> = Pin<Box<dyn Future<Output = std::io::Result<BoxStream>> + Send + 'a>>;
+
+/// How the catalog reaches a peer: plain TCP by default ([`TcpConnector`]);
+/// the node supplies a TLS one. The catalog writes its preamble on the
+/// stream returned.
+pub trait Connector: std::fmt::Debug + Send + Sync + 'static {
+    /// Connects to `addr` (`host:port`), the endpoint of the member `name`
+    /// when the caller knows which member it expects there (a TLS connector
+    /// checks the peer's certificate against it).
+    fn connect<'a>(&'a self, addr: &'a str, name: Option<&'a str>) -> ConnectFuture<'a>;
+}
+
+/// A shared [`Connector`].
+pub type Dialer = Arc<dyn Connector>;
+
+/// Plain TCP, with `TCP_NODELAY`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TcpConnector;
+
+impl Connector for TcpConnector {
+    fn connect<'a>(&'a self, addr: &'a str, _name: Option<&'a str>) -> ConnectFuture<'a> {
+        Box::pin(async move {
+            let stream = TcpStream::connect(addr).await?;
+            let _ = stream.set_nodelay(true);
+            Ok(Box::new(stream) as BoxStream)
+        })
+    }
+}
+
+/// The default dialer: plain TCP.
+pub fn tcp_dialer() -> Dialer {
+    Arc::new(TcpConnector)
+}
+
 /// A (lazily connected, reused) connection to one peer's catalog endpoint.
-#[derive(Debug)]
 pub struct PeerClient {
     addr: String,
-    conn: Option<BufStream<TcpStream>>,
+    name: Option<String>,
+    dialer: Dialer,
+    conn: Option<BufStream<BoxStream>>,
+}
+
+impl std::fmt::Debug for PeerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerClient")
+            .field("addr", &self.addr)
+            .field("name", &self.name)
+            .field("connected", &self.conn.is_some())
+            .finish()
+    }
 }
 
 impl PeerClient {
-    /// A client for the peer at `addr` (`host:port`); connects on first use.
+    /// A client for the peer at `addr` (`host:port`) over plain TCP; connects
+    /// on first use.
     pub fn new(addr: impl Into<String>) -> PeerClient {
+        PeerClient::with_dialer(addr, None, tcp_dialer())
+    }
+
+    /// A client for the peer at `addr`, expected to be the member `name` if
+    /// given, connecting with `dialer`.
+    pub fn with_dialer(
+        addr: impl Into<String>,
+        name: Option<String>,
+        dialer: Dialer,
+    ) -> PeerClient {
         PeerClient {
             addr: addr.into(),
+            name,
+            dialer,
             conn: None,
         }
     }
 
-    async fn connect(&mut self) -> Result<&mut BufStream<TcpStream>, CallError> {
+    async fn connect(&mut self) -> Result<&mut BufStream<BoxStream>, CallError> {
         if self.conn.is_none() {
             let addr = self.addr.clone();
             let err = |source| CallError::Connect {
                 addr: addr.clone(),
                 source,
             };
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
-                .await
-                .map_err(|_| err(WireError::Timeout))?
-                .map_err(|e| err(WireError::Io(e)))?;
-            let _ = stream.set_nodelay(true);
+            let stream = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                self.dialer.connect(&self.addr, self.name.as_deref()),
+            )
+            .await
+            .map_err(|_| err(WireError::Timeout))?
+            .map_err(|e| err(WireError::Io(e)))?;
             let mut s = BufStream::new(stream);
             write_preamble(&mut s).await.map_err(err)?;
             self.conn = Some(s);
@@ -122,9 +193,10 @@ impl PeerClient {
 }
 
 /// openraft's network factory for the catalog: one [`PeerConnection`] per target.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Network {
     pub(crate) peers: Option<crate::peers::Peers>,
+    pub(crate) dialer: Dialer,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -135,7 +207,12 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             name: node.name.clone(),
             peers: self.peers.clone(),
-            client: PeerClient::new(node.addr.clone()),
+            client: PeerClient::with_dialer(
+                node.addr.clone(),
+                Some(node.name.clone()),
+                self.dialer.clone(),
+            ),
+            dialer: self.dialer.clone(),
         }
     }
 }
@@ -147,6 +224,7 @@ pub struct PeerConnection {
     name: String,
     peers: Option<crate::peers::Peers>,
     client: PeerClient,
+    dialer: Dialer,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, CatalogNode, RaftError<NodeId, E>>;
@@ -158,7 +236,8 @@ impl PeerConnection {
         if let Some(a) = self.peers.as_ref().and_then(|p| p.addr_of(&self.name)) {
             if a != self.client.addr {
                 tracing::debug!(target = self.target, from = %self.client.addr, to = %a, "catalog peer address changed");
-                self.client = PeerClient::new(a);
+                self.client =
+                    PeerClient::with_dialer(a, Some(self.name.clone()), self.dialer.clone());
             }
         }
         self.client.call(&req, timeout).await

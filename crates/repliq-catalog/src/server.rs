@@ -23,9 +23,33 @@ pub struct ServerContext {
     pub(crate) name: String,
     pub(crate) addr: String,
     pub(crate) incarnation: u64,
+    pub(crate) dialer: crate::network::Dialer,
 }
 
+/// Decides whether the authenticated peer of a connection (with TLS: the
+/// names in its certificate) may act as the member named.
+pub type PeerCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 impl ServerContext {
+    /// The member a request claims to come from: the sender of a Raft RPC
+    /// (by its id in the current membership) or the node a `Join` names.
+    fn claimed_member(&self, req: &RpcRequest) -> Option<String> {
+        let sender = match req {
+            RpcRequest::AppendEntries { rpc, .. } => rpc.vote.leader_id().voted_for(),
+            RpcRequest::Vote { rpc, .. } => rpc.vote.leader_id().voted_for(),
+            RpcRequest::InstallSnapshot { rpc, .. } => rpc.vote.leader_id().voted_for(),
+            RpcRequest::Propose(crate::command::Command::Join { name, .. }) => {
+                return Some(name.clone())
+            }
+            _ => None,
+        }?;
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config
+            .membership()
+            .get_node(&sender)
+            .map(|n| n.name.clone())
+    }
+
     /// Answers one request locally.
     pub(crate) async fn handle(&self, req: RpcRequest) -> RpcReply {
         let me = crate::types::node_id(&self.name, self.incarnation);
@@ -88,11 +112,35 @@ pub async fn serve_connection<S>(stream: S, ctx: Arc<ServerContext>) -> Result<(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    serve_connection_checked(stream, ctx, None).await
+}
+
+/// [`serve_connection`], checking with `check` every member a request
+/// claims to come from (the sender of a Raft RPC, the node of a `Join`):
+/// a claim it refuses ends the connection with [`WireError::Identity`]
+/// before the request is handled.
+pub async fn serve_connection_checked<S>(
+    stream: S,
+    ctx: Arc<ServerContext>,
+    check: Option<PeerCheck>,
+) -> Result<(), WireError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let (r, w) = tokio::io::split(stream);
     let mut r = BufReader::new(r);
     let mut w = BufWriter::new(w);
     read_version(&mut r).await?;
     while let Some(req) = read_frame::<_, RpcRequest>(&mut r).await? {
+        if let Some(check) = &check {
+            if let Some(claimed) = ctx.claimed_member(&req) {
+                if !check(&claimed) {
+                    return Err(WireError::Identity(format!(
+                        "the peer's certificate does not name member {claimed:?}"
+                    )));
+                }
+            }
+        }
         let reply = ctx.handle(req).await;
         write_frame(&mut w, &reply).await?;
     }

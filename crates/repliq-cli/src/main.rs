@@ -1,6 +1,7 @@
 //! `repliq`: the command line of the repliq queue.
 
 mod bench;
+mod cert;
 mod cluster;
 mod commands;
 mod daemon;
@@ -31,6 +32,8 @@ enum Command {
     Top(top::TopArgs),
     /// The cluster (cluster mode): members, the catalog, queue leaders and epochs.
     Cluster(cluster::ClusterArgs),
+    /// Certificates for mutual TLS: a CA and per-node certificates (PEM).
+    Cert(cert::CertArgs),
     #[command(flatten)]
     Queue(commands::QueueCommand),
 }
@@ -44,6 +47,7 @@ fn main() {
         Command::Daemon(a) => daemon::run(a),
         Command::Top(a) => top::run(a),
         Command::Cluster(a) => cluster::run(a),
+        Command::Cert(a) => cert::run(a),
         Command::Queue(c) => commands::run(c),
     };
     std::process::exit(code);

@@ -49,6 +49,17 @@ struct RawConfig {
     queue: RawQueue,
     #[serde(default)]
     http: RawHttp,
+    #[serde(default)]
+    tls: RawTls,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    mode: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+    ca: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -117,6 +128,46 @@ struct RawHttp {
     max_connections: Option<u64>,
     header_timeout_ms: Option<u64>,
     auth_token_file: Option<String>,
+}
+
+/// Whether the replication port (and the catalog on it) uses mutual TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plain TCP both ways (loopback or development only).
+    Disabled,
+    /// Inbound: TLS and plain TCP both accepted; outbound: TLS. For a
+    /// rolling upgrade from `disabled` to `required`.
+    Permissive,
+    /// Mutual TLS both ways; plain TCP is refused.
+    Required,
+}
+
+/// The `tls` section: the mode and the PEM files of this node's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsSettings {
+    /// The mode (`disabled` when the section is absent).
+    pub mode: TlsMode,
+    /// This node's certificate chain (PEM), its SAN naming `node.name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// This node's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) every peer's certificate must chain to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            mode: TlsMode::Disabled,
+            cert: None,
+            key: None,
+            ca: None,
+        }
+    }
 }
 
 /// Replication mode.
@@ -218,6 +269,8 @@ pub struct Config {
     /// catalog, per-queue leaders and automatic failover.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterSettings>,
+    /// Mutual TLS on the replication port.
+    pub tls: TlsSettings,
 }
 
 /// The settings of cluster mode.
@@ -734,7 +787,43 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
             queue_names.push(n);
         }
     }
+    let t = raw.tls;
+    let tls_mode = match t.mode.as_deref().unwrap_or("disabled") {
+        "disabled" => TlsMode::Disabled,
+        "permissive" => TlsMode::Permissive,
+        "required" => TlsMode::Required,
+        other => {
+            return Err(err(
+                "tls.mode",
+                format!("{other:?} is not one of required, permissive, disabled"),
+            ))
+        }
+    };
+    let tls_file = |key: &str, v: Option<String>| -> Result<Option<PathBuf>, ConfigError> {
+        match v {
+            Some(p) if !p.trim().is_empty() => Ok(Some(PathBuf::from(p))),
+            Some(_) => Err(err(key, "must not be empty".into())),
+            None if tls_mode != TlsMode::Disabled => Err(err(
+                key,
+                format!(
+                    "required with tls.mode {} (a PEM file)",
+                    match tls_mode {
+                        TlsMode::Required => "required",
+                        _ => "permissive",
+                    }
+                ),
+            )),
+            None => Ok(None),
+        }
+    };
+    let tls = TlsSettings {
+        mode: tls_mode,
+        cert: tls_file("tls.cert", t.cert)?,
+        key: tls_file("tls.key", t.key)?,
+        ca: tls_file("tls.ca", t.ca)?,
+    };
     Ok(Config {
+        tls,
         node_name,
         mode,
         primary,

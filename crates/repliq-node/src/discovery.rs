@@ -101,6 +101,7 @@ pub fn start(cfg: &Config) -> Candidates {
 /// this node included, reach the expected count.
 pub async fn members(
     cfg: &Config,
+    dialer: repliq_catalog::network::Dialer,
 ) -> Result<(String, watch::Receiver<repliq_catalog::Discovered>), String> {
     let expected = cfg.cluster.as_ref().and_then(|c| c.expected_members);
     let me = cfg.node_name.clone();
@@ -132,6 +133,7 @@ pub async fn members(
             me.clone(),
             expected,
             Duration::from_secs(*refresh_interval),
+            dialer,
         ),
         Discovery::Static { .. } => {
             return Err("static peers are not discovered (this is a bug)".into())
@@ -171,6 +173,7 @@ fn start_dns_members(
     me: String,
     expected: Option<usize>,
     every: Duration,
+    dialer: repliq_catalog::network::Dialer,
 ) -> watch::Receiver<MemberView> {
     let (tx, rx) = watch::channel(MemberView {
         expected,
@@ -201,7 +204,7 @@ fn start_dns_members(
                     continue;
                 }
                 if !names.contains_key(&s) {
-                    if let Some(n) = identify(&s).await {
+                    if let Some(n) = identify(&s, &dialer).await {
                         names.insert(s.clone(), n);
                     }
                 }
@@ -250,8 +253,9 @@ fn is_own(a: &std::net::SocketAddr, listen: &std::net::SocketAddr) -> bool {
 }
 
 /// The node name of the daemon at `addr`, asked over the catalog protocol.
-async fn identify(addr: &str) -> Option<String> {
-    let mut client = repliq_catalog::network::PeerClient::new(addr.to_string());
+async fn identify(addr: &str, dialer: &repliq_catalog::network::Dialer) -> Option<String> {
+    let mut client =
+        repliq_catalog::network::PeerClient::with_dialer(addr.to_string(), None, dialer.clone());
     match client
         .call(
             &repliq_catalog::wire::RpcRequest::Identify,
@@ -324,6 +328,7 @@ mod tests {
             "y".into(),
             Some(2),
             Duration::from_secs(1),
+            repliq_catalog::network::tcp_dialer(),
         );
         let v = wait_for(&mut rx, |v| !v.members.is_empty()).await;
         assert_eq!(v.members, [("x".to_string(), addr.clone())]);
@@ -338,6 +343,7 @@ mod tests {
             "x".into(),
             Some(2),
             Duration::from_secs(1),
+            repliq_catalog::network::tcp_dialer(),
         );
         let v = wait_for(&mut rx, |v| v.own.is_some()).await;
         assert_eq!(v.own.as_deref(), Some(addr.as_str()));

@@ -37,6 +37,7 @@ pub mod kubernetes;
 mod peer_expiry;
 mod run;
 mod state;
+pub mod tls;
 // observability: /metrics, /api/v1, the dashboard
 mod api;
 mod dashboard;
@@ -91,11 +92,16 @@ pub fn check_report(cfg: &Config) -> String {
     format!("{}# role: {role}\n", config::render(cfg))
 }
 
-/// Checks what can be checked before the node starts. With Kubernetes
+/// Checks what can be checked before the node starts. The TLS files must
+/// load (`tls.mode` `required` or `permissive`) and the certificate name
+/// `node.name`. With Kubernetes
 /// discovery, a secondary and a cluster member (no `replication.primary`)
 /// need an API server (configured, or in-cluster from the pod's service
 /// account).
 pub fn preflight(cfg: &Config) -> Result<(), String> {
+    if let Some(t) = tls::Tls::from_settings(&cfg.tls)? {
+        t.check_own_name(&cfg.node_name)?;
+    }
     if let config::Discovery::Kubernetes { api_server, .. } = &cfg.discovery {
         if !cfg.is_primary() {
             // The primary never talks to the API server; the others fail

@@ -6,15 +6,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use repliq::replication::dispatch::serve_registry;
-use repliq::replication::{secondary, SecondaryConfig};
+use repliq::replication::dispatch::{serve_registry_with, FollowStatus, HELLO_TIMEOUT};
+use repliq::replication::{secondary, ReplicationError, SecondaryConfig};
 use repliq::store::{Store, StoreOptions};
+use rustls::pki_types::CertificateDer;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, TlsMode};
 use crate::discovery;
 use crate::http;
 use crate::state::{QueueState, Shared};
+use crate::tls::{certificate_names, is_tls_hello, sans, Alpn, Dialed};
 
 /// Runs the node until `stop` completes: the HTTP server, and the
 /// replication listener (primary) or one follower per queue (secondary).
@@ -22,6 +25,25 @@ use crate::state::{QueueState, Shared};
 pub async fn run_until(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), String> {
     let primary = cfg.is_primary();
     let shared = Arc::new(Shared::open(cfg.clone())?);
+    let has_peers = match &cfg.discovery {
+        crate::config::Discovery::Static { peers } => {
+            peers.iter().any(|p| p.name != cfg.node_name) || !primary
+        }
+        _ => true,
+    };
+    match cfg.tls.mode {
+        TlsMode::Disabled if has_peers => tracing::warn!(
+            "tls.mode is disabled: replication and the catalog on {} are plain TCP, \
+             unauthenticated and unencrypted (use only on loopback or for development)",
+            cfg.listen
+        ),
+        TlsMode::Disabled => {}
+        TlsMode::Permissive => tracing::warn!(
+            "tls.mode is permissive: plain TCP peers are still accepted (for a rolling upgrade; \
+             set required once every node dials with TLS)"
+        ),
+        TlsMode::Required => tracing::info!("mutual TLS required on {}", cfg.listen),
+    }
     if let Some(c) = cfg.cluster.clone() {
         return run_cluster(cfg, c, shared, stop).await;
     }
@@ -206,30 +228,165 @@ async fn accept_loop_with(
         let catalog = catalog.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Some(ctx) = catalog {
-                let mut magic = [0u8; 4];
-                let peeked = tokio::time::timeout(
-                    repliq::replication::dispatch::HELLO_TIMEOUT,
-                    peek_exact(&stream, &mut magic),
-                )
-                .await;
-                if matches!(peeked, Ok(Ok(()))) && magic == *b"RQCL" {
-                    let mut stream = stream;
-                    let _ = tokio::io::AsyncReadExt::read_exact(&mut stream, &mut magic).await;
-                    if let Err(e) = repliq_catalog::serve_connection(stream, ctx).await {
-                        tracing::debug!(%peer, "catalog connection ended: {e}");
+            serve_connection(stream, peer, shared, catalog).await;
+        });
+    }
+}
+
+/// Connections refused at the TLS layer (no or a bad certificate, plain
+/// TCP under `required`), logged for the first 100 and every 1000th after.
+static REFUSED: RefusalCount = RefusalCount(std::sync::atomic::AtomicU64::new(0));
+
+struct RefusalCount(std::sync::atomic::AtomicU64);
+
+impl RefusalCount {
+    /// Counts one; `Some(count)` when this one is to be logged.
+    fn note(&self) -> Option<u64> {
+        let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
+        (n <= 100 || n % 1000 == 0).then_some(n)
+    }
+}
+
+/// Serves one accepted connection: TLS (when configured) or plain TCP,
+/// then the catalog or a replication session.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    shared: Arc<Shared>,
+    catalog: Option<Arc<repliq_catalog::ServerContext>>,
+) {
+    let _ = stream.set_nodelay(true);
+    if let Some(tls) = shared.tls.clone() {
+        let mut head = [0u8; 3];
+        let peeked = tokio::time::timeout(HELLO_TIMEOUT, peek_exact(&stream, &mut head)).await;
+        if !matches!(peeked, Ok(Ok(()))) {
+            return;
+        }
+        if is_tls_hello(&head) {
+            let (s, alpn) = match tokio::time::timeout(HELLO_TIMEOUT, tls.accept(stream)).await {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => {
+                    if let Some(n) = REFUSED.note() {
+                        tracing::warn!(%peer, refused = n, "TLS handshake refused: {e}");
                     }
                     return;
                 }
+                Err(_) => {
+                    if let Some(n) = REFUSED.note() {
+                        tracing::warn!(%peer, refused = n, "TLS handshake timed out");
+                    }
+                    return;
+                }
+            };
+            let certs: Vec<CertificateDer<'static>> = s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default();
+            match alpn {
+                Alpn::Catalog => {
+                    let Some(ctx) = catalog else {
+                        tracing::debug!(%peer, "catalog connection on a node outside cluster mode");
+                        return;
+                    };
+                    let mut s = s;
+                    let mut magic = [0u8; 4];
+                    let read = tokio::time::timeout(
+                        HELLO_TIMEOUT,
+                        tokio::io::AsyncReadExt::read_exact(&mut s, &mut magic),
+                    )
+                    .await;
+                    if !matches!(read, Ok(Ok(_))) || magic != repliq_catalog::wire::MAGIC {
+                        tracing::debug!(%peer, "not a catalog connection");
+                        return;
+                    }
+                    let check: repliq_catalog::PeerCheck =
+                        Arc::new(move |name: &str| certificate_names(&certs, name));
+                    match repliq_catalog::serve_connection_checked(s, ctx, Some(check)).await {
+                        Err(e @ repliq_catalog::WireError::Identity(_)) => {
+                            tracing::warn!(%peer, "catalog connection refused: {e}")
+                        }
+                        Err(e) => tracing::debug!(%peer, "catalog connection ended: {e}"),
+                        Ok(()) => {}
+                    }
+                }
+                Alpn::Replication => serve_replication(&shared, peer, s, Some(certs)).await,
             }
-            shared.connected.fetch_add(1, Ordering::AcqRel);
-            let sh = shared.clone();
-            let r = serve_registry(move |q, node| sh.serve_to(q, node), stream).await;
-            shared.connected.fetch_sub(1, Ordering::AcqRel);
-            if let Err(e) = r {
-                tracing::warn!(%peer, "replication session ended: {e}");
+            return;
+        }
+        if tls.mode() == TlsMode::Required {
+            if let Some(n) = REFUSED.note() {
+                tracing::warn!(%peer, refused = n, "plain TCP connection refused: tls.mode is required");
             }
-        });
+            return;
+        }
+    }
+    if let Some(ctx) = catalog {
+        let mut magic = [0u8; 4];
+        let peeked = tokio::time::timeout(HELLO_TIMEOUT, peek_exact(&stream, &mut magic)).await;
+        if matches!(peeked, Ok(Ok(()))) && magic == repliq_catalog::wire::MAGIC {
+            let mut stream = stream;
+            let _ = tokio::io::AsyncReadExt::read_exact(&mut stream, &mut magic).await;
+            if let Err(e) = repliq_catalog::serve_connection(stream, ctx).await {
+                tracing::debug!(%peer, "catalog connection ended: {e}");
+            }
+            return;
+        }
+    }
+    serve_replication(&shared, peer, stream, None).await
+}
+
+/// A replication session on `stream`; with TLS (`certs`, the peer's
+/// chain), the `Hello`'s node name must be named by the certificate.
+async fn serve_replication<S>(
+    shared: &Arc<Shared>,
+    peer: std::net::SocketAddr,
+    stream: S,
+    certs: Option<Vec<CertificateDer<'static>>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    shared.connected.fetch_add(1, Ordering::AcqRel);
+    let sh = shared.clone();
+    let authorize = move |node: &str| match &certs {
+        Some(c) if !certificate_names(c, node) => Err(format!(
+            "certificate of {} does not name {node:?}",
+            sans(c).join(",")
+        )),
+        _ => Ok(()),
+    };
+    let r = serve_registry_with(move |q, node| sh.serve_to(q, node), authorize, stream).await;
+    shared.connected.fetch_sub(1, Ordering::AcqRel);
+    if let Err(e) = r {
+        tracing::warn!(%peer, "replication session ended: {e}");
+    }
+}
+
+/// One replication session with the primary or leader at `sc.primary`:
+/// over mutual TLS when configured, the server's certificate naming
+/// `leader` when given.
+pub(crate) async fn follow_session(
+    shared: &Shared,
+    sc: &SecondaryConfig,
+    store: &mut Option<Store>,
+    status: &FollowStatus,
+    leader: Option<&str>,
+) -> Result<(), ReplicationError> {
+    match &shared.tls {
+        None => secondary::session_with_status(sc, store, Some(status)).await,
+        Some(tls) => {
+            let s = tokio::time::timeout(
+                sc.timeout,
+                tls.dial_for_mode(&sc.primary, leader, Alpn::Replication),
+            )
+            .await
+            .map_err(|_| ReplicationError::Timeout("connection"))??;
+            match s {
+                Dialed::Tls(s) => secondary::session_on(sc, store, Some(status), s).await,
+                Dialed::Plain(s) => secondary::session_on(sc, store, Some(status), s).await,
+            }
+        }
     }
 }
 
@@ -269,7 +426,14 @@ async fn follow_queue(
             sc.primary = list[next % list.len()].clone();
             next = next.wrapping_add(1);
             let before = status.sessions();
-            let r = secondary::session_with_status(&sc, &mut store, Some(&status)).await;
+            let r = follow_session(
+                &shared,
+                &sc,
+                &mut store,
+                &status,
+                shared.cfg.primary.as_deref(),
+            )
+            .await;
             status.disconnected();
             if status.sessions() > before {
                 delay = sc.backoff_min;

@@ -130,6 +130,8 @@ pub struct Shared {
     pub connected: AtomicI64,
     /// Cluster mode: the catalog, once started.
     catalog: std::sync::OnceLock<Arc<repliq_catalog::Catalog>>,
+    /// Mutual TLS on the replication port (`None`: `tls.mode: disabled`).
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl Shared {
@@ -140,6 +142,10 @@ impl Shared {
     /// added by the cluster's drivers as the catalog lists them.
     pub fn open(cfg: Config) -> Result<Shared, String> {
         let primary = cfg.is_primary();
+        let tls = crate::tls::Tls::from_settings(&cfg.tls)?;
+        if let Some(t) = &tls {
+            t.check_own_name(&cfg.node_name)?;
+        }
         std::fs::create_dir_all(&cfg.path)
             .map_err(|e| format!("cannot create {}: {e}", cfg.path.display()))?;
         let mut queues = BTreeMap::new();
@@ -165,6 +171,7 @@ impl Shared {
             queues: RwLock::new(queues),
             connected: AtomicI64::new(0),
             catalog: std::sync::OnceLock::new(),
+            tls,
         })
     }
 

@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use repliq::replication::{secondary, SecondaryConfig};
+use repliq::replication::SecondaryConfig;
 use repliq::store::{Role, Store, StoreOptions};
 use repliq_catalog::{Catalog, CatalogState, QueueEntry};
 use tokio::task::JoinHandle;
@@ -172,6 +172,7 @@ async fn drive(shared: Arc<Shared>, catalog: Arc<Catalog>, lease: Arc<Lease>, na
                             q.clone(),
                             name.clone(),
                             addr.clone(),
+                            e.leader.clone(),
                         )),
                         addr,
                     });
@@ -396,8 +397,14 @@ fn fence(q: &QueueState) {
     }
 }
 
-/// Follows the leader at `addr` until aborted.
-async fn follow(shared: Arc<Shared>, q: Arc<QueueState>, name: String, addr: String) {
+/// Follows the leader at `addr` (the member `leader`) until aborted.
+async fn follow(
+    shared: Arc<Shared>,
+    q: Arc<QueueState>,
+    name: String,
+    addr: String,
+    leader: Option<String>,
+) {
     let cfg = &shared.cfg;
     let mut sc = SecondaryConfig::new(&cfg.node_name, &name, &q.dir, &addr);
     sc.timeout = cfg.timeout();
@@ -410,7 +417,8 @@ async fn follow(shared: Arc<Shared>, q: Arc<QueueState>, name: String, addr: Str
     let mut delay = sc.backoff_min;
     loop {
         let before = status.sessions();
-        let r = secondary::session_with_status(&sc, &mut store, Some(&status)).await;
+        let r =
+            crate::run::follow_session(&shared, &sc, &mut store, &status, leader.as_deref()).await;
         status.disconnected();
         if status.sessions() > before {
             delay = sc.backoff_min;

@@ -64,6 +64,14 @@ pub struct Cluster {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// How the catalog dials its peers: mutual TLS when configured.
+fn dialer(shared: &Shared) -> repliq_catalog::network::Dialer {
+    match &shared.tls {
+        Some(t) => Arc::new(crate::tls::CatalogDialer(t.clone())),
+        None => repliq_catalog::network::tcp_dialer(),
+    }
+}
+
 impl Cluster {
     /// Starts the catalog (served through the replication port by the
     /// caller) and the cluster tasks.
@@ -75,7 +83,7 @@ impl Cluster {
             .map(|p| (p.name.clone(), p.address.clone()))
             .collect();
         let (advertise, discovered) = if c.members.is_empty() {
-            let (addr, rx) = crate::discovery::members(cfg).await?;
+            let (addr, rx) = crate::discovery::members(cfg, dialer(&shared)).await?;
             (addr, Some(rx))
         } else {
             (c.advertise.clone(), None)
@@ -88,6 +96,7 @@ impl Cluster {
         );
         cc.discovered = discovered;
         cc.own_listener = false;
+        cc.dialer = dialer(&shared);
         // The catalog must elect well within the failover timeout.
         let e = (c.failover_timeout_ms / 6).clamp(150, 1000);
         cc.election_timeout_ms = (e, 2 * e);

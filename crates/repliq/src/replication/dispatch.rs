@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::replication::conn::{send, unix_ns, Reader};
@@ -25,10 +26,39 @@ pub async fn serve_registry(
     stream: TcpStream,
 ) -> Result<(), ReplicationError> {
     let _ = stream.set_nodelay(true);
-    let (rd, mut wr) = stream.into_split();
+    serve_registry_with(lookup, |_| Ok(()), stream).await
+}
+
+/// Error code of a session refused because the peer's identity (its TLS
+/// certificate) does not match the node name its `Hello` claims.
+pub const ERROR_IDENTITY: u16 = 5;
+
+/// [`serve_registry`] on any byte stream (plain TCP, TLS, ...), after
+/// `authorize(node)` accepted the node name the `Hello` claims: an `Err`
+/// is sent to the peer as an `Error` frame (code [`ERROR_IDENTITY`]) and
+/// ends the session. With TLS, `authorize` checks the name against the
+/// peer's certificate.
+pub async fn serve_registry_with<S>(
+    lookup: impl Fn(&str, &str) -> Option<(Store, Arc<PrimaryConfig>)>,
+    authorize: impl Fn(&str) -> Result<(), String>,
+    stream: S,
+) -> Result<(), ReplicationError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (rd, mut wr) = tokio::io::split(stream);
     let mut codec = Codec::with_max_frame(protocol::DEFAULT_MAX_FRAME);
     let mut reader = Reader::new(rd, Codec::with_max_frame(protocol::HELLO_MAX_FRAME));
     let hello = read_hello(&mut reader, HELLO_TIMEOUT).await?;
+    if let Err(why) = authorize(&hello.node) {
+        // The wire keeps the message's first 63 characters.
+        let m = Message::Error {
+            code: ERROR_IDENTITY,
+            message: why.clone(),
+        };
+        let _ = send(&mut wr, &mut codec, &m).await;
+        return Err(ReplicationError::Refused(why));
+    }
     let Some((store, cfg)) = lookup(&hello.queue, &hello.node) else {
         let why = format!(
             "this node serves no queue named {:?} to {:?}",

@@ -4,8 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::replication::conn::{send, unix_ns, Reader};
@@ -57,7 +56,7 @@ pub async fn serve(
     stream: TcpStream,
 ) -> Result<(), ReplicationError> {
     let _ = stream.set_nodelay(true);
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = tokio::io::split(stream);
     let codec = Codec::with_max_frame(cfg.max_frame);
     let mut reader = Reader::new(
         rd,
@@ -69,8 +68,8 @@ pub async fn serve(
 }
 
 /// Reads the secondary's opening [`Hello`].
-pub(crate) async fn read_hello(
-    reader: &mut Reader<OwnedReadHalf>,
+pub(crate) async fn read_hello<R: AsyncRead + Unpin>(
+    reader: &mut Reader<R>,
     timeout: Duration,
 ) -> Result<Hello, ReplicationError> {
     match reader.next(timeout, "hello").await? {
@@ -83,14 +82,18 @@ pub(crate) async fn read_hello(
 
 /// The rest of a session once the [`Hello`] has been read: checks it,
 /// answers, then streams records and takes acknowledgements.
-pub(crate) async fn serve_session(
+pub(crate) async fn serve_session<R, W>(
     store: Store,
     cfg: Arc<PrimaryConfig>,
     hello: Hello,
-    mut reader: Reader<OwnedReadHalf>,
-    mut wr: OwnedWriteHalf,
+    mut reader: Reader<R>,
+    mut wr: W,
     mut codec: Codec,
-) -> Result<(), ReplicationError> {
+) -> Result<(), ReplicationError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
+{
     let refuse = |code: u16, why: String| Message::Error { code, message: why };
     let geo = store.geometry();
     let problem = if hello.version != protocol::PROTOCOL_VERSION {

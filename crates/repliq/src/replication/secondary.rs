@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
+
 use crate::replication::conn::{send, unix_ns, Reader};
 use crate::replication::dispatch::FollowStatus;
 use crate::replication::error::ReplicationError;
@@ -97,7 +99,22 @@ pub async fn session_with_status(
         .await
         .map_err(|_| ReplicationError::Timeout("connection"))??;
     let _ = stream.set_nodelay(true);
-    let (rd, mut wr) = stream.into_split();
+    session_on(cfg, store, status, stream).await
+}
+
+/// [`session_with_status`] on a connection the caller established (plain
+/// TCP, TLS, ...) to `cfg.primary`: the handshake, then records until it
+/// fails.
+pub async fn session_on<S>(
+    cfg: &SecondaryConfig,
+    store: &mut Option<Store>,
+    status: Option<&FollowStatus>,
+    stream: S,
+) -> Result<(), ReplicationError>
+where
+    S: AsyncRead + AsyncWrite,
+{
+    let (rd, mut wr) = tokio::io::split(stream);
     let mut codec = Codec::with_max_frame(cfg.max_frame);
     let mut reader = Reader::new(rd, codec);
     let hello = Hello {
