@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use repliq::replication::dispatch::{serve_registry_with, FollowStatus, HELLO_TIMEOUT};
+use repliq::replication::follower;
 use repliq::replication::{secondary, ReplicationError, SecondaryConfig};
 use repliq::store::{Store, StoreOptions};
 use rustls::pki_types::CertificateDer;
@@ -406,7 +407,7 @@ async fn follow_queue(
     sc.backoff_max = Duration::from_secs(2);
     // Opened here first, so that recovery runs on a replica left by a
     // killed process before any other handle exists.
-    let mut store = Store::open(&q.dir, &StoreOptions::open()).ok();
+    let store = Store::open(&q.dir, &StoreOptions::open()).ok();
     if let Some(s) = &store {
         s.set_read_only(true);
         s.set_role(repliq::store::Role::Secondary);
@@ -416,40 +417,49 @@ async fn follow_queue(
     }
     q.may_open.store(true, Ordering::Release);
     let _ = q.store();
-    let mut delay = sc.backoff_min;
     let mut next = 0usize;
-    loop {
-        let list = candidates.borrow().clone();
-        if list.is_empty() {
-            tracing::debug!(queue = %name, "no primary address known yet");
-        } else {
-            sc.primary = list[next % list.len()].clone();
+    let leader = shared.cfg.primary.clone();
+    follower::follow_loop(
+        sc,
+        status,
+        store,
+        follower::Quiet::No,
+        // Rotate through the candidates discovery finds.
+        move || {
+            let list = candidates.borrow().clone();
+            let t = list.get(next % list.len().max(1)).cloned();
             next = next.wrapping_add(1);
-            let before = status.sessions();
-            let r = follow_session(
-                &shared,
-                &sc,
-                &mut store,
-                &status,
-                shared.cfg.primary.as_deref(),
-            )
-            .await;
-            status.disconnected();
-            if status.sessions() > before {
-                delay = sc.backoff_min;
-            }
-            if let Some(s) = &store {
-                if let Ok(mut g) = q.store.lock() {
-                    g.get_or_insert_with(|| s.clone());
-                }
-            }
-            if let Err(e) = r {
-                tracing::warn!(queue = %name, primary = %sc.primary, "replication session ended: {e}");
-            }
-        }
-        let jitter = f64::from(std::process::id() % 97 + (next as u32 % 13)) / 110.0;
-        tokio::time::sleep(delay.mul_f64(0.5 + jitter)).await;
-        delay = (delay * 2).min(sc.backoff_max);
+            t
+        },
+        NodeSession { shared, leader },
+        move |s| share_store(&q, s),
+    )
+    .await
+}
+
+/// The daemon's sessions: over mutual TLS when configured, the server's
+/// certificate naming `leader` when known.
+pub(crate) struct NodeSession {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) leader: Option<String>,
+}
+
+impl follower::Session for NodeSession {
+    fn run<'a>(
+        &'a mut self,
+        cfg: &'a SecondaryConfig,
+        store: &'a mut Option<Store>,
+        status: &'a FollowStatus,
+    ) -> impl Future<Output = Result<(), ReplicationError>> + Send + 'a {
+        follow_session(&self.shared, cfg, store, status, self.leader.as_deref())
+    }
+}
+
+/// Lends the replica a follower session opened or created to the rest of
+/// the node (HTTP, metrics), unless it already holds one.
+pub(crate) fn share_store(q: &QueueState, s: &Store) {
+    if let Ok(mut g) = q.store.lock() {
+        g.get_or_insert_with(|| s.clone());
     }
 }
 

@@ -22,6 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use repliq::replication::follower;
 use repliq::replication::SecondaryConfig;
 use repliq::store::{Role, Store, StoreOptions};
 use repliq_catalog::{Catalog, CatalogState, QueueEntry};
@@ -413,27 +414,21 @@ async fn follow(
     let Some(status) = q.status.clone() else {
         return;
     };
-    let mut store = q.store.lock().ok().and_then(|g| g.clone());
-    let mut delay = sc.backoff_min;
-    loop {
-        let before = status.sessions();
-        let r =
-            crate::run::follow_session(&shared, &sc, &mut store, &status, leader.as_deref()).await;
-        status.disconnected();
-        if status.sessions() > before {
-            delay = sc.backoff_min;
-        }
-        if let Some(s) = &store {
-            if let Ok(mut g) = q.store.lock() {
-                g.get_or_insert_with(|| s.clone());
-            }
-        }
-        if let Err(e) = r {
-            tracing::debug!(queue = %name, leader = %addr, "replication session ended: {e}");
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(sc.backoff_max);
-    }
+    let store = q.store.lock().ok().and_then(|g| g.clone());
+    follower::follow_loop(
+        sc,
+        status,
+        store,
+        // Sessions end at every change of leader: the driver logs those.
+        follower::Quiet::Yes,
+        move || Some(addr.clone()),
+        crate::run::NodeSession {
+            shared: shared.clone(),
+            leader,
+        },
+        move |s| crate::run::share_store(&q, s),
+    )
+    .await
 }
 
 /// The state's leader of `queue`, for callers outside the drivers.

@@ -20,7 +20,7 @@ use tokio::runtime::Handle;
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::replication::dispatch::FollowStatus;
-use crate::replication::{primary, secondary, PrimaryConfig, SecondaryConfig};
+use crate::replication::{dispatch, secondary, PrimaryConfig, SecondaryConfig};
 use crate::store::Store;
 
 /// Port used when a node string has none.
@@ -330,7 +330,12 @@ async fn listen_loop(store: Store, cfg: Arc<PrimaryConfig>, addr: String, shared
             r = listener.accept() => match r {
                 Ok((s, peer)) => {
                     let (store, cfg) = (store.clone(), cfg.clone());
-                    sessions.spawn(async move { (peer, primary::serve(store, cfg, s).await) });
+                    // The daemon's dispatch: the same Hello deadline and
+                    // size cap, and a Hello for another queue refused.
+                    let lookup = move |q: &str, _node: &str| {
+                        (q == cfg.queue).then(|| (store.clone(), cfg.clone()))
+                    };
+                    sessions.spawn(async move { (peer, dispatch::serve_registry(lookup, s).await) });
                 }
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");

@@ -56,29 +56,26 @@ pub async fn follow(cfg: SecondaryConfig) {
     follow_with_status(cfg, None).await
 }
 
-/// [`follow`], publishing the session's state to `status`.
+/// [`follow`], publishing the session's state to `status`; the shared
+/// [`follower::follow_loop`](crate::replication::follower::follow_loop) on
+/// plain TCP to `cfg.primary`.
 pub async fn follow_with_status(cfg: SecondaryConfig, status: Option<Arc<FollowStatus>>) {
-    let mut store = Store::open(&cfg.dir, &StoreOptions::open()).ok();
+    let store = Store::open(&cfg.dir, &StoreOptions::open()).ok();
     if let Some(s) = &store {
         s.set_read_only(true);
         s.set_role(crate::store::Role::Secondary);
     }
-    let mut delay = cfg.backoff_min;
-    loop {
-        let r = session_with_status(&cfg, &mut store, status.as_deref()).await;
-        if let Some(st) = &status {
-            st.disconnected();
-        }
-        match r {
-            Ok(()) => delay = cfg.backoff_min,
-            Err(e) => {
-                tracing::warn!(primary = %cfg.primary, queue = %cfg.queue, "replication session ended: {e}");
-            }
-        }
-        let jitter = (unix_ns() % 1000) as f64 / 1000.0; // 0..1
-        tokio::time::sleep(delay.mul_f64(0.5 + jitter)).await;
-        delay = (delay * 2).min(cfg.backoff_max);
-    }
+    let primary = cfg.primary.clone();
+    crate::replication::follower::follow_loop(
+        cfg,
+        status.unwrap_or_default(),
+        store,
+        crate::replication::follower::Quiet::No,
+        move || Some(primary.clone()),
+        crate::replication::follower::PlainTcp,
+        |_| {},
+    )
+    .await
 }
 
 /// One connection to the primary: handshake, then records until it fails.
