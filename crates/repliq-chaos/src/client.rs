@@ -388,6 +388,11 @@ pub fn cluster_client(a: ClusterClientArgs) -> i32 {
                 e.kind = EventType::Fail;
                 e.error = Some(format!("refused: {m}"));
                 read_at = None;
+                // Open the queue afresh next time: after a lost disk the
+                // daemon made a new directory, and a handle on the old
+                // (unlinked) files would be refused for good, as an
+                // application that outlived its node's disk would be.
+                store = None;
             }
             Err(err) => {
                 // Not known to have been refused before writing: unknown.
