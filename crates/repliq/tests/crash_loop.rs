@@ -338,6 +338,8 @@ fn crash_loop_sigkill_writers() {
         .first_position();
     let mut times = Times::default();
     let (mut pending_kills, mut recoveries) = (0u32, 0u32);
+    // Stuck frames readers have turned into padding, as last seen.
+    let mut unblocked_seen = 0u64;
     let mut timeout_waits: std::collections::BTreeMap<&str, u32> = Default::default();
 
     for it in 0..ITERATIONS {
@@ -382,10 +384,16 @@ fn crash_loop_sigkill_writers() {
             recoveries += 1;
             let rep = store.recovery_report().clone();
             assert!(rep.ran, "iteration {it}: exclusive open must run recovery");
+            // Padded by recovery, or already by the reader process: the
+            // victim stays stuck past the recovery timeout (1 s) when this
+            // machine is slow between its STUCK line and the kill, and a
+            // reader then pads a live owner's frame by the same rule.
+            let by_reader = store.stats().unblocked > unblocked_seen;
             assert!(
-                rep.pending_padded >= 1,
+                rep.pending_padded >= 1 || by_reader,
                 "iteration {it}: the stuck victim's frame is padded: {rep:?}"
             );
+            unblocked_seen = store.stats().unblocked;
             assert!(
                 rep.corrupt.is_empty(),
                 "iteration {it}: no corruption after SIGKILL: {rep:?}"
@@ -469,6 +477,7 @@ fn crash_loop_sigkill_writers() {
             );
         }
         let unblocked = store.stats().unblocked;
+        unblocked_seen = unblocked;
         if let Some(k) = stuck_at {
             // The first `k` messages were acknowledged; the stuck one is padding.
             assert_eq!(
