@@ -26,11 +26,13 @@ async fn wait_for(what: &str, bound: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+#[path = "../../repliq/tests/mp_support/ports.rs"]
+mod ports;
+
+/// A free loopback address, its port outside the ephemeral range (an
+/// outgoing connection cannot take it between the check and the bind).
 fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let a = l.local_addr().expect("addr").to_string();
-    drop(l);
-    a
+    format!("127.0.0.1:{}", ports::free_port())
 }
 
 fn configs(root: &Path, snapshot_logs: u64) -> Vec<CatalogConfig> {

@@ -10,13 +10,7 @@ use mp_support::PATIENCE;
 use repliq::replication::inprocess::Role;
 use repliq::{QueueError, ReplicatedQueue, ReplicationMode, RepliqQueue};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use mp_support::free_port;
 
 fn node(dir: &Path, name: &str) -> RepliqQueue<String> {
     // Same queue name ("orders") on every node, in its own directory.

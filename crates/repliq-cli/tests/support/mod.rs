@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
@@ -12,14 +12,12 @@ use std::time::{Duration, Instant};
 /// fail a test by being slow, only by the condition never holding.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
-/// A port that was free on 127.0.0.1 a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "../../../repliq/tests/mp_support/ports.rs"]
+mod ports;
+/// A port that was free on 127.0.0.1 a moment ago, outside the ephemeral
+/// range (see `ports.rs`).
+#[allow(unused_imports)]
+pub use ports::free_port;
 
 /// `GET path` over HTTP/1.1: status, lower-cased head and body; `None` if
 /// nothing answers or the answer is not HTTP.

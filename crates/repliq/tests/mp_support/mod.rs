@@ -14,6 +14,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+mod ports;
+#[allow(unused_imports)]
+pub use ports::free_port;
+
 /// How long a test waits for a condition that normally holds within a
 /// second or two. Generous on purpose: a loaded 2-core machine must never
 /// fail a test by being slow, only by the condition never holding.
