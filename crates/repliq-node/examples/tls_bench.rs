@@ -198,6 +198,12 @@ async fn main() -> Res<()> {
         "replication on loopback, plain TCP vs mutual TLS, queues under {}",
         base.display()
     );
+    // Throughput runs per transport: TLS_BENCH_RUNS, default 5 (the round
+    // trip always takes 3).
+    let runs: usize = std::env::var("TLS_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let alternate = |n: usize| {
         (0..n)
             .flat_map(|_| [("plain", false), ("tls", true)])
@@ -209,7 +215,7 @@ async fn main() -> Res<()> {
     //    secondary holds all of it.
     for (size, count) in [(1024usize, 800_000u64), (64, 4_000_000)] {
         let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-        for (label, use_tls) in alternate(5) {
+        for (label, use_tls) in alternate(runs) {
             let pr = pair(&base, &format!("tput{size}"), use_tls.then(|| ids.clone())).await?;
             let payload = vec![7u8; size];
             let t0 = Instant::now();
@@ -240,7 +246,7 @@ async fn main() -> Res<()> {
         };
         let (plain, tls) = (med(&mut rates[0]), med(&mut rates[1]));
         summary.push(format!(
-            "throughput {size:>5} B, median of 5: plain {:.3} M msg/s ({:.0} MB/s), tls {:.3} M msg/s ({:.0} MB/s): tls/plain {:.1} %",
+            "throughput {size:>5} B, median of {runs}: plain {:.3} M msg/s ({:.0} MB/s), tls {:.3} M msg/s ({:.0} MB/s): tls/plain {:.1} %",
             plain / 1e6,
             plain * size as f64 / 1e6,
             tls / 1e6,

@@ -73,6 +73,7 @@ pub async fn run_until(cfg: Config, stop: impl Future<Output = ()>) -> Result<()
         shared.clone(),
         stop_rx.clone(),
     )));
+    tasks.extend(shared.tls.clone().map(|t| tokio::spawn(t.watch())));
 
     if primary {
         let l = tokio::net::TcpListener::bind(cfg.listen)
@@ -171,6 +172,7 @@ async fn run_cluster(
         tokio::spawn(http::serve(http_listener, shared.clone(), stop_rx.clone())),
         tokio::spawn(crate::peer_expiry::run(shared.clone())),
     ];
+    tasks.extend(shared.tls.clone().map(|t| tokio::spawn(t.watch())));
     tokio::pin!(stop);
     let cluster = tokio::select! {
         c = crate::cluster::Cluster::start(shared.clone(), &c) => c?,
