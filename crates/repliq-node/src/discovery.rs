@@ -253,20 +253,43 @@ fn is_own(a: &std::net::SocketAddr, listen: &std::net::SocketAddr) -> bool {
 }
 
 /// The node name of the daemon at `addr`, asked over the catalog protocol.
+///
+/// The first connection cannot check a name it does not know yet (a TLS
+/// dialer checks only that the certificate chains to the CA), so the name
+/// given is taken only once a second connection, dialed as that member,
+/// shows a certificate naming it: a peer holding the CA's certificate for
+/// one name cannot join the membership under another. Over plain TCP there
+/// is nothing to check.
 async fn identify(addr: &str, dialer: &repliq_catalog::network::Dialer) -> Option<String> {
     let mut client =
         repliq_catalog::network::PeerClient::with_dialer(addr.to_string(), None, dialer.clone());
-    match client
+    let name = match client
         .call(
             &repliq_catalog::wire::RpcRequest::Identify,
             Duration::from_secs(2),
         )
         .await
     {
-        Ok(repliq_catalog::wire::RpcReply::Identify(id)) => Some(id.name),
-        Ok(_) => None,
+        Ok(repliq_catalog::wire::RpcReply::Identify(id)) => id.name,
+        Ok(_) => return None,
         Err(e) => {
             tracing::debug!(%addr, "dns discovery: no name yet: {e}");
+            return None;
+        }
+    };
+    match tokio::time::timeout(
+        repliq_catalog::network::CONNECT_TIMEOUT * 2,
+        dialer.connect(addr, Some(&name)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Some(name),
+        Ok(Err(e)) => {
+            tracing::warn!(%addr, claimed = %name, "dns discovery: the peer's certificate does not name the member it claims to be; not a member: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%addr, claimed = %name, "dns discovery: no name yet: the check of its certificate timed out");
             None
         }
     }
@@ -350,6 +373,68 @@ mod tests {
         assert!(v.members.is_empty(), "{v:?}");
         assert!(!v.complete("x"), "one of the 2 expected members");
         x.shutdown().await.expect("shutdown");
+    }
+
+    /// A catalog endpoint under TLS with a certificate naming `cert_name`
+    /// that answers every `Identify` with `claims`.
+    async fn identifying_server(
+        tls: std::sync::Arc<crate::tls::Tls>,
+        claims: &'static str,
+    ) -> String {
+        use repliq_catalog::wire::{read_frame, read_magic, read_version, write_frame};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let Ok((mut s, _)) = tls.accept(tcp).await else {
+                        return;
+                    };
+                    if read_magic(&mut s).await.is_err() || read_version(&mut s).await.is_err() {
+                        return;
+                    }
+                    while let Ok(Some(repliq_catalog::wire::RpcRequest::Identify)) =
+                        read_frame(&mut s).await
+                    {
+                        let id = repliq_catalog::wire::Identity {
+                            name: claims.to_string(),
+                            addr: String::new(),
+                            incarnation: 1,
+                            node_id: 1,
+                            initialized: true,
+                        };
+                        let reply = repliq_catalog::wire::RpcReply::Identify(id);
+                        if write_frame(&mut s, &reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_tls_a_dns_member_is_named_only_if_its_certificate_names_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = crate::tls::generate_ca("t").expect("ca");
+        let load = |name: &str| {
+            crate::tls::Tls::from_settings(&crate::tls::tests::write_node(dir.path(), name, &ca))
+                .expect("load")
+                .expect("enabled")
+        };
+        let dialer: repliq_catalog::network::Dialer =
+            std::sync::Arc::new(crate::tls::CatalogDialer(load("y")));
+        // An honest node: its certificate names "x", and it says "x".
+        let honest = identifying_server(load("x"), "x").await;
+        assert_eq!(identify(&honest, &dialer).await.as_deref(), Some("x"));
+        // A node with a valid certificate of the CA for "mallory" that
+        // claims to be "x": refused, not named.
+        let liar = identifying_server(load("mallory"), "x").await;
+        assert_eq!(identify(&liar, &dialer).await, None);
     }
 
     #[test]
