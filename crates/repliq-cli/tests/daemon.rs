@@ -81,6 +81,24 @@ fn bad_configs_exit_2_naming_file_key_and_reason() {
             "at least 1",
         ),
         (
+            "segment.yaml",
+            base.replace(
+                "capacity: 1000000",
+                "capacity: 1000000\n  segment_size: 100000",
+            ),
+            "queue.segment_size",
+            "power of two",
+        ),
+        (
+            "durability.yaml",
+            base.replace(
+                "capacity: 1000000",
+                "capacity: 1000000\n  durability: eventually",
+            ),
+            "queue.durability",
+            "expected none, batch or always",
+        ),
+        (
             "address.yaml",
             format!("{base}http:\n  listen: not-an-address\n"),
             "http.listen",
@@ -864,4 +882,31 @@ fn a_secondary_gone_longer_than_the_peer_expiry_loses_its_slot_and_peer_remove_f
         String::from_utf8_lossy(&out.stdout).trim(),
         "removed peer node-1"
     );
+}
+
+#[test]
+fn queues_the_daemon_creates_take_segment_size_and_durability_from_the_config() {
+    let mut c = cluster(2, "");
+    for n in &c.nodes {
+        let text = std::fs::read_to_string(&n.config).unwrap().replace(
+            "  capacity: 1000000\n",
+            "  capacity: 1000000\n  segment_size: 1048576\n  durability: none\n",
+        );
+        std::fs::write(&n.config, text).unwrap();
+    }
+    for n in &mut c.nodes {
+        n.start();
+    }
+    let pq = c.nodes[0].queue("orders");
+    wait_for("the primary's queue", &c.nodes, || tail_of(&pq).is_some());
+    let cfg = open_ro(&pq).unwrap().config();
+    assert_eq!(cfg.segment_size, 1 << 20, "{cfg:?}");
+    assert_eq!(cfg.durability, repliq::store::Durability::None, "{cfg:?}");
+    // The replica is shaped like its primary's queue.
+    append_cli(&pq, "one\ntwo\n");
+    let sq = c.nodes[1].queue("orders");
+    wait_for("the secondary's replica", &c.nodes, || {
+        tail_of(&sq) == tail_of(&pq)
+    });
+    assert_eq!(open_ro(&sq).unwrap().config().segment_size, 1 << 20);
 }

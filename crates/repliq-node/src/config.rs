@@ -110,6 +110,8 @@ struct RawPeer {
 #[serde(deny_unknown_fields)]
 struct RawQueue {
     capacity: Option<u64>,
+    segment_size: Option<u64>,
+    durability: Option<String>,
     #[serde(default)]
     persistence: RawPersistence,
     names: Option<Vec<String>>,
@@ -261,6 +263,16 @@ pub struct Config {
     pub http_auth_token_file: Option<PathBuf>,
     /// Capacity of queues created here, in messages.
     pub capacity: u64,
+    /// Segment size of queues created here, in bytes (`None`: the
+    /// store's default, 64 MiB).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment_size: Option<u64>,
+    /// Durability of queues created here (`None`: the store's default).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "durability_str"
+    )]
+    pub durability: Option<repliq::store::Durability>,
     /// Directory holding one directory per queue.
     pub path: PathBuf,
     /// Queues listed explicitly (those found on disk are added at start).
@@ -311,6 +323,18 @@ impl Config {
     /// Heartbeat as a duration.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)
+    }
+    /// The options a queue created by this daemon gets: `queue.capacity`,
+    /// `queue.segment_size` and `queue.durability`.
+    pub fn create_options(&self) -> repliq::store::StoreOptions {
+        let mut o = repliq::store::StoreOptions::create().capacity(self.capacity);
+        if let Some(n) = self.segment_size {
+            o = o.segment_size(n);
+        }
+        if let Some(d) = self.durability {
+            o = o.durability(d);
+        }
+        o
     }
 }
 
@@ -768,6 +792,31 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
     if capacity == 0 {
         return Err(err("queue.capacity", "must be at least 1".into()));
     }
+    let segment_size = match q.segment_size {
+        None => None,
+        Some(n)
+            if n.is_power_of_two()
+                && (repliq::store::layout::MIN_SEGMENT_SIZE
+                    ..=repliq::store::layout::MAX_SEGMENT_SIZE)
+                    .contains(&n) =>
+        {
+            Some(n)
+        }
+        Some(n) => {
+            return Err(err(
+                "queue.segment_size",
+                format!(
+                    "{n} must be a power of two from {} to {} bytes (e.g. 67108864 for 64 MiB)",
+                    repliq::store::layout::MIN_SEGMENT_SIZE,
+                    repliq::store::layout::MAX_SEGMENT_SIZE
+                ),
+            ))
+        }
+    };
+    let durability = match q.durability.as_deref() {
+        None => None,
+        Some(d) => Some(d.parse().map_err(|e| err("queue.durability", e))?),
+    };
     let path = match q.persistence.path {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         Some(_) => return Err(err("queue.persistence.path", "must not be empty".into())),
@@ -839,10 +888,22 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         http_header_timeout_ms,
         http_auth_token_file,
         capacity,
+        segment_size,
+        durability,
         path,
         queue_names,
         cluster,
     })
+}
+
+fn durability_str<S: serde::Serializer>(
+    d: &Option<repliq::store::Durability>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(d.as_str()),
+        None => s.serialize_none(),
+    }
 }
 
 /// True if `s` is a DNS label (RFC 1123), as namespace names are.

@@ -350,7 +350,7 @@ fn open_primary_queue(cfg: &Config, name: &str) -> Result<Store, String> {
     let opts = if is_queue(&dir) {
         StoreOptions::open()
     } else {
-        StoreOptions::create().capacity(cfg.capacity)
+        cfg.create_options()
     };
     let s = Store::open(&dir, &opts).map_err(|e| format!("queue {name}: {e}"))?;
     s.set_read_only(false);

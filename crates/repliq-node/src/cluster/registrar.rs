@@ -54,8 +54,8 @@ async fn register_new(
     for n in &cfg.queue_names {
         let dir = cfg.path.join(n);
         if !state.queues.contains_key(n) && !is_queue(&dir) {
-            let s = Store::open(&dir, &StoreOptions::create().capacity(cfg.capacity))
-                .map_err(|e| format!("queue {n}: {e}"))?;
+            let s =
+                Store::open(&dir, &cfg.create_options()).map_err(|e| format!("queue {n}: {e}"))?;
             drop(s);
         }
     }
