@@ -28,13 +28,14 @@
 //! may come that much early) until the queue is next recovered on open.
 
 use std::sync::atomic::Ordering::*;
+use std::time::Instant;
 
 use super::frame_ops;
 use super::layout::*;
 use super::segments::Prefetch;
 #[cfg(test)]
 use super::test_hooks;
-use super::{frame, wait, Durability, Result, Store, StoreError};
+use super::{frame, latency, wait, Durability, Result, Store, StoreError};
 
 impl Store {
     /// Appends every payload of `payloads`, in order, with one claim per
@@ -68,12 +69,14 @@ impl Store {
     /// [`StoreError::TooLarge`], [`StoreError::ReadOnly`],
     /// [`StoreError::Full`] if the capacity cannot take the whole batch.
     /// With [`Durability::Always`] it returns once the last record is
-    /// flushed.
+    /// flushed. A sampled batch is one sample of the enqueue-latency
+    /// histogram: the whole batch's time.
     pub fn append_many_with(
         &self,
         lens: &[usize],
         mut fill: impl FnMut(usize, &mut [u8]),
     ) -> Result<Vec<u64>> {
+        let started = latency::sample_this_append().then(Instant::now);
         let inner = &*self.inner;
         if lens.is_empty() {
             return Err(StoreError::InvalidBatch(
@@ -132,6 +135,11 @@ impl Store {
         wait::notify(inner.ctl.notify_seq(), inner.ctl.waiters());
         if inner.cfg.durability == Durability::Always {
             self.sync_through(end)?;
+        }
+        if let Some(s) = started {
+            // One sample per sampled batch: the whole batch's time.
+            let ns = u64::try_from(s.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            latency::record(&inner.ctl, CTL_ENQUEUE_LATENCY_OFF, ns);
         }
         Ok(ids)
     }
