@@ -294,5 +294,12 @@ fn read(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, append_1w, append_role, append_2w, append_batch, read);
+criterion_group!(
+    benches,
+    append_1w,
+    append_role,
+    append_2w,
+    append_batch,
+    read
+);
 criterion_main!(benches);

@@ -14,9 +14,7 @@ const SEG: u64 = 4096;
 fn store(dir: &tempfile::TempDir, seg: u64, capacity: u64) -> Store {
     Store::open(
         dir.path().join("q"),
-        &StoreOptions::create()
-            .segment_size(seg)
-            .capacity(capacity),
+        &StoreOptions::create().segment_size(seg).capacity(capacity),
     )
     .expect("create queue")
 }
@@ -47,13 +45,19 @@ fn a_batch_round_trips_through_a_tailer_with_dense_ids_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(&dir, 1 << 20, 1000);
     let before = s.append(b"single before").unwrap();
-    let msgs: Vec<Vec<u8>> = (0..50u32).map(|i| vec![i as u8; (i % 7) as usize]).collect();
+    let msgs: Vec<Vec<u8>> = (0..50u32)
+        .map(|i| vec![i as u8; (i % 7) as usize])
+        .collect();
     let ids = s.append_batch(&msgs).unwrap();
     let after = s.append(b"single after").unwrap();
     assert_eq!(ids.len(), 50);
     assert_eq!(ids[0], next_id(&s, before, 13));
     for k in 1..ids.len() {
-        assert_eq!(ids[k], next_id(&s, ids[k - 1], msgs[k - 1].len()), "record {k}");
+        assert_eq!(
+            ids[k],
+            next_id(&s, ids[k - 1], msgs[k - 1].len()),
+            "record {k}"
+        );
     }
     assert_eq!(after, next_id(&s, ids[49], msgs[49].len()));
     let got = read_all(&s);
@@ -106,7 +110,12 @@ fn a_batch_that_does_not_fit_the_segment_rolls_first_and_stays_in_one_segment() 
     assert!(ids.windows(2).all(|w| w[1] == w[0] + 64));
     let got = read_all(&s);
     let tail: Vec<_> = got[got.len() - 8..].to_vec();
-    assert_eq!(tail, ids.iter().map(|&id| (id, vec![1u8; 48])).collect::<Vec<_>>());
+    assert_eq!(
+        tail,
+        ids.iter()
+            .map(|&id| (id, vec![1u8; 48]))
+            .collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -179,7 +188,11 @@ fn a_batch_the_capacity_cannot_take_whole_is_refused_whole() {
         s.append_batch(&[b"b"; 4]),
         Err(StoreError::Full { capacity: 10 })
     ));
-    assert_eq!(s.tail_position(), tail, "nothing of the refused batch written");
+    assert_eq!(
+        s.tail_position(),
+        tail,
+        "nothing of the refused batch written"
+    );
     assert_eq!(s.depth(), 7, "its reservations released");
     s.append_batch(&[b"c"; 3]).unwrap();
     assert_eq!(s.depth(), 10);
@@ -220,7 +233,11 @@ fn a_batch_with_always_durability_is_flushed_through_its_last_record_on_return()
     .unwrap();
     let ids = s.append_batch(&[&b"one"[..], b"two", b"three"]).unwrap();
     let end = next_id(&s, ids[2], 5);
-    assert!(s.stats().flushed >= end, "flushed {} < {end}", s.stats().flushed);
+    assert!(
+        s.stats().flushed >= end,
+        "flushed {} < {end}",
+        s.stats().flushed
+    );
 }
 
 #[tokio::test]

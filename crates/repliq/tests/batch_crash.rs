@@ -290,10 +290,18 @@ fn batch_writers_killed_mid_batch_leave_whole_batches_with_dense_ids() {
             check.read_until(s, end);
         }
         let n = check.seqs.count(vid);
-        assert_eq!(n % BATCH, 0, "victim {vid} ({mode}): {n} records, not whole batches");
+        assert_eq!(
+            n % BATCH,
+            0,
+            "victim {vid} ({mode}): {n} records, not whole batches"
+        );
         if let Some(k) = mode.strip_prefix("stuck:") {
             let k: u64 = k.parse().unwrap();
-            assert_eq!(n, k - k % BATCH, "victim {vid}: the stuck batch must be absent");
+            assert_eq!(
+                n,
+                k - k % BATCH,
+                "victim {vid}: the stuck batch must be absent"
+            );
         }
         assert!(n >= BATCH, "victim {vid} said READY after its first batch");
         assert!(reader.exited().is_none(), "reader died: {:?}", reader.log);

@@ -101,7 +101,9 @@ pub fn run(a: AppendArgs) -> CmdResult {
             }
         } else {
             let mut stdin = BufReader::with_capacity(STDIN_BUFFER, std::io::stdin().lock());
-            line_batches(&mut stdin, max_payload, |buf, ends| put(buf, ends, &mut out))?;
+            line_batches(&mut stdin, max_payload, |buf, ends| {
+                put(buf, ends, &mut out)
+            })?;
         }
         Ok::<(), CliError>(())
     })();
@@ -242,7 +244,10 @@ mod tests {
     fn batches_stop_at_the_line_limit() {
         let input = "m\n".repeat(BATCH_LINES + 3);
         let got = batches(input.as_bytes(), 1 << 16, 100);
-        assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), vec![BATCH_LINES, 3]);
+        assert_eq!(
+            got.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![BATCH_LINES, 3]
+        );
     }
 
     #[test]

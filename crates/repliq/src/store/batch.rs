@@ -156,9 +156,11 @@ impl Store {
         ids: &mut Vec<u64>,
     ) -> Result<u64> {
         let inner = &*self.inner;
-        let span32 = u32::try_from(span).map_err(|_| StoreError::InvalidBatch(
-            format!("a span of {span} bytes exceeds a frame's length field"),
-        ))?;
+        let span32 = u32::try_from(span).map_err(|_| {
+            StoreError::InvalidBatch(format!(
+                "a span of {span} bytes exceeds a frame's length field"
+            ))
+        })?;
         let (mut seg, mut t, mut pending) = self.claim(span32)?;
         #[cfg(test)]
         test_hooks::reached(test_hooks::Point::Claimed, &inner.dir, t);
@@ -199,7 +201,10 @@ impl Store {
             // An unblocker gave up on us (we stalled past the recovery
             // timeout), padded the span and released one reservation: take
             // it again and write the span elsewhere.
-            tracing::warn!(id = t, "batch append stalled past the recovery timeout; rewriting");
+            tracing::warn!(
+                id = t,
+                "batch append stalled past the recovery timeout; rewriting"
+            );
             if stolen.is_none() {
                 // SAFETY: the span is padding now; nobody reads or writes
                 // the bytes behind a padding frame's word0, and its payload
