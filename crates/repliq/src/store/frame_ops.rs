@@ -714,15 +714,19 @@ mod loom_tests {
             };
             let mut pos = SEGMENT_HEADER_LEN;
             let mut seen = Vec::new();
-            for _ in 0..2 {
-                if let Some((next, Some(m))) = read_at(&mem, pos) {
-                    if m == 10 {
-                        // The whole batch is published by one CAS.
-                        assert_eq!(read_at(&mem, next).map(|(_, m)| m), Some(Some(11)));
-                    }
-                    seen.push((pos, m));
-                    pos = next;
+            for _ in 0..3 {
+                let Some((next, Some(m))) = read_at(&mem, pos) else {
+                    // Nothing yet: let the writers run (a yield is no
+                    // preemption, so the bound still leaves room for them).
+                    loom::thread::yield_now();
+                    continue;
+                };
+                if m == 10 {
+                    // The whole batch is published by one CAS.
+                    assert_eq!(read_at(&mem, next).map(|(_, m)| m), Some(Some(11)));
                 }
+                seen.push((pos, m));
+                pos = next;
             }
             let ids = batch.join().unwrap();
             let single_id = single.join().unwrap();
