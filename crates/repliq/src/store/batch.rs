@@ -223,3 +223,83 @@ impl Store {
         Ok(t + span)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::super::test_hooks::{self, Point};
+    use super::super::{Store, StoreOptions};
+
+    /// A batch writer stalls between its claim and its commit past the
+    /// recovery timeout; a reader turns its span into one padding frame.
+    /// The writer's commit then fails, and it writes the whole batch again
+    /// after the padding: every record once, in order, dense, nothing of the
+    /// first attempt visible, the reservation count right.
+    #[test]
+    fn a_batch_stalled_past_the_recovery_timeout_is_padded_whole_and_written_again() {
+        let _serial = test_hooks::serial();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("q");
+        let store = Store::open(
+            &dir,
+            &StoreOptions::create()
+                .segment_size(1 << 16)
+                .recovery_timeout(Duration::from_millis(50)),
+        )
+        .unwrap();
+        store.append(b"before").unwrap();
+        let stall_once = Arc::new(AtomicBool::new(true));
+        let hook_dir = dir.clone();
+        let stall = stall_once.clone();
+        let watcher = Store::open(&dir, &StoreOptions::open()).unwrap();
+        let _hook = test_hooks::install(move |point, at: &Path, _pos| {
+            if point == Point::Claimed && at == hook_dir.as_path() && stall.swap(false, SeqCst) {
+                // Stall until a reader gave up on the span (however slow
+                // the machine), then go on to the commit, which must fail.
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while watcher.stats().unblocked == 0 && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        });
+        let reader = {
+            let store = Store::open(&dir, &StoreOptions::open()).unwrap();
+            std::thread::spawn(move || {
+                let mut t = store.tailer();
+                let mut got = Vec::new();
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while got.len() < 4 && std::time::Instant::now() < deadline {
+                    match t.next() {
+                        Ok(Some(r)) => got.push((r.id, r.payload.to_vec())),
+                        Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+                        Err(e) => panic!("reader: {e}"),
+                    }
+                }
+                got
+            })
+        };
+        let msgs = [&b"one"[..], b"two", b"three"];
+        let ids = store.append_batch(&msgs).unwrap();
+        let got = reader.join().unwrap();
+        assert!(!stall_once.load(SeqCst), "the hook stalled the batch");
+        assert_eq!(store.stats().unblocked, 1, "one span padded");
+        let first = store.first_position();
+        let after_before = first + 24;
+        let span = 3 * 24;
+        assert_eq!(
+            ids[0],
+            after_before + span,
+            "rewritten after the padded span"
+        );
+        assert_eq!(ids, vec![ids[0], ids[0] + 24, ids[0] + 48]);
+        let want: Vec<(u64, Vec<u8>)> = std::iter::once((first, b"before".to_vec()))
+            .chain(ids.iter().zip(msgs).map(|(&id, m)| (id, m.to_vec())))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(store.depth(), 4);
+    }
+}
