@@ -7,6 +7,10 @@
 //!   to a standalone queue and to a cluster leader's queue (role primary,
 //!   a lease deadline in the control file), side by side: the cost of the
 //!   lease check on every append.
+//! * `append/batch/{1,16,64}`: one thread appending 64 B messages one at a
+//!   time (`Store::append`, `1`) and in batches of 16 and 64
+//!   (`Store::append_many_with`, one claim per batch), side by side;
+//!   throughput counts messages, so the three compare in msg/s.
 //! * `read/{64,1024}`: a tailer's zero-copy `next_with` over pre-written
 //!   messages (CRC32C checked on every read).
 //!
@@ -213,6 +217,46 @@ fn append_2w(c: &mut Criterion) {
     g.finish();
 }
 
+/// Batch sizes of `append/batch` (1: `Store::append`, one at a time).
+const BATCHES: [u64; 3] = [1, 16, 64];
+
+fn append_batch(c: &mut Criterion) {
+    let mut g = c.benchmark_group("append/batch");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    let payload = vec![0xa5u8; 64];
+    for batch in BATCHES {
+        g.throughput(Throughput::Elements(batch));
+        let lens = vec![payload.len(); batch as usize];
+        let mut q: Option<TempQueue> = None;
+        g.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, _| {
+            // One iteration appends one batch (one message for `1`).
+            b.iter_custom(|iters| {
+                let tq = fresh(&mut q);
+                let store = &tq.store;
+                let start = Instant::now();
+                for _ in 0..iters {
+                    if batch == 1 {
+                        black_box(store.append(black_box(&payload)).expect("append"));
+                    } else {
+                        let ids = store
+                            .append_many_with(black_box(&lens), |_, buf| {
+                                buf.copy_from_slice(black_box(&payload))
+                            })
+                            .expect("append batch");
+                        black_box(ids);
+                    }
+                }
+                let t = start.elapsed();
+                tq.appended += iters * batch * (64 + 16);
+                t
+            })
+        });
+    }
+    g.finish();
+}
+
 fn read(c: &mut Criterion) {
     let mut g = c.benchmark_group("read");
     g.sample_size(10)
@@ -250,5 +294,12 @@ fn read(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, append_1w, append_role, append_2w, read);
+criterion_group!(
+    benches,
+    append_1w,
+    append_role,
+    append_2w,
+    append_batch,
+    read
+);
 criterion_main!(benches);

@@ -75,7 +75,9 @@ impl From<StoreError> for QueueError {
             StoreError::BadMagic { .. }
             | StoreError::BadVersion { .. }
             | StoreError::Corrupt { .. } => K::InvalidData,
-            StoreError::NotRetained { .. } | StoreError::InvalidId { .. } => K::InvalidInput,
+            StoreError::NotRetained { .. }
+            | StoreError::InvalidId { .. }
+            | StoreError::InvalidBatch(_) => K::InvalidInput,
         };
         QueueError::Io(io::Error::new(kind, e))
     }

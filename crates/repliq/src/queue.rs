@@ -242,6 +242,61 @@ impl<T: Serialize + DeserializeOwned + Send + Sync> RepliqQueue<T> {
         self.wait_for_acks(id, len).await
     }
 
+    /// Appends every item of `items` as one batch: one claim at the log's
+    /// tail for all of them (see
+    /// [`Store::append_many_with`](crate::store::Store::append_many_with)),
+    /// in order, each its own record with its own id, returned in order.
+    ///
+    /// All or nothing for the checks: an empty batch, an item that does not
+    /// encode or is over the maximum message size, a replica, or a batch the
+    /// capacity cannot take whole ([`QueueError::Full`]) fails before
+    /// anything is written. In [`ReplicationMode::Synchronous`] mode it
+    /// returns once the required secondaries acknowledged the batch's last
+    /// record (and so every record before it), as [`RepliqQueue::enqueue`]
+    /// does for one.
+    ///
+    /// ```
+    /// use repliq::RepliqQueue;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), repliq::QueueError> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("orders");
+    /// # let path = path.to_str().unwrap();
+    /// let queue = RepliqQueue::<u32>::new(path, 1000)?;
+    /// let ids = queue.enqueue_batch(&[1, 2, 3]).await?;
+    /// assert_eq!(ids.len(), 3);
+    /// assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    /// assert_eq!(queue.dequeue().await?, Some(1));
+    /// assert_eq!(queue.dequeue().await?, Some(2));
+    /// assert_eq!(queue.dequeue().await?, Some(3));
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue_batch(&self, items: &[T]) -> Result<Vec<u64>, QueueError> {
+        let mut buf = Vec::new();
+        let mut ends = Vec::with_capacity(items.len());
+        for item in items {
+            buf = postcard::to_extend(item, buf)
+                .map_err(|e| QueueError::Serialization(e.to_string()))?;
+            ends.push(buf.len());
+        }
+        let lens: Vec<usize> = ends
+            .iter()
+            .scan(0, |start, &end| {
+                let len = end - *start;
+                *start = end;
+                Some(len)
+            })
+            .collect();
+        let ids = self.store.append_many_with(&lens, |i, dst| {
+            let start = if i == 0 { 0 } else { ends[i - 1] };
+            dst.copy_from_slice(&buf[start..ends[i]]);
+        })?;
+        if let (Some(&id), Some(&len)) = (ids.last(), lens.last()) {
+            self.wait_for_acks(id, len).await?;
+        }
+        Ok(ids)
+    }
+
     async fn wait_for_acks(&self, id: u64, len: usize) -> Result<(), QueueError> {
         // Whose guarantee: this process's own replication, or else the one
         // the daemon replicating the queue published in the control file.

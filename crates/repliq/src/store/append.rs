@@ -47,13 +47,10 @@ impl Store {
         }
     }
 
-    pub(super) fn append_frame(
-        &self,
-        len: usize,
-        flags: u16,
-        fill: impl FnOnce(&mut [u8]),
-    ) -> Result<u64> {
-        let started = latency::sample_this_append().then(Instant::now);
+    /// Refuses appends on a replica, or while the role is changing (after
+    /// waiting up to [`ROLE_CHANGE_WAIT_MS`] for it to settle).
+    #[inline]
+    pub(super) fn check_writable(&self) -> Result<()> {
         let inner = &*self.inner;
         if inner.read_only.load(Relaxed) {
             return Err(StoreError::ReadOnly(format!(
@@ -92,6 +89,18 @@ impl Store {
                 role.name()
             )));
         }
+        Ok(())
+    }
+
+    pub(super) fn append_frame(
+        &self,
+        len: usize,
+        flags: u16,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<u64> {
+        let started = latency::sample_this_append().then(Instant::now);
+        let inner = &*self.inner;
+        self.check_writable()?;
         let max = inner.geo.max_payload();
         if len as u64 > max {
             return Err(StoreError::TooLarge {
@@ -102,7 +111,7 @@ impl Store {
         if inner.prefetch.get().is_none() {
             self.prefetch(Prefetch::Entered(inner.head.load().index()));
         }
-        self.reserve()?;
+        self.reserve(1)?;
         let frame_len = (FRAME_HEADER_LEN + len as u64) as u32;
         let (mut seg, mut t, mut pending) = match self.claim(frame_len) {
             Ok(c) => c,
@@ -172,13 +181,14 @@ impl Store {
         latency::record(&self.inner.ctl, CTL_SYNC_WAIT_OFF, ns);
     }
 
-    pub(super) fn reserve(&self) -> Result<()> {
+    /// Reserves room for `n` messages under the capacity, all or none.
+    pub(super) fn reserve(&self, n: u64) -> Result<()> {
         let ctl = &self.inner.ctl;
         let cap = self.inner.cfg.capacity;
-        let r = ctl.reserved().fetch_add(1, AcqRel);
+        let r = ctl.reserved().fetch_add(n, AcqRel);
         let dequeued = self.default_group().count().load(Acquire);
-        if r.saturating_sub(dequeued) >= cap {
-            ctl.reserved().fetch_sub(1, AcqRel);
+        if r.saturating_sub(dequeued).saturating_add(n) > cap {
+            ctl.reserved().fetch_sub(n, AcqRel);
             ctl.u64_at(CTL_FULL_REJECTIONS_OFF).fetch_add(1, Relaxed);
             return Err(StoreError::Full { capacity: cap });
         }

@@ -130,6 +130,10 @@ pub enum StoreError {
         /// The number of slots.
         max: usize,
     },
+    /// A batch append was refused before anything was written: it is empty,
+    /// or holds more messages than the queue's capacity.
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
     /// The queue is a replica and only the replication layer may append.
     #[error("queue is read-only: {0}")]
     ReadOnly(String),

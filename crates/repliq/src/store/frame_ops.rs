@@ -236,6 +236,52 @@ pub unsafe fn commit<M: LogMemory>(
 ) -> bool {
     let len = (FRAME_HEADER_LEN + payload_len as u64) as u32;
     debug_assert_eq!(pending, frame::pending_word0(len));
+    // SAFETY: forwarded: our claim, and the frame fills it exactly.
+    unsafe { commit_span(mem, off, pending, flags, epoch, payload_len, crc) }
+}
+
+/// Writes the header of a committed frame inside a batch span this caller
+/// claimed and has not committed yet (every frame of the span but the
+/// first). Plain (relaxed) stores: the span's commit CAS on the first
+/// frame's word0 publishes them (invariant 8 in [`crate::store::layout`]).
+///
+/// # Safety
+/// `[off, off + 16 + payload_len)` lies inside a span this caller claimed
+/// and has not committed, after the span's first frame.
+pub unsafe fn write_inner(
+    mem: &impl LogMemory,
+    off: u64,
+    flags: u16,
+    epoch: u32,
+    payload_len: usize,
+    crc: u32,
+) {
+    let len = (FRAME_HEADER_LEN + payload_len as u64) as u32;
+    mem.word1(off).store(frame::data_word1(epoch, crc), Relaxed);
+    mem.word0(off)
+        .store(frame::encode_word0(len, flags), Relaxed);
+}
+
+/// Publishes a claimed span whose first frame has `payload_len` bytes: word0
+/// goes from `pending` (the whole span's length) to the first frame's
+/// committed header, in one release CAS that also publishes every frame
+/// [`write_inner`] wrote after it. For a one-frame span this is [`commit`].
+/// Returns false if an unblocker turned the span into padding first.
+///
+/// # Safety
+/// `off` is a span this caller claimed with `pending`, and the first frame
+/// (header and `payload_len` bytes) fits in it.
+pub unsafe fn commit_span<M: LogMemory>(
+    mem: &M,
+    off: u64,
+    pending: u64,
+    flags: u16,
+    epoch: u32,
+    payload_len: usize,
+    crc: u32,
+) -> bool {
+    let len = (FRAME_HEADER_LEN + payload_len as u64) as u32;
+    debug_assert!(u64::from(len) <= u64::from(pending as u32));
     mem.word1(off).store(frame::data_word1(epoch, crc), Relaxed);
     mem.word0(off)
         .cas(pending, frame::encode_word0(len, flags), SeqCst, Relaxed)
@@ -604,6 +650,135 @@ mod loom_tests {
             }
             FrameView::Corrupt(f) => panic!("corrupt {f:?}"),
         }
+    }
+
+    /// Frame of one 8-byte message: header and payload, already aligned.
+    const FLEN: u64 = FRAME_HEADER_LEN + 8;
+
+    /// Writes the 8-byte messages `msgs` in the span claimed at `t` with
+    /// `pending` (all but the first as inner frames, then the commit CAS).
+    /// True if the commit won.
+    fn fill_span(mem: &Mem, t: u64, pending: u64, msgs: &[u64]) -> bool {
+        let base = geo().offset_of(t);
+        let mut crc0 = 0;
+        for (k, m) in msgs.iter().enumerate() {
+            let off = base + k as u64 * FLEN;
+            let p = m.to_le_bytes();
+            // SAFETY: frame `k` of the span claimed at `t`, not committed.
+            unsafe { mem.write(off + FRAME_HEADER_LEN, &p) };
+            let crc = frame::frame_crc(FLEN as u32, 0, 1, &p);
+            if k == 0 {
+                crc0 = crc;
+            } else {
+                // SAFETY: frame `k > 0` of our claimed, uncommitted span.
+                unsafe { write_inner(mem, off, 0, 1, 8, crc) };
+            }
+        }
+        // SAFETY: `base` is our span, claimed with `pending`; 8 bytes fit.
+        unsafe { commit_span(mem, base, pending, 0, 1, 8, crc0) }
+    }
+
+    /// Appends the 8-byte messages `msgs` as one batch span (one claim);
+    /// returns their positions.
+    fn append_batch(mem: &Mem, tail: &AtomicU64, pid: u32, msgs: &[u64]) -> Vec<u64> {
+        let span = (FLEN * msgs.len() as u64) as u32;
+        loop {
+            let t = tail.load(Acquire);
+            match try_claim(mem, tail, geo(), t, span, pid) {
+                ClaimStep::Claimed { pending } => {
+                    assert!(fill_span(mem, t, pending, msgs), "nobody unblocks here");
+                    return (0..msgs.len() as u64).map(|k| t + k * FLEN).collect();
+                }
+                ClaimStep::Retry => loom::thread::yield_now(),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// A batch writer (two records, one claim) races a single writer and a
+    /// reader: the reader only ever sees whole records with good CRCs, sees
+    /// the batch's second record as soon as it sees its first (no partial
+    /// batch), and the batch's ids are dense and in order.
+    #[test]
+    fn batch_writer_single_writer_and_reader_see_whole_records_dense_ids() {
+        model(|| {
+            let mem = Arc::new(Mem::new());
+            let tail = Arc::new(AtomicU64::new(SEGMENT_HEADER_LEN));
+            let batch = {
+                let (mem, tail) = (mem.clone(), tail.clone());
+                loom::thread::spawn(move || append_batch(&mem, &tail, 1, &[10, 11]))
+            };
+            let single = {
+                let (mem, tail) = (mem.clone(), tail.clone());
+                loom::thread::spawn(move || append(&mem, &tail, 2, 20))
+            };
+            let mut pos = SEGMENT_HEADER_LEN;
+            let mut seen = Vec::new();
+            for _ in 0..3 {
+                let Some((next, Some(m))) = read_at(&mem, pos) else {
+                    // Nothing yet: let the writers run (a yield is no
+                    // preemption, so the bound still leaves room for them).
+                    loom::thread::yield_now();
+                    continue;
+                };
+                if m == 10 {
+                    // The whole batch is published by one CAS.
+                    assert_eq!(read_at(&mem, next).map(|(_, m)| m), Some(Some(11)));
+                }
+                seen.push((pos, m));
+                pos = next;
+            }
+            let ids = batch.join().unwrap();
+            let single_id = single.join().unwrap();
+            assert_eq!(ids[1], ids[0] + FLEN, "batch ids are dense");
+            assert_ne!(single_id, ids[0]);
+            assert_ne!(single_id, ids[1]);
+            while let Some((next, m)) = read_at(&mem, pos) {
+                seen.extend(m.map(|m| (pos, m)));
+                pos = next;
+            }
+            let mut expect = vec![(ids[0], 10), (ids[1], 11), (single_id, 20)];
+            expect.sort();
+            assert_eq!(seen, expect, "every record once, at its id, in log order");
+            assert_eq!(tail.load(Acquire), SEGMENT_HEADER_LEN + 3 * FLEN);
+        });
+    }
+
+    /// A stalled batch writer's commit races an unblocker: either the whole
+    /// batch is published or the whole span becomes one padding frame (and
+    /// the writer writes it again after it); never part of it.
+    #[test]
+    fn batch_commit_and_unblock_race_leaves_all_or_nothing() {
+        model(|| {
+            let mem = Arc::new(Mem::new());
+            let tail = Arc::new(AtomicU64::new(SEGMENT_HEADER_LEN));
+            let t0 = SEGMENT_HEADER_LEN;
+            let ClaimStep::Claimed { pending } =
+                try_claim(&*mem, &*tail, geo(), t0, (2 * FLEN) as u32, 9)
+            else {
+                panic!("claim must succeed on an empty log");
+            };
+            let writer = {
+                let (mem, tail) = (mem.clone(), tail.clone());
+                loom::thread::spawn(move || {
+                    if fill_span(&mem, t0, pending, &[1, 2]) {
+                        vec![t0, t0 + FLEN]
+                    } else {
+                        append_batch(&mem, &tail, 9, &[1, 2]) // stolen: write it again
+                    }
+                })
+            };
+            let stolen = unblock(&*mem, geo().offset_of(t0), pending);
+            let ids = writer.join().unwrap();
+            assert_eq!(stolen, ids[0] != t0);
+            let mut pos = t0;
+            let mut seen = Vec::new();
+            while let Some((next, m)) = read_at(&mem, pos) {
+                seen.extend(m.map(|m| (pos, m)));
+                pos = next;
+            }
+            assert_eq!(seen, vec![(ids[0], 1), (ids[0] + FLEN, 2)]);
+        });
     }
 
     #[test]

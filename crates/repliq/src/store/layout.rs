@@ -78,6 +78,26 @@
 //!    re-checks before `FUTEX_WAIT` on `notify_seq`. One of the two always
 //!    sees the other, so no wake-up is lost; the futex word is shared, never
 //!    `FUTEX_PRIVATE`.
+//! 8. **Batch span.** A batch append (`Store::append_many_with`) claims the
+//!    frames of several records with one claim (invariant 2): word0 at `t`
+//!    goes from 0 to `NOT_COMPLETE|span_length`, where `span_length` is the
+//!    sum of the records' aligned frame lengths (so the span is 8-aligned and
+//!    `tail` moves past all of them at once). The span lies in one segment:
+//!    a batch that does not fit what is left of it rolls first (invariant 5),
+//!    one larger than a whole segment is cut into several spans. Inside the
+//!    span, the writer writes every record but the first whole, as an
+//!    ordinary committed frame (payload, word1, then word0 with a plain
+//!    store), then the first record's payload and word1, and publishes the
+//!    lot with the one release CAS of word0 at `t` from the span's pending
+//!    value to the first record's committed header (invariant 3). Hence:
+//!    a reader never passes `t` before that CAS, and after it (acquire) it
+//!    sees every frame of the span complete, back to back, with dense ids in
+//!    the batch's order; the pending span is resolved once (invariant 4),
+//!    and an unblocker or recovery turns it into *one* padding frame of
+//!    `span_length`, so a batch writer that dies or stalls before its CAS
+//!    leaves all of its span or none of it, never a torn record. Nothing in
+//!    the format distinguishes a batch: after the CAS its frames are
+//!    ordinary frames.
 
 /// Name of the control file inside a queue directory.
 pub const CONTROL_FILE: &str = "control.rq";

@@ -27,6 +27,7 @@
 //! | `options.rs` | [`StoreOptions`] and the checks of an existing queue's configuration |
 //! | `dir_lock.rs` | the directory lock (creation and slot allocation) |
 //! | `append.rs` | the append path, the committed position, group commit (`sync_through`), msync, the `batch` flusher |
+//! | `batch.rs` | batch appends: many records for one claim ([`Store::append_batch`], [`Store::append_many_with`]) |
 //! | `segments.rs` | the per-process segment cache, segment creation (`ensure_segment`), the prefetch thread |
 //! | `slots.rs` | tailers and consumers, named cursor slot allocation |
 //! | `read.rs` | what every reader shares: `peek`, stalled-writer handling, readiness and waiting |
@@ -38,6 +39,7 @@
 
 mod append;
 mod background;
+mod batch;
 pub mod consumer;
 pub mod control;
 mod dir_lock;

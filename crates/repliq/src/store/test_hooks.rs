@@ -11,8 +11,9 @@ pub(crate) enum Point {
     /// In `ensure_segment`, after the high-mark check and before the file is
     /// created (the argument is the segment index).
     SegmentCreate,
-    /// In `append_frame`, after a frame is claimed and before its payload is
-    /// written (the argument is the frame's position). A hook that sleeps
+    /// In `append_frame` (and a batch's `write_span`), after a frame (a
+    /// batch's span) is claimed and before its payload is written (the
+    /// argument is the frame's position). A hook that sleeps
     /// here plays a slow writer that holds an early frame pending while
     /// later writers commit.
     Claimed,

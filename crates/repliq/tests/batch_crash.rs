@@ -1,0 +1,325 @@
+//! Batch writers killed with SIGKILL mid-batch.
+//!
+//! Each iteration spawns a *victim* process appending batches of [`BATCH`]
+//! self-checking records with `Store::append_many_with`, and kills it either
+//! at a random moment or while it is deliberately stuck inside the fill
+//! closure in the middle of a batch (its span claimed, some of its frames
+//! written, not committed). A single-append writer and a reader process run
+//! meanwhile; every few iterations everything is killed at once so that the
+//! parent's open runs the exclusive recovery.
+//!
+//! After each kill the parent reads everything written since the previous
+//! iteration and checks: every payload's own checksum (no torn record);
+//! each writer's sequence numbers contiguous (nothing lost or duplicated
+//! in the middle); the victim's records a whole number of batches (a batch
+//! is all or nothing); ids dense inside a batch (each record starts where
+//! the one before ends, or at the next segment's first frame); and after a
+//! recovery the queue's depth equals the records in the log. The reader
+//! process checks checksums and contiguity concurrently, and at the end
+//! must have read exactly what the parent read.
+
+mod mp_support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mp_support::{
+    check_payload, child_exit, fill_payload, payload_len, say, ChildProc, Rng, SeqTracker, PATIENCE,
+};
+use repliq::store::layout::{align_frame, FRAME_HEADER_LEN};
+use repliq::store::{Durability, IdleStrategy, Store, StoreOptions};
+
+const ENTRY: &str = "batch_crash_child_entry";
+const ITERATIONS: u32 = 60;
+const ALL_DEAD_EVERY: u32 = 6;
+/// Records per batch.
+const BATCH: u64 = 16;
+const MAX_FILLER: usize = 40;
+
+fn opts() -> StoreOptions {
+    StoreOptions::create()
+        .segment_size(64 * 1024)
+        .capacity(100_000_000)
+        .durability(Durability::None)
+        .recovery_timeout(Duration::from_secs(1))
+}
+
+fn env(k: &str) -> String {
+    std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"))
+}
+
+/// Dispatches a child role; a no-op when run as an ordinary test.
+#[test]
+fn batch_crash_child_entry() {
+    let Some(role) = mp_support::role() else {
+        return;
+    };
+    let dir = PathBuf::from(env("BC_DIR"));
+    let r = match role.as_str() {
+        "batch" => run_batch_writer(&dir, env("BC_ID").parse().unwrap(), &env("BC_MODE")),
+        "single" => run_single_writer(&dir, env("BC_ID").parse().unwrap()),
+        "reader" => run_reader(&dir, Path::new(&env("BC_STOP"))),
+        o => Err(format!("unknown role {o}")),
+    };
+    child_exit(r)
+}
+
+/// Modes: `burst` (killed at a random moment) and `stuck:<k>` (blocks inside
+/// the fill closure of record `k`, in the middle of a batch).
+fn run_batch_writer(dir: &Path, w: u32, mode: &str) -> Result<(), String> {
+    let store = Store::open(dir, &StoreOptions::open()).map_err(|e| e.to_string())?;
+    let stuck_at: Option<u64> = mode.strip_prefix("stuck:").map(|k| k.parse().unwrap());
+    let mut seq = 0u64;
+    loop {
+        let lens: Vec<usize> = (0..BATCH)
+            .map(|i| payload_len(w, seq + i, MAX_FILLER))
+            .collect();
+        store
+            .append_many_with(&lens, |i, b| {
+                let s = seq + i as u64;
+                fill_payload(b, w, s);
+                if stuck_at == Some(s) {
+                    say("STUCK");
+                    loop {
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            })
+            .map_err(|e| format!("batch writer {w} seq {seq}: {e}"))?;
+        if seq == 0 {
+            say("READY");
+        }
+        seq += BATCH;
+        if seq % (4 * BATCH) == 0 {
+            std::thread::sleep(Duration::from_micros(300));
+        }
+    }
+}
+
+fn run_single_writer(dir: &Path, w: u32) -> Result<(), String> {
+    let store = Store::open(dir, &StoreOptions::open()).map_err(|e| e.to_string())?;
+    let mut seq = 0u64;
+    loop {
+        let len = payload_len(w, seq, MAX_FILLER);
+        store
+            .append_with(len, |b| fill_payload(b, w, seq))
+            .map_err(|e| format!("single writer {w} seq {seq}: {e}"))?;
+        if seq == 0 {
+            say("READY");
+        }
+        seq += 1;
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Follows the log from the start, checking everything, until the stop file
+/// names a position it has reached.
+fn run_reader(dir: &Path, stop: &Path) -> Result<(), String> {
+    let store = Store::open(dir, &StoreOptions::open()).map_err(|e| e.to_string())?;
+    let mut t = store.tailer();
+    let mut seqs = SeqTracker::default();
+    say("READY");
+    loop {
+        let r = t
+            .next_wait_with(IdleStrategy::Block, Some(Duration::from_millis(20)), |r| {
+                (r.id, check_payload(r.payload))
+            })
+            .map_err(|e| format!("reader: {e}"))?;
+        match r {
+            Some((id, Ok((w, s)))) => seqs.see(id, w, s).map_err(|e| format!("reader: {e}"))?,
+            Some((id, Err(e))) => return Err(format!("reader: torn record at id {id}: {e}")),
+            None => {
+                if let Ok(s) = std::fs::read_to_string(stop) {
+                    let end: u64 = s.trim().parse().unwrap();
+                    if t.position() >= end {
+                        say(&format!("DONE {}", seqs.total));
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The parent's view of the log: what it read so far and the checks.
+struct Checker {
+    pos: u64,
+    seqs: SeqTracker,
+    /// Per writer: the last record read, `(id, payload length, seq)`.
+    last: HashMap<u32, (u64, usize, u64)>,
+    batch_writers: Vec<u32>,
+}
+
+impl Checker {
+    /// Reads from `self.pos` until the tailer reaches `end`, checking every record.
+    fn read_until(&mut self, store: &Store, end: u64) {
+        let geo = store.geometry();
+        let mut t = store.tailer();
+        t.seek(self.pos)
+            .unwrap_or_else(|e| panic!("seek {}: {e}", self.pos));
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while t.position() < end {
+            match t.next_with(|r| (r.id, r.payload.len(), check_payload(r.payload))) {
+                Ok(Some((id, len, Ok((w, s))))) => {
+                    self.seqs
+                        .see(id, w, s)
+                        .unwrap_or_else(|e| panic!("parent: {e}"));
+                    if let Some(&(pid, plen, pseq)) = self.last.get(&w) {
+                        let batch = self.batch_writers.contains(&w);
+                        if batch && s == pseq + 1 && s % BATCH != 0 {
+                            let dense = pid + align_frame(FRAME_HEADER_LEN + plen as u64);
+                            let next_seg = geo.first_position(geo.segment_of(pid) + 1);
+                            assert!(
+                                id == dense || (geo.offset_of(dense) == 0 && id == next_seg),
+                                "writer {w} seq {s}: id {id} does not follow {pid} densely"
+                            );
+                        }
+                    }
+                    self.last.insert(w, (id, len, s));
+                }
+                Ok(Some((id, _, Err(e)))) => panic!("parent: torn record at id {id}: {e}"),
+                Ok(None) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "stuck at {} (target {end}), stats {:?}",
+                        t.position(),
+                        store.stats()
+                    );
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(e) => panic!("parent: read error at {}: {e}", t.position()),
+            }
+        }
+        self.pos = t.position();
+    }
+}
+
+struct Procs {
+    dir: PathBuf,
+    stop: PathBuf,
+    next_id: u32,
+}
+
+impl Procs {
+    fn spawn(&mut self, role: &str, mode: &str) -> (ChildProc, u32) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut c = ChildProc::spawn(
+            ENTRY,
+            &format!("{role} {id} ({mode})"),
+            role,
+            &[
+                ("BC_DIR", self.dir.to_string_lossy().into_owned()),
+                ("BC_STOP", self.stop.to_string_lossy().into_owned()),
+                ("BC_ID", id.to_string()),
+                ("BC_MODE", mode.to_string()),
+            ],
+        );
+        if role != "batch" {
+            c.expect_line("READY", PATIENCE);
+        }
+        (c, id)
+    }
+}
+
+#[test]
+fn batch_writers_killed_mid_batch_leave_whole_batches_with_dense_ids() {
+    if mp_support::role().is_some() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("q");
+    drop(Store::open(&dir, &opts()).unwrap());
+    let (mut rng, seed) = Rng::from_time();
+    eprintln!("seed {seed}");
+    let mut procs = Procs {
+        dir: dir.clone(),
+        stop: tmp.path().join("stop"),
+        next_id: 1,
+    };
+    let mut store = Some(Store::open(&dir, &StoreOptions::open()).unwrap());
+    let mut check = Checker {
+        pos: store.as_ref().unwrap().first_position(),
+        seqs: SeqTracker::default(),
+        last: HashMap::new(),
+        batch_writers: Vec::new(),
+    };
+    let (mut reader, _) = procs.spawn("reader", "");
+    let (mut single, _) = procs.spawn("single", "");
+    let mut stuck_kills = 0;
+    let mut recoveries = 0;
+    for it in 1..=ITERATIONS {
+        let stuck = it % 2 == 0;
+        let mode = if stuck {
+            // A record in the middle of batch 1 to 5.
+            format!("stuck:{}", rng.range(1, 6) * BATCH + rng.range(1, BATCH))
+        } else {
+            "burst".to_string()
+        };
+        let (mut victim, vid) = procs.spawn("batch", &mode);
+        check.batch_writers.push(vid);
+        victim.expect_line("READY", PATIENCE);
+        if stuck {
+            victim.expect_line("STUCK", PATIENCE);
+            stuck_kills += 1;
+        } else {
+            std::thread::sleep(Duration::from_micros(rng.range(0, 30_000)));
+        }
+        let all_dead = it % ALL_DEAD_EVERY == 0;
+        victim.kill9();
+        if all_dead {
+            reader.kill9();
+            single.kill9();
+            drop(store.take()); // every handle closed: the next open recovers
+            let s = Store::open(&dir, &StoreOptions::open()).unwrap();
+            recoveries += 1;
+            let end = s.tail_position();
+            check.read_until(&s, end);
+            assert_eq!(
+                s.depth(),
+                check.seqs.total,
+                "after recovery the depth counts exactly the records in the log"
+            );
+            store = Some(s);
+            (reader, _) = procs.spawn("reader", "");
+            (single, _) = procs.spawn("single", "");
+        } else {
+            let s = store.as_ref().unwrap();
+            let end = s.tail_position();
+            check.read_until(s, end);
+        }
+        let n = check.seqs.count(vid);
+        assert_eq!(
+            n % BATCH,
+            0,
+            "victim {vid} ({mode}): {n} records, not whole batches"
+        );
+        if let Some(k) = mode.strip_prefix("stuck:") {
+            let k: u64 = k.parse().unwrap();
+            assert_eq!(
+                n,
+                k - k % BATCH,
+                "victim {vid}: the stuck batch must be absent"
+            );
+        }
+        assert!(n >= BATCH, "victim {vid} said READY after its first batch");
+        assert!(reader.exited().is_none(), "reader died: {:?}", reader.log);
+    }
+    // The reader must have read exactly what the parent read.
+    single.kill9();
+    let s = store.as_ref().unwrap();
+    let end = s.tail_position();
+    check.read_until(s, end);
+    std::fs::write(&procs.stop, end.to_string()).unwrap();
+    let done = reader.expect_line("DONE", PATIENCE);
+    let read: u64 = done["DONE ".len()..].parse().unwrap();
+    // A reader respawned after a recovery read the log from its start.
+    assert_eq!(read, check.seqs.total, "reader and parent disagree");
+    reader.wait_ok(PATIENCE);
+    assert!(stuck_kills >= ITERATIONS / 2 && recoveries >= 1);
+    eprintln!(
+        "{} records, {} batch writers killed ({stuck_kills} mid-batch while stuck), {recoveries} recoveries",
+        check.seqs.total, ITERATIONS
+    );
+}
