@@ -12,7 +12,8 @@
 #   1. N messages appended on the primary reach both secondaries, in order,
 #      over mutual TLS: every node logs "mutual TLS required" and refused no
 #      connection of its peers, and a plain TCP client on the compose network
-#      is refused (closed without a byte, logged by the node).
+#      is refused (closed without a byte, logged by the node), and so is a
+#      daemon claiming to be repliq-2 with a certificate from another CA.
 #   2. A secondary killed (SIGKILL) while a writer appends, then started again,
 #      catches up: same records as the primary.
 #   3. A secondary cut off the network while messages are written (it reports
@@ -98,6 +99,7 @@ done
 # The cluster runs with tls.mode required (compose.yaml): replication above
 # went over mutual TLS, and a plain TCP client is refused.
 expect_tls repliq-1 repliq-2 repliq-3
+expect_impostor_refused repliq-1 repliq-2
 
 # --- 2. a secondary killed while a writer appends ----------------------------
 echo "== 2. repliq-2 killed mid-stream (SIGKILL), restarted, catches up"

@@ -135,3 +135,34 @@ expect_tls() {
     wait_for 10 "$1 to log the refused plain TCP connection" has_refused "$1"
     pass "TLS: a plain TCP client on the compose network is refused by $1 (closed, logged)"
 }
+# expect_impostor_refused NODE CLAIMED: a daemon on the compose network
+# claiming to be CLAIMED, trusting the cluster's CA but with a certificate
+# (naming CLAIMED) from a CA of its own, tries for 5 s to follow NODE: NODE
+# refuses its certificate at the handshake (and logs it), and the impostor
+# never follows.
+expect_impostor_refused() {
+    local node=$1 claimed=$2 vol before after
+    vol=$(docker inspect -f '{{range .Mounts}}{{if eq .Destination "/etc/repliq/tls"}}{{.Name}}{{end}}{{end}}' "$(cid "$claimed")")
+    [ -n "$vol" ] || fail "no TLS volume on $claimed"
+    docker logs "$(cid "$node")" >"$work/$node.log" 2>&1
+    before=$(grep -c "TLS handshake refused: invalid peer certificate" "$work/$node.log" || true)
+    docker run --rm --network "$(network_of "$node")" --read-only -v "$vol:/cluster-tls:ro" \
+        -e NODE_NAME="$claimed" -e REPLIQ_LOG=info \
+        -e REPLIQ_CONFIG="{replication: {mode: async, primary: $node, timeout_ms: 3000,
+            discovery: {method: static, peers: [{name: $node, address: \"$node:31337\"}]}},
+          queue: {names: [orders], persistence: {path: /var/lib/repliq/data}},
+          tls: {mode: required, cert: /var/lib/repliq/own/tls.crt, key: /var/lib/repliq/own/tls.key,
+                ca: /cluster-tls/ca.crt}}" \
+        --entrypoint sh "$REPLIQ_IMAGE" -c '
+            repliq cert ca --out /var/lib/repliq/ca >/dev/null &&
+            repliq cert node "$NODE_NAME" --ca /var/lib/repliq/ca --out /var/lib/repliq/own >/dev/null &&
+            exec timeout -s INT 5 repliq daemon' >"$work/impostor.log" 2>&1 || true
+    grep -q "repliq daemon starting" "$work/impostor.log" ||
+        { cat "$work/impostor.log" >&2; fail "the impostor daemon did not start"; }
+    ! grep -q "following primary" "$work/impostor.log" ||
+        fail "the impostor claiming $claimed followed $node"
+    docker logs "$(cid "$node")" >"$work/$node.log" 2>&1
+    after=$(grep -c "TLS handshake refused: invalid peer certificate" "$work/$node.log" || true)
+    [ "$after" -gt "$before" ] || fail "$node did not refuse the impostor's certificate"
+    pass "TLS: an impostor claiming $claimed with a certificate of another CA is refused by $node ($((after - before)) handshakes)"
+}
