@@ -17,8 +17,8 @@ cd "$(dirname "$0")/.."
 K8S_VERSION="${K8S_VERSION:-1.37.0}"
 # Custom resources, which kubernetes-validate has no schema for: rendered
 # (so kustomize checks them) but not validated.
-ALLOW_NO_SCHEMA_KINDS="ServiceMonitor"
-VARIANTS="${K8S_VARIANTS:-deploy/k8s deploy/k8s/base deploy/k8s/overlays/statefulset deploy/k8s/overlays/servicemonitor}"
+ALLOW_NO_SCHEMA_KINDS="ServiceMonitor Issuer Certificate"
+VARIANTS="${K8S_VARIANTS:-deploy/k8s deploy/k8s/base deploy/k8s/overlays/statefulset deploy/k8s/overlays/servicemonitor deploy/k8s/overlays/cert-manager}"
 
 if ! command -v kubectl >/dev/null 2>&1; then
     # Debian's kubectl; its embedded kustomize may be too old (checked below).

@@ -12,7 +12,10 @@
 # id, epoch, length and payload):
 #   1. The cluster forms; a queue created on repliq-1 is led by it and
 #      replicated to both others; a local append on a follower is refused
-#      with an error naming the leader.
+#      with an error naming the leader. All of it over mutual TLS: every
+#      node logs "mutual TLS required" and refused no connection of its
+#      peers, and a plain TCP client on the compose network is refused, and
+#      so is a daemon claiming to be repliq-2 with another CA's certificate.
 #   2. The leader killed (SIGKILL): another member takes appends (the time is
 #      printed), holding every record the old leader had replicated; the old
 #      leader restarts, and follows with the new leader's log.
@@ -118,6 +121,10 @@ refused() {
 wait_for "$TIMEOUT" "a follower's refusal to name the leader" refused
 same_records repliq-1 repliq-2 || fail "the refused append left a trace on repliq-2"
 pass "1. an append on follower repliq-2 is refused, naming repliq-1, and leaves no trace"
+# tls.mode required (compose-cluster.yaml): the catalog and replication
+# above went over mutual TLS, and a plain TCP client is refused.
+expect_tls repliq-1 repliq-2 repliq-3
+expect_impostor_refused repliq-1 repliq-2
 
 # --- 2. the leader killed ---------------------------------------------------
 echo "== 2. the leader (repliq-1) killed with SIGKILL"

@@ -9,7 +9,11 @@
 #
 # Scenarios, each checking counts, order and exact content (id, epoch, length
 # and payload of every record, as `repliq tail --format json` prints them):
-#   1. N messages appended on the primary reach both secondaries, in order.
+#   1. N messages appended on the primary reach both secondaries, in order,
+#      over mutual TLS: every node logs "mutual TLS required" and refused no
+#      connection of its peers, and a plain TCP client on the compose network
+#      is refused (closed without a byte, logged by the node), and so is a
+#      daemon claiming to be repliq-2 with a certificate from another CA.
 #   2. A secondary killed (SIGKILL) while a writer appends, then started again,
 #      catches up: same records as the primary.
 #   3. A secondary cut off the network while messages are written (it reports
@@ -92,6 +96,10 @@ for n in repliq-2 repliq-3; do
     cmp -s "$work/expected" "$work/got" || fail "$n: payloads differ from what was written"
     expect_identical "$n" "1. $n has the $N messages in order"
 done
+# The cluster runs with tls.mode required (compose.yaml): replication above
+# went over mutual TLS, and a plain TCP client is refused.
+expect_tls repliq-1 repliq-2 repliq-3
+expect_impostor_refused repliq-1 repliq-2
 
 # --- 2. a secondary killed while a writer appends ----------------------------
 echo "== 2. repliq-2 killed mid-stream (SIGKILL), restarted, catches up"

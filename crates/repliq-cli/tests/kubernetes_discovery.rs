@@ -16,8 +16,12 @@
 //!   (kubernetes discovery, no peer list, no primary) wait for the
 //!   DaemonSet's desired count of Ready pods, form one catalog, and replicate
 //!   a queue created on one of them, refused on its followers;
-//! * the founding config shipped in `deploy/k8s` loads, and outside a pod
-//!   without an API server exits with a clear error.
+//! * the founding config shipped in `deploy/k8s` (with mutual TLS
+//!   required, each member's certificate naming its node) loads, forms the
+//!   cluster above over TLS, and outside a pod without an API server exits
+//!   with a clear error;
+//! * the DaemonSet and the cert-manager overlay give each pod its own
+//!   node's certificate, naming that node only.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -853,25 +857,75 @@ fn the_configmap_holds_the_founding_config_and_passes_check() {
         "/tests/fixtures/founding-config.yaml"
     ))
     .unwrap();
-    assert_eq!(text.trim_end(), founding.trim_end());
-
-    let out = Command::new(BIN)
-        .args(["daemon", "--check"])
-        .env("NODE_NAME", "worker-1")
-        .env("REPLIQ_CONFIG", &text)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    // The founding config, as it is, then mutual TLS required.
+    assert_eq!(
+        text.trim_end(),
+        format!("{}\n{}", founding.trim_end(), CONFIGMAP_TLS.trim_end())
     );
-    assert!(stdout.contains("method: kubernetes"), "{stdout}");
-    assert!(stdout.contains("label_selector: name=repliq"), "{stdout}");
-    assert!(stdout.contains("port: 31337"), "{stdout}");
-    // No primary: a cluster member, with per-queue leaders.
-    assert!(stdout.contains("# role: cluster member"), "{stdout}");
+
+    for config in [&text, &founding] {
+        let out = Command::new(BIN)
+            .args(["daemon", "--check"])
+            .env("NODE_NAME", "worker-1")
+            .env("REPLIQ_CONFIG", config)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("method: kubernetes"), "{stdout}");
+        assert!(stdout.contains("label_selector: name=repliq"), "{stdout}");
+        assert!(stdout.contains("port: 31337"), "{stdout}");
+        // No primary: a cluster member, with per-queue leaders.
+        assert!(stdout.contains("# role: cluster member"), "{stdout}");
+    }
+}
+
+/// The `tls` section the ConfigMap adds to the founding config.
+const CONFIGMAP_TLS: &str = "tls:
+  mode: required
+  cert: /etc/repliq/tls/tls.crt
+  key: /etc/repliq/tls/tls.key
+  ca: /etc/repliq/tls/ca.crt
+";
+
+/// A CA in `dir/pki/ca` and, for each of `names`, a certificate naming it
+/// in `dir/pki/<name>` (made by `repliq cert`); returns `dir/pki`.
+fn node_certs(dir: &Path, names: &[&str]) -> PathBuf {
+    let pki = dir.join("pki");
+    let ca = pki.join("ca");
+    let run = |args: Vec<&std::ffi::OsStr>| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    run(vec![
+        "cert".as_ref(),
+        "ca".as_ref(),
+        "--out".as_ref(),
+        ca.as_os_str(),
+    ]);
+    for n in names {
+        let out = pki.join(n);
+        run(vec![
+            "cert".as_ref(),
+            "node".as_ref(),
+            n.as_ref(),
+            "--ca".as_ref(),
+            ca.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ]);
+    }
+    pki
+}
+
+/// `text` (the ConfigMap's config) with its TLS files taken from `dir`.
+fn with_tls_files(text: &str, dir: &Path) -> String {
+    assert!(text.contains("/etc/repliq/tls/"), "{text}");
+    text.replace("/etc/repliq/tls/", &format!("{}/", dir.display()))
 }
 
 #[test]
@@ -946,12 +1000,148 @@ fn the_daemonset_passes_the_configmap_and_the_node_name() {
     assert_eq!(pod["serviceAccountName"], "repliq");
 }
 
+/// The repliq container's mounts of the volume `tls` in a pod template:
+/// `(mountPath, subPath or subPathExpr)`; panics on a mount without a
+/// subPath (it would expose every node's key) or not read-only.
+fn tls_mounts(pod: &Value) -> BTreeMap<String, String> {
+    let c = pod["containers"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "repliq"))
+        .unwrap();
+    c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["name"] == "tls")
+        .map(|m| {
+            assert_eq!(m["readOnly"], true, "{m}");
+            let sub = m["subPathExpr"].as_str().or(m["subPath"].as_str());
+            let sub = sub.unwrap_or_else(|| panic!("the whole volume mounted: {m}"));
+            (
+                m["mountPath"].as_str().unwrap().to_string(),
+                sub.to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_daemonset_mounts_only_its_own_nodes_certificate_and_key_where_the_config_says() {
+    let ds: Value = serde_saphyr::from_str(&base_file("daemonset.yaml")).unwrap();
+    let pod = &ds["spec"]["template"]["spec"];
+    let want: BTreeMap<String, String> = [
+        ("/etc/repliq/tls/tls.crt", "$(NODE_NAME).crt"),
+        ("/etc/repliq/tls/tls.key", "$(NODE_NAME).key"),
+        ("/etc/repliq/tls/ca.crt", "ca.crt"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(tls_mounts(pod), want);
+    // The paths the ConfigMap's tls section names.
+    for path in want.keys() {
+        assert!(configmap_config().contains(path.as_str()), "{path}");
+    }
+    let v = pod["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "tls"))
+        .unwrap();
+    assert_eq!(v["secret"]["secretName"], "repliq-tls");
+    // Readable by the daemon's group (fsGroup) only.
+    assert_eq!(v["secret"]["defaultMode"], 0o440);
+    assert_eq!(pod["securityContext"]["fsGroup"], 10001);
+
+    // The StatefulSet overlay mounts the same way (its node names are pod
+    // names).
+    let p = Path::new(ROOT).join("deploy/k8s/overlays/statefulset/statefulset.yaml");
+    let sts: Value = serde_saphyr::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    assert_eq!(tls_mounts(&sts["spec"]["template"]["spec"]), want);
+}
+
+/// The YAML documents of a file under deploy/k8s/overlays/cert-manager.
+fn cert_manager_file(name: &str) -> Vec<Value> {
+    let p = Path::new(ROOT)
+        .join("deploy/k8s/overlays/cert-manager")
+        .join(name);
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    text.split("\n---\n")
+        .map(|d| serde_saphyr::from_str::<Value>(d).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_cert_manager_overlay_gives_each_node_a_certificate_naming_only_that_node() {
+    let mut nodes = Vec::new();
+    for c in cert_manager_file("certificates.yaml") {
+        assert_eq!(c["kind"], "Certificate", "{c}");
+        let spec = &c["spec"];
+        let node = spec["commonName"].as_str().unwrap().to_string();
+        assert_eq!(spec["dnsNames"], json!([node]), "{c}");
+        assert!(
+            spec["ipAddresses"].is_null() && spec["uris"].is_null(),
+            "{c}"
+        );
+        assert_eq!(spec["secretName"], format!("repliq-tls-{node}"));
+        for u in ["server auth", "client auth"] {
+            assert!(
+                spec["usages"].as_array().unwrap().contains(&json!(u)),
+                "{c}"
+            );
+        }
+        assert_eq!(spec["issuerRef"]["name"], "repliq-ca");
+        nodes.push(node);
+    }
+    assert!(nodes.len() >= 2, "{nodes:?}");
+    // The CA Issuer signs with the CA certificate issued by cert-manager.
+    let issuers = cert_manager_file("issuer.yaml");
+    let ca = issuers
+        .iter()
+        .find(|d| d["kind"] == "Issuer" && d["metadata"]["name"] == "repliq-ca")
+        .unwrap();
+    let ca_cert = issuers.iter().find(|d| d["kind"] == "Certificate").unwrap();
+    assert_eq!(ca_cert["spec"]["isCA"], true);
+    assert_eq!(
+        ca["spec"]["ca"]["secretName"],
+        ca_cert["spec"]["secretName"]
+    );
+
+    // Each node's Secret becomes <node>.crt and <node>.key, what the base's
+    // subPathExpr picks; ca.crt comes from exactly one; nothing else.
+    let patch = &cert_manager_file("daemonset-tls.yaml")[0];
+    let v = patch["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "tls"))
+        .unwrap();
+    let mut projected = Vec::new();
+    let mut ca_files = 0;
+    for src in v["projected"]["sources"].as_array().unwrap() {
+        let secret = src["secret"]["name"].as_str().unwrap();
+        let node = secret.strip_prefix("repliq-tls-").unwrap().to_string();
+        for item in src["secret"]["items"].as_array().unwrap() {
+            match (
+                item["key"].as_str().unwrap(),
+                item["path"].as_str().unwrap(),
+            ) {
+                ("tls.crt", p) => assert_eq!(p, format!("{node}.crt")),
+                ("tls.key", p) => assert_eq!(p, format!("{node}.key")),
+                ("ca.crt", "ca.crt") => ca_files += 1,
+                other => panic!("{secret}: unexpected item {other:?}"),
+            }
+        }
+        projected.push(node);
+    }
+    assert_eq!(projected, nodes);
+    assert_eq!(ca_files, 1);
+    assert_eq!(v["projected"]["defaultMode"], 0o440);
+}
+
 #[test]
 fn the_founding_config_outside_a_pod_without_api_server_exits_1() {
     // The ConfigMap as shipped makes a cluster member, which needs the API
     // server to find the others: outside a pod it says so and exits 1.
     let dir = tempfile::tempdir().unwrap();
-    let text = configmap_config().replace(
+    let pki = node_certs(dir.path(), &["worker-1"]);
+    let text = with_tls_files(&configmap_config(), &pki.join("worker-1")).replace(
         "/var/lib/repliq/data",
         &dir.path().join("data").display().to_string(),
     ) + &format!("http:\n  listen: 127.0.0.1:{}\n", free_port());
@@ -990,11 +1180,19 @@ fn catalog_at(http: &str) -> Option<Value> {
     v.get("catalog").cloned().filter(|c| !c.is_null())
 }
 
-/// The founding ConfigMap, with what a loopback test must add: the
-/// addresses, the stub API server and its namespace, and a failover timeout
-/// a loaded machine never reaches.
-fn loopback_founding_config(stub: &Stub, data: &Path, ip: &str, port: u16, http: &str) -> String {
-    configmap_config()
+/// The ConfigMap's config (the founding one with mutual TLS required), with
+/// what a loopback test must add: the addresses, the stub API server and its
+/// namespace, a failover timeout a loaded machine never reaches, and the TLS
+/// files in `tls` (see [`node_certs`]).
+fn loopback_founding_config(
+    stub: &Stub,
+    data: &Path,
+    ip: &str,
+    port: u16,
+    http: &str,
+    tls: &Path,
+) -> String {
+    with_tls_files(&configmap_config(), tls)
         .replace("/var/lib/repliq/data", &data.display().to_string())
         .replace(
             "  mode: async\n",
@@ -1026,13 +1224,16 @@ async fn three_daemons_with_the_founding_config_form_one_cluster_and_replicate()
     // on its own loopback address.
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
+    // Each member's certificate names its node (spec.nodeName), the name
+    // discovery gives it.
+    let pki = node_certs(dir.path(), &names);
     let mut daemons = Vec::new();
     let mut https = Vec::new();
     let mut data = Vec::new();
     for (n, ip) in names.iter().zip(ips) {
         let http = format!("127.0.0.1:{}", free_port());
         let path = dir.path().join(n).join("data");
-        let text = loopback_founding_config(&stub, &path, ip, port, &http);
+        let text = loopback_founding_config(&stub, &path, ip, port, &http, &pki.join(n));
         assert!(!text.contains("peers"), "{text}");
         assert!(!text.contains("primary"), "{text}");
         let cfg = dir.path().join(format!("{n}.yaml"));
@@ -1084,6 +1285,14 @@ async fn three_daemons_with_the_founding_config_form_one_cluster_and_replicate()
         },
     )
     .await;
+    // Over mutual TLS, each member's certificate naming its node: nobody
+    // refused anybody.
+    for d in &daemons {
+        let log = d.log();
+        assert!(log.contains("mutual TLS required"), "{log}");
+        assert!(!log.contains("TLS handshake refused"), "{log}");
+        assert!(!log.contains("connection refused:"), "{log}");
+    }
     let initialized: Vec<&str> = names
         .iter()
         .zip(&daemons)
@@ -1262,6 +1471,7 @@ async fn a_queue_created_before_a_member_joined_gains_it_as_a_replica() {
     }
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
+    let pki = node_certs(dir.path(), &names);
     let mut daemons = Vec::new();
     let mut https = Vec::new();
     let mut data = Vec::new();
@@ -1272,7 +1482,7 @@ async fn a_queue_created_before_a_member_joined_gains_it_as_a_replica() {
         let cfg = dir.path().join(format!("{n}.yaml"));
         std::fs::write(
             &cfg,
-            loopback_founding_config(&stub, &path, ips[k], port, &http),
+            loopback_founding_config(&stub, &path, ips[k], port, &http, &pki.join(n)),
         )
         .unwrap();
         let d = Daemon::start(&cfg, n, dir.path().join(format!("{n}.log")));
