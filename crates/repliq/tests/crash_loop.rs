@@ -25,9 +25,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mp_support::{
-    check_payload, child_exit, fill_payload, payload_len, say, ChildProc, Rng, SeqTracker, PATIENCE,
+    check_payload, child_exit, fill_payload, payload_len, run_reader, say, ChildProc, Rng,
+    SeqTracker, PATIENCE,
 };
-use repliq::store::{Durability, IdleStrategy, Store, StoreOptions};
+use repliq::store::{Durability, Store, StoreOptions};
 
 const ENTRY: &str = "crash_loop_child_entry";
 const ITERATIONS: u32 = 300;
@@ -97,35 +98,6 @@ fn run_writer(dir: &Path, w: u32, mode: &str) -> Result<(), String> {
             "steady" => std::thread::sleep(Duration::from_micros(200)),
             _ if seq % 20 == 0 => std::thread::sleep(Duration::from_micros(500)),
             _ => {}
-        }
-    }
-}
-
-/// Follows the log from the start, checking everything, until the stop file
-/// names a position it has reached.
-fn run_reader(dir: &Path, stop: &Path) -> Result<(), String> {
-    let store = Store::open(dir, &StoreOptions::open()).map_err(|e| e.to_string())?;
-    let mut t = store.tailer();
-    let mut seqs = SeqTracker::default();
-    say("READY");
-    loop {
-        let r = t
-            .next_wait_with(IdleStrategy::Block, Some(Duration::from_millis(20)), |r| {
-                (r.id, check_payload(r.payload))
-            })
-            .map_err(|e| format!("reader: {e}"))?;
-        match r {
-            Some((id, Ok((w, s)))) => seqs.see(id, w, s).map_err(|e| format!("reader: {e}"))?,
-            Some((id, Err(e))) => return Err(format!("reader: id {id}: {e}")),
-            None => {
-                if let Ok(s) = std::fs::read_to_string(stop) {
-                    let end: u64 = s.trim().parse().unwrap();
-                    if t.position() >= end {
-                        say(&format!("DONE {}", seqs.total));
-                        return Ok(());
-                    }
-                }
-            }
         }
     }
 }

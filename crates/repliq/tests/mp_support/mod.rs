@@ -359,3 +359,36 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() - 1) as f64 * p / 100.0).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
+
+/// A reader child of the crash tests: follows the log from the start,
+/// checking every payload and each writer's sequence, until the stop file
+/// names a position it has reached; a torn record is an error.
+pub fn run_reader(dir: &Path, stop: &Path) -> Result<(), String> {
+    let store = repliq::store::Store::open(dir, &repliq::store::StoreOptions::open())
+        .map_err(|e| e.to_string())?;
+    let mut t = store.tailer();
+    let mut seqs = SeqTracker::default();
+    say("READY");
+    loop {
+        let r = t
+            .next_wait_with(
+                repliq::store::IdleStrategy::Block,
+                Some(Duration::from_millis(20)),
+                |r| (r.id, check_payload(r.payload)),
+            )
+            .map_err(|e| format!("reader: {e}"))?;
+        match r {
+            Some((id, Ok((w, s)))) => seqs.see(id, w, s).map_err(|e| format!("reader: {e}"))?,
+            Some((id, Err(e))) => return Err(format!("reader: torn record at id {id}: {e}")),
+            None => {
+                if let Ok(s) = std::fs::read_to_string(stop) {
+                    let end: u64 = s.trim().parse().unwrap();
+                    if t.position() >= end {
+                        say(&format!("DONE {}", seqs.total));
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
