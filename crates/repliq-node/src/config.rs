@@ -850,7 +850,11 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
     };
     let tls_file = |key: &str, v: Option<String>| -> Result<Option<PathBuf>, ConfigError> {
         match v {
-            Some(p) if !p.trim().is_empty() => Ok(Some(PathBuf::from(p))),
+            // `${NODE_NAME}` stands for this node's name: one ConfigMap for
+            // every pod of a DaemonSet that mounts a whole Secret directory.
+            Some(p) if !p.trim().is_empty() => {
+                Ok(Some(PathBuf::from(p.replace("${NODE_NAME}", &node_name))))
+            }
             Some(_) => Err(err(key, "must not be empty".into())),
             None if tls_mode != TlsMode::Disabled => Err(err(
                 key,
