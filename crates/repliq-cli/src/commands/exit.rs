@@ -78,6 +78,7 @@ pub fn store_code(e: &StoreError) -> i32 {
         StoreError::Full { .. } => FULL,
         StoreError::TooLarge { .. } => TOO_LARGE,
         StoreError::InvalidConfig(_)
+        | StoreError::InvalidBatch(_)
         | StoreError::InvalidId { .. }
         | StoreError::NotRetained { .. } => USAGE,
         _ => OTHER,
