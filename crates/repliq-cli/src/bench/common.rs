@@ -321,6 +321,19 @@ pub struct Proc {
     child: Child,
 }
 
+impl Proc {
+    /// Kills the process with `SIGKILL` and reaps it.
+    pub fn kill_now(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
 /// Starts `repliq bench child <args>` with stdout captured.
 pub fn spawn_child(name: &str, args: &[String]) -> BResult<Proc> {
     let exe = std::env::current_exe()

@@ -1,4 +1,4 @@
-//! `repliq bench`: IPC latency and multi-process throughput.
+//! `repliq bench`: IPC latency, multi-process throughput, and open latency.
 //!
 //! Every benchmark runs its writers and readers as separate processes: the
 //! parent re-executes its own binary as `repliq bench child ...` (a hidden
@@ -9,6 +9,7 @@
 
 pub mod common;
 pub mod ipc;
+pub mod open;
 pub mod throughput;
 
 use std::path::PathBuf;
@@ -28,6 +29,8 @@ enum BenchCommand {
     Ipc(ipc::IpcArgs),
     /// N writer processes and M reader processes: messages and bytes per second.
     Throughput(throughput::ThroughputArgs),
+    /// Time to open a queue right after a writer process was killed, cleanly, and when large.
+    Open(open::OpenArgs),
     /// Internal: one writer or reader process of a benchmark.
     #[command(hide = true)]
     Child(ChildArgs),
@@ -38,6 +41,7 @@ pub fn run(a: BenchArgs) -> i32 {
     let r = match a.cmd {
         BenchCommand::Ipc(a) => ipc::run(a),
         BenchCommand::Throughput(a) => throughput::run(a),
+        BenchCommand::Open(a) => open::run(a),
         BenchCommand::Child(a) => run_child(a),
     };
     match r {
@@ -91,6 +95,8 @@ pub enum Role {
     TputWriter,
     /// Throughput reader: tails and counts.
     TputReader,
+    /// Open benchmark writer: appends until it is killed.
+    OpenWriter,
 }
 
 /// Arguments of the hidden `repliq bench child`.
@@ -137,6 +143,7 @@ impl ChildArgs {
             Role::IpcReader => "ipc-reader",
             Role::TputWriter => "tput-writer",
             Role::TputReader => "tput-reader",
+            Role::OpenWriter => "open-writer",
         };
         let mut v = vec![
             "--role".into(),
@@ -180,6 +187,7 @@ fn run_child(a: ChildArgs) -> common::BResult<()> {
         Role::IpcReader => ipc::reader(&a, &coord),
         Role::TputWriter => throughput::writer(&a, &coord),
         Role::TputReader => throughput::reader(&a, &coord),
+        Role::OpenWriter => open::writer(&a, &coord),
     };
     match r {
         Ok(line) => {

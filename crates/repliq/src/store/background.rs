@@ -17,6 +17,8 @@ use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::control::Control;
+
 /// Shared between a process's application handles and its background threads.
 #[derive(Debug, Default)]
 pub(crate) struct Background {
@@ -48,15 +50,22 @@ impl Background {
 /// What every application handle of one `Store::open` shares: the shared
 /// `flock` marking this process as a user of the queue, and the switch that
 /// stops background work when the last handle goes.
+///
+/// Dropping the last handle of the last process using the queue is a clean
+/// close: it clears the in-use mark
+/// ([`CTL_LIVE_BOOT_OFF`](super::layout::CTL_LIVE_BOOT_OFF)), so that the next
+/// exclusive open runs the full recovery walk rather than the one for a
+/// crash.
 #[derive(Debug)]
 pub(crate) struct AppHandle {
-    _lock: File,
+    lock: File,
     bg: Arc<Background>,
+    ctl: Arc<Control>,
 }
 
 impl AppHandle {
-    pub(crate) fn new(lock: File, bg: Arc<Background>) -> AppHandle {
-        AppHandle { _lock: lock, bg }
+    pub(crate) fn new(lock: File, bg: Arc<Background>, ctl: Arc<Control>) -> AppHandle {
+        AppHandle { lock, bg, ctl }
     }
 }
 
@@ -66,6 +75,19 @@ impl Drop for AppHandle {
         // after this body), so a process that takes the queue exclusively
         // next never races with a thread of ours.
         self.bg.close();
+        // The last user, if the exclusive lock can be had. (A failed
+        // conversion may drop our shared lock early: we are closing anyway,
+        // and the background work has stopped.) An opener that got here
+        // first holds its shared lock and keeps us out; one that comes after
+        // marks the queue in use again once it holds its shared lock.
+        if rustix::fs::flock(
+            &self.lock,
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        )
+        .is_ok()
+        {
+            super::recovery::mark_closed(&self.ctl);
+        }
     }
 }
 

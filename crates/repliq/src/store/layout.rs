@@ -287,6 +287,24 @@ pub const CTL_TRUNCATED_TO_OFF: usize = 696;
 /// Control: records moved to quarantine by truncations, in total (atomic u64).
 pub const CTL_TRUNCATED_RECORDS_OFF: usize = 704;
 
+/// Control: the boot in which processes have had the queue open since it was
+/// last closed cleanly: the running boot's id
+/// (`/proc/sys/kernel/random/boot_id`, 128 bits as two atomic u64, low half
+/// first), stored by every open once it holds its shared `flock`; zeroed by
+/// the last process to close the queue (it holds the exclusive `flock` to do
+/// it). On an exclusive open, a value equal to the running boot means the
+/// previous users died (`kill -9`, an exit without closing) and the page
+/// cache kept everything they wrote: recovery takes its fast path (see
+/// `recovery`). Zero (a clean close, a queue from before this field) or
+/// another boot (a power loss) gets the full walk.
+pub const CTL_LIVE_BOOT_OFF: usize = 896;
+/// Control: the recovery checkpoint, four atomic u64 written by recovery
+/// only: the end of the log at the last recovery, the default group's
+/// cursor then, the messages between the two, and a tag: the truncation
+/// count then plus one (0: no checkpoint; a truncation since voids it).
+/// The tag is cleared first and set last.
+pub const CTL_CHECKPOINT_OFF: usize = 912;
+
 /// Control: the sampled enqueue-latency histogram (see [`HIST_BUCKETS`]).
 /// Every process appending records one append in [`LATENCY_SAMPLE_EVERY`]
 /// per thread, from entering `append` to the commit (and flush, with

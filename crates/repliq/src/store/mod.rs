@@ -295,7 +295,8 @@ impl Store {
         rustix::fs::flock(&lock_file, rustix::fs::FlockOperation::LockShared)
             .map_err(|e| StoreError::io(&ctl_path, e.into()))?;
         drop(lock);
-        let app = background::AppHandle::new(lock_file, inner.bg.clone());
+        recovery::mark_live(&inner.ctl);
+        let app = background::AppHandle::new(lock_file, inner.bg.clone(), inner.ctl.clone());
         let store = Store {
             inner: Arc::new(inner),
             _lock: Some(Arc::new(app)),

@@ -252,6 +252,11 @@ fn build_image(rec: &Recorder, src: &Path, dst: &Path, rng: &mut Rng) -> std::io
                 }
             }
         }
+        if !is_seg {
+            // A power loss reboots the machine: the image is opened in
+            // another boot than the one its in-use mark names.
+            out[CTL_LIVE_BOOT_OFF..CTL_LIVE_BOOT_OFF + 16].fill(0xa5);
+        }
         std::fs::write(dst.join(name), &out)?;
     }
     Ok(())

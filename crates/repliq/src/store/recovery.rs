@@ -21,10 +21,42 @@
 //!   a torn tail and cut;
 //! * the write position, the committed position and the depth counters are
 //!   recomputed from what is on disk.
+//!
+//! # After a crash: the walk since the last recovery
+//!
+//! The walk above costs a pass over the segment holding the write position
+//! and over every segment created after it (64 MiB each by default: reading
+//! them faults in every page), plus a pass over every undequeued record for
+//! the depth. That is what a power loss or damage needs. After `kill -9`, or
+//! a process that exited without closing the queue, the page cache still
+//! holds everything the dead processes wrote, in order: below the chain of
+//! frames nothing is torn, and after its end nothing is written (invariant 2
+//! of [`layout`](crate::store::layout)). Recovery then takes the fast path
+//! when the control file says that processes of the *running boot* had the
+//! queue open and did not close it ([`CTL_LIVE_BOOT_OFF`]; a power loss
+//! changes the boot, a clean close clears the mark):
+//!
+//! * it walks from the end of the log at the previous recovery (the
+//!   checkpoint, [`CTL_CHECKPOINT_OFF`]), or else from the default group's
+//!   cursor: every frame below either is complete, so every frame a dead
+//!   writer left pending is at or after it. Pending frames become padding,
+//!   data frames are checked and counted, and the walk ends at the first
+//!   empty word at or after the recorded write position;
+//! * the depth is the checkpoint's, minus what the default group dequeued
+//!   since, plus what was appended since: exact, as the full recount is;
+//! * nothing after the end of the chain is scanned or cut.
+//!
+//! So the cost is that of what was appended (and dequeued) since the
+//! previous recovery, not of the segment size or the queue's size. Anything
+//! the fast walk does not expect (an empty word below the recorded write
+//! position, a frame that fails its checks, a missing segment) sends
+//! recovery to the full walk, as does any doubt about the checkpoint.
 
 use std::sync::atomic::Ordering::*;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::store::control::Control;
 use crate::store::error::Result;
 use crate::store::frame_ops::{self, FrameView, Geometry, LogMemory};
 use crate::store::layout::*;
@@ -56,6 +88,10 @@ pub struct RecoveryReport {
     pub retired_removed: u64,
     /// Messages the default group has not dequeued, recounted from disk.
     pub depth: u64,
+    /// Whether the fast path ran: the queue was left by processes of the
+    /// running boot that did not close it (a crash, not a power loss), and
+    /// only what changed since the previous recovery was walked.
+    pub fast: bool,
     /// Time spent.
     pub duration: Duration,
 }
@@ -113,20 +149,188 @@ fn remove_temporaries(dir: &std::path::Path, rep: &mut RecoveryReport) {
     }
 }
 
-pub(crate) fn recover(inner: &Inner) -> Result<RecoveryReport> {
-    let started = Instant::now();
+/// The running boot's id (`/proc/sys/kernel/random/boot_id`), read once;
+/// `None` where the system has none.
+pub(crate) fn boot_id() -> Option<u128> {
+    static BOOT: OnceLock<Option<u128>> = OnceLock::new();
+    *BOOT.get_or_init(|| {
+        let s = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let hex: String = s.trim().chars().filter(|c| *c != '-').collect();
+        u128::from_str_radix(&hex, 16).ok().filter(|&b| b != 0)
+    })
+}
+
+/// Marks the queue as in use in the running boot ([`CTL_LIVE_BOOT_OFF`]).
+/// Every open does it once it holds its shared `flock`.
+pub(crate) fn mark_live(ctl: &Control) {
+    let b = boot_id().unwrap_or(0);
+    ctl.u64_at(CTL_LIVE_BOOT_OFF).store(b as u64, SeqCst);
+    ctl.u64_at(CTL_LIVE_BOOT_OFF + 8)
+        .store((b >> 64) as u64, SeqCst);
+}
+
+/// Clears the in-use mark: the last process closed the queue cleanly. The
+/// caller holds the exclusive `flock`.
+pub(crate) fn mark_closed(ctl: &Control) {
+    ctl.u64_at(CTL_LIVE_BOOT_OFF).store(0, SeqCst);
+    ctl.u64_at(CTL_LIVE_BOOT_OFF + 8).store(0, SeqCst);
+}
+
+/// Whether processes of the running boot left the queue without closing it.
+fn crashed_in_this_boot(ctl: &Control) -> bool {
+    let lo = u128::from(ctl.u64_at(CTL_LIVE_BOOT_OFF).load(Acquire));
+    let hi = u128::from(ctl.u64_at(CTL_LIVE_BOOT_OFF + 8).load(Acquire));
+    boot_id().is_some_and(|b| b == lo | hi << 64)
+}
+
+/// The recovery checkpoint ([`CTL_CHECKPOINT_OFF`]): at the end of the last
+/// recovery, the log ended at `end` and held `depth` messages from the
+/// default group's cursor `g0` to there.
+#[derive(Debug, Clone, Copy)]
+struct Checkpoint {
+    end: u64,
+    g0: u64,
+    depth: u64,
+}
+
+impl Checkpoint {
+    fn word(ctl: &Control, i: usize) -> &std::sync::atomic::AtomicU64 {
+        ctl.u64_at(CTL_CHECKPOINT_OFF + 8 * i)
+    }
+
+    /// The checkpoint, if one was saved since the last truncation.
+    fn load(ctl: &Control) -> Option<Checkpoint> {
+        let tag = Self::word(ctl, 3).load(Acquire);
+        (tag != 0 && tag == ctl.truncations().load(Acquire).wrapping_add(1)).then(|| Checkpoint {
+            end: Self::word(ctl, 0).load(Acquire),
+            g0: Self::word(ctl, 1).load(Acquire),
+            depth: Self::word(ctl, 2).load(Acquire),
+        })
+    }
+
+    /// Forgets the checkpoint; the tag goes first, so a crash in between
+    /// leaves no checkpoint rather than a torn one.
+    fn clear(ctl: &Control) {
+        Self::word(ctl, 3).store(0, SeqCst);
+    }
+
+    /// Saves `self`: tag cleared first, set last.
+    fn save(self, ctl: &Control) {
+        Self::clear(ctl);
+        Self::word(ctl, 0).store(self.end, SeqCst);
+        Self::word(ctl, 1).store(self.g0, SeqCst);
+        Self::word(ctl, 2).store(self.depth, SeqCst);
+        let tag = ctl.truncations().load(Acquire).wrapping_add(1);
+        Self::word(ctl, 3).store(tag, SeqCst);
+    }
+}
+
+/// Counts the messages (data frames that are not metadata) in `[from, to)`,
+/// a stretch of complete frames. `None` if the walk meets anything else, a
+/// missing segment, or does not land on `to`.
+fn count_complete(inner: &Inner, from: u64, to: u64) -> Option<u64> {
+    let geo = inner.geo;
+    let mut p = from;
+    let mut n = 0u64;
+    let mut cur: Option<Segment> = None;
+    while p < to {
+        let si = geo.segment_of(p);
+        if cur.as_ref().map(Segment::index) != Some(si) {
+            cur = Some(Segment::open(&inner.dir, si, geo, inner.queue_id).ok()??);
+        }
+        let s = cur.as_ref()?;
+        match frame_ops::view(s, geo, geo.offset_of(p)) {
+            FrameView::Data { len, flags, .. } => {
+                n += u64::from(flags & FLAG_METADATA == 0);
+                p = geo.advance(p, align_frame(u64::from(len)));
+            }
+            FrameView::Padding { aligned } => p = geo.advance(p, aligned),
+            _ => return None,
+        }
+    }
+    (p == to).then_some(n)
+}
+
+/// The fast path (see the module documentation). `Ok(None)` sends recovery
+/// to the full walk; pending frames padded before that stay padded (and
+/// counted in `rep`). Returns the end of the log and the depth.
+fn fast_walk(inner: &Inner, tail_before: u64, rep: &mut RecoveryReport) -> Option<(u64, u64)> {
     let ctl = &inner.ctl;
     let geo = inner.geo;
-    let tail_before = ctl.tail().load(Acquire);
-    let flushed_before = ctl.flushed().load(Acquire);
-    let mut rep = RecoveryReport {
-        ran: true,
-        tail_before,
-        ..Default::default()
+    let low = ctl.low_segment().load(Acquire);
+    let g0 = ctl.slot(CTL_GROUPS_OFF, GROUP_SLOT_LEN, 0);
+    if g0.state().load(Acquire) != SLOT_ACTIVE {
+        return None;
+    }
+    let g_now = g0.position().load(Acquire);
+    let usable = |p: u64| p <= tail_before && geo.segment_of(p) >= low;
+    // Where to start, from which position on to count messages, and the
+    // messages between the default group's cursor and that position.
+    let from_checkpoint = Checkpoint::load(ctl)
+        .filter(|c| usable(c.end))
+        .and_then(|c| {
+            if g_now >= c.end {
+                return Some((c.end, g_now, 0));
+            }
+            if c.g0 > g_now {
+                return None;
+            }
+            let consumed = count_complete(inner, c.g0, g_now)?;
+            Some((c.end, c.end, c.depth.checked_sub(consumed)?))
+        });
+    let (start, count_from, base) = match from_checkpoint {
+        Some(s) => s,
+        None if usable(g_now) => (g_now, g_now, 0),
+        None => return None,
     };
+    let mut pos = start;
+    let mut counted = 0u64;
+    let mut seg: Option<Segment> = None;
+    loop {
+        let si = geo.segment_of(pos);
+        if seg.as_ref().map(Segment::index) != Some(si) {
+            match Segment::open(&inner.dir, si, geo, inner.queue_id) {
+                Ok(Some(s)) => seg = Some(s),
+                Ok(None) if pos >= tail_before => break,
+                _ => return None,
+            }
+        }
+        let s = seg.as_ref()?;
+        let off = geo.offset_of(pos);
+        let v = frame_ops::view(s, geo, off);
+        match v {
+            FrameView::Empty if pos >= tail_before => break,
+            FrameView::Pending { word0, .. } => {
+                frame_ops::unblock(s, off, word0);
+                rep.pending_padded += 1;
+                pos = geo.advance(pos, align_frame(u64::from(word0 as u32)));
+            }
+            FrameView::Padding { aligned } => pos = geo.advance(pos, aligned),
+            FrameView::Data { len, flags, .. } => {
+                // SAFETY: exclusive recovery; `v` is the data view of `off`.
+                if unsafe { frame_ops::read_payload(s, off, v, |_| ()) }.is_err() {
+                    return None;
+                }
+                if flags & FLAG_METADATA == 0 && pos >= count_from {
+                    counted += 1;
+                }
+                pos = geo.advance(pos, align_frame(u64::from(len)));
+            }
+            // An empty word below the recorded write position, or a frame
+            // that fails its checks: not what a crash leaves.
+            FrameView::Empty | FrameView::Corrupt(_) => return None,
+        }
+    }
+    Some((pos, base + counted))
+}
+
+/// Removes the debris of interrupted creations and retentions; returns the
+/// segments on disk from the low mark on.
+fn remove_debris(inner: &Inner, rep: &mut RecoveryReport) -> Result<Vec<u64>> {
+    let ctl = &inner.ctl;
     // Exclusive: nobody is creating segments, so temporaries are debris of
     // a writer killed inside `create_segment`.
-    remove_temporaries(&inner.dir, &mut rep);
+    remove_temporaries(&inner.dir, rep);
     let low = ctl.low_segment().load(Acquire);
     let mut existing = segment::list_segments(&inner.dir)?;
     // Files below the low mark are debris of a process killed between
@@ -146,6 +350,157 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryReport> {
     {
         segment::sync_dir(&inner.dir).map_err(|e| crate::store::StoreError::io(&inner.dir, e))?;
     }
+    Ok(existing)
+}
+
+pub(crate) fn recover(inner: &Inner) -> Result<RecoveryReport> {
+    let started = Instant::now();
+    let ctl = &inner.ctl;
+    let tail_before = ctl.tail().load(Acquire);
+    let mut rep = RecoveryReport {
+        ran: true,
+        tail_before,
+        ..Default::default()
+    };
+    let existing = remove_debris(inner, &mut rep)?;
+    let fast = if crashed_in_this_boot(ctl) {
+        fast_walk(inner, tail_before, &mut rep)
+    } else {
+        None
+    };
+    rep.fast = fast.is_some();
+    let (pos, depth) = match fast {
+        Some((pos, depth)) => (pos, Some(depth)),
+        None => {
+            // The full walk may cut below the checkpoint.
+            Checkpoint::clear(ctl);
+            (full_walk(inner, &existing, &mut rep)?, None)
+        }
+    };
+    if let Some(&k) = existing.last() {
+        ctl.high_segment().fetch_max(k, AcqRel);
+    }
+    ctl.tail().store(pos, Release);
+    ctl.committed().store(pos, Release);
+    if ctl.flushed().load(Acquire) > pos {
+        ctl.flushed().store(pos, Release);
+    }
+    // Clamp cursors past the cut, and recount the default group's depth.
+    for (region, len, n) in [
+        (CTL_GROUPS_OFF, GROUP_SLOT_LEN, GROUP_SLOTS),
+        (CTL_TAILERS_OFF, TAILER_SLOT_LEN, TAILER_SLOTS),
+    ] {
+        for i in 0..n {
+            let s = ctl.slot(region, len, i);
+            match s.state().load(Acquire) {
+                SLOT_ACTIVE if s.position().load(Acquire) > pos => {
+                    s.position().store(pos, Release);
+                }
+                SLOT_BUSY => s.state().store(SLOT_FREE, Release), // died while creating
+                _ => {}
+            }
+        }
+    }
+    let g0 = ctl.slot(CTL_GROUPS_OFF, GROUP_SLOT_LEN, 0);
+    let g0_pos = g0.position().load(Acquire);
+    let (depth, exact) = match depth {
+        Some(d) => (d, true),
+        None => recount(inner, g0_pos, pos),
+    };
+    rep.depth = depth;
+    ctl.reserved()
+        .store(g0.count().load(Acquire) + depth, Release);
+    ctl.waiters().store(0, Release);
+    // No process has the queue open, so no replication session is live.
+    for i in 0..PEER_SLOTS {
+        let s = ctl.slot(CTL_PEERS_OFF, PEER_SLOT_LEN, i);
+        if s.link().load(Acquire) == LINK_CONNECTED {
+            s.link().store(LINK_DISCONNECTED, Release);
+        }
+    }
+    if exact && rep.corrupt.is_empty() && g0.state().load(Acquire) == SLOT_ACTIVE {
+        Checkpoint {
+            end: pos,
+            g0: g0_pos,
+            depth,
+        }
+        .save(ctl);
+    } else {
+        Checkpoint::clear(ctl);
+    }
+    ctl.recoveries().fetch_add(1, AcqRel);
+    // After a crash in this boot nothing here needs to reach the disk: if
+    // the machine loses power later, the next boot differs and the full
+    // walk repairs whatever state the control file's pages come back in.
+    if !rep.fast {
+        ctl.flush()?;
+    }
+    rep.tail_after = pos;
+    rep.duration = started.elapsed();
+    if rep.is_eventful() {
+        tracing::warn!(
+            queue = %inner.dir.display(),
+            tail_before = rep.tail_before,
+            tail_after = rep.tail_after,
+            cut_from = ?rep.cut_from,
+            cut_bytes = rep.cut_bytes,
+            pending_padded = rep.pending_padded,
+            corrupt = ?rep.corrupt,
+            fast = rep.fast,
+            "recovered queue"
+        );
+    }
+    Ok(rep)
+}
+
+/// Counts the default group's depth, the messages in `[g0_pos, end)`, and
+/// whether the count is exact (it stops at a damaged frame or segment,
+/// counting it as one).
+fn recount(inner: &Inner, g0_pos: u64, end: u64) -> (u64, bool) {
+    let geo = inner.geo;
+    let mut p = g0_pos;
+    let mut depth = 0u64;
+    let mut cur: Option<Segment> = None;
+    while p < end {
+        let si = geo.segment_of(p);
+        if cur.as_ref().map(Segment::index) != Some(si) {
+            cur = match Segment::open(&inner.dir, si, geo, inner.queue_id) {
+                Ok(s) => s,
+                // A damaged segment the default group has not reached: count it
+                // like a corrupt frame. Readers report it (with its id) when they
+                // get there; it must not make the whole queue unopenable.
+                Err(e) => {
+                    tracing::warn!(queue = %inner.dir.display(), segment = si, "depth recount stops at a damaged segment: {e}");
+                    return (depth + 1, false);
+                }
+            };
+        }
+        let Some(s) = cur.as_ref() else {
+            return (depth, false);
+        };
+        match frame_ops::view(s, geo, geo.offset_of(p)) {
+            FrameView::Data { len, flags, .. } => {
+                if flags & FLAG_METADATA == 0 {
+                    depth += 1;
+                }
+                p = geo.advance(p, align_frame(u64::from(len)));
+            }
+            FrameView::Padding { aligned } => p = geo.advance(p, aligned),
+            // A corrupt frame in the middle: count it, readers will stop there.
+            _ => return (depth + 1, false),
+        }
+    }
+    (depth, p == end)
+}
+
+/// The full walk (see the module documentation): returns the end of the
+/// valid log, having padded, marked and cut as described there.
+fn full_walk(inner: &Inner, existing: &[u64], rep: &mut RecoveryReport) -> Result<u64> {
+    let ctl = &inner.ctl;
+    let geo = inner.geo;
+    let tail_before = rep.tail_before;
+    let flushed_before = ctl.flushed().load(Acquire);
+    let low = ctl.low_segment().load(Acquire);
     let last_existing = existing.last().copied().unwrap_or(0);
     // With a durability mode, `flushed` marks what was acknowledged as on
     // disk: the walk starts at its segment (or the tail's, if earlier), so
@@ -275,91 +630,5 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryReport> {
             }
         }
     }
-    if let Some(&k) = existing.last() {
-        ctl.high_segment().fetch_max(k, AcqRel);
-    }
-    ctl.tail().store(pos, Release);
-    ctl.committed().store(pos, Release);
-    if ctl.flushed().load(Acquire) > pos {
-        ctl.flushed().store(pos, Release);
-    }
-    // Clamp cursors past the cut, and recount the default group's depth.
-    for (region, len, n) in [
-        (CTL_GROUPS_OFF, GROUP_SLOT_LEN, GROUP_SLOTS),
-        (CTL_TAILERS_OFF, TAILER_SLOT_LEN, TAILER_SLOTS),
-    ] {
-        for i in 0..n {
-            let s = ctl.slot(region, len, i);
-            match s.state().load(Acquire) {
-                SLOT_ACTIVE if s.position().load(Acquire) > pos => {
-                    s.position().store(pos, Release);
-                }
-                SLOT_BUSY => s.state().store(SLOT_FREE, Release), // died while creating
-                _ => {}
-            }
-        }
-    }
-    let g0 = ctl.slot(CTL_GROUPS_OFF, GROUP_SLOT_LEN, 0);
-    let mut p = g0.position().load(Acquire);
-    let mut depth = 0u64;
-    let mut cur: Option<Segment> = None;
-    while p < pos {
-        let si = geo.segment_of(p);
-        if cur.as_ref().map(Segment::index) != Some(si) {
-            cur = match open(si) {
-                Ok(s) => s,
-                // A damaged segment the default group has not reached: count it
-                // like a corrupt frame. Readers report it (with its id) when they
-                // get there; it must not make the whole queue unopenable.
-                Err(e) => {
-                    tracing::warn!(queue = %inner.dir.display(), segment = si, "depth recount stops at a damaged segment: {e}");
-                    depth += 1;
-                    break;
-                }
-            };
-        }
-        let Some(s) = cur.as_ref() else { break };
-        match frame_ops::view(s, geo, geo.offset_of(p)) {
-            FrameView::Data { len, flags, .. } => {
-                if flags & FLAG_METADATA == 0 {
-                    depth += 1;
-                }
-                p = geo.advance(p, align_frame(u64::from(len)));
-            }
-            FrameView::Padding { aligned } => p = geo.advance(p, aligned),
-            // A corrupt frame in the middle: count it, readers will stop there.
-            _ => {
-                depth += 1;
-                break;
-            }
-        }
-    }
-    rep.depth = depth;
-    ctl.reserved()
-        .store(g0.count().load(Acquire) + depth, Release);
-    ctl.waiters().store(0, Release);
-    // No process has the queue open, so no replication session is live.
-    for i in 0..PEER_SLOTS {
-        let s = ctl.slot(CTL_PEERS_OFF, PEER_SLOT_LEN, i);
-        if s.link().load(Acquire) == LINK_CONNECTED {
-            s.link().store(LINK_DISCONNECTED, Release);
-        }
-    }
-    ctl.recoveries().fetch_add(1, AcqRel);
-    ctl.flush()?;
-    rep.tail_after = pos;
-    rep.duration = started.elapsed();
-    if rep.is_eventful() {
-        tracing::warn!(
-            queue = %inner.dir.display(),
-            tail_before = rep.tail_before,
-            tail_after = rep.tail_after,
-            cut_from = ?rep.cut_from,
-            cut_bytes = rep.cut_bytes,
-            pending_padded = rep.pending_padded,
-            corrupt = ?rep.corrupt,
-            "recovered queue"
-        );
-    }
-    Ok(rep)
+    Ok(pos)
 }
