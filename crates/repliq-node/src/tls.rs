@@ -713,4 +713,58 @@ pub(crate) mod tests {
             "a rotation was not taken"
         );
     }
+
+    /// Writes `files` into a new timestamped directory of `dir` and points
+    /// `dir/..data` at it by renaming a fresh symlink over the old one, as
+    /// the kubelet's atomic writer updates a mounted Secret.
+    fn kubelet_write(dir: &Path, generation: u32, files: &[(&str, &str)]) {
+        let ts = format!("..2026_11_30_00_00_0{generation}");
+        std::fs::create_dir_all(dir.join(&ts)).expect("mkdir");
+        for (name, body) in files {
+            std::fs::write(dir.join(&ts).join(name), body).expect("write");
+            let link = dir.join(name);
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(Path::new("..data").join(name), &link).expect("link");
+            }
+        }
+        let tmp = dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&ts, &tmp).expect("symlink");
+        std::fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
+    }
+
+    #[test]
+    fn a_secret_updated_the_way_the_kubelet_does_it_is_taken_without_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = generate_ca("t").expect("ca");
+        let one = generate_node(&["node-1".to_string()], &ca.0, &ca.1).expect("cert");
+        let files = |c: &(String, String)| {
+            [
+                ("node-1.crt", c.0.clone()),
+                ("node-1.key", c.1.clone()),
+                ("ca.crt", ca.0.clone()),
+            ]
+        };
+        let f1 = files(&one);
+        let f1: Vec<(&str, &str)> = f1.iter().map(|(n, b)| (*n, b.as_str())).collect();
+        kubelet_write(dir.path(), 1, &f1);
+        let settings = TlsSettings {
+            mode: TlsMode::Required,
+            cert: Some(dir.path().join("node-1.crt")),
+            key: Some(dir.path().join("node-1.key")),
+            ca: Some(dir.path().join("ca.crt")),
+        };
+        let tls = Tls::from_settings(&settings)
+            .expect("load")
+            .expect("enabled");
+        let first = tls.current().chain.clone();
+        assert!(!tls.reload_if_changed(), "nothing changed yet");
+        // cert-manager renews: a new certificate and key, the same paths.
+        let two = generate_node(&["node-1".to_string()], &ca.0, &ca.1).expect("cert");
+        let f2 = files(&two);
+        let f2: Vec<(&str, &str)> = f2.iter().map(|(n, b)| (*n, b.as_str())).collect();
+        kubelet_write(dir.path(), 2, &f2);
+        assert!(tls.reload_if_changed(), "the renewed Secret was not taken");
+        assert_ne!(tls.current().chain, first);
+        assert!(certificate_names(&tls.current().chain, "node-1"));
+    }
 }
