@@ -551,3 +551,17 @@ pub fn ping_pong(a: Option<usize>, b: Option<usize>, rounds: u64) -> Percentiles
     });
     Percentiles::of(&h)
 }
+
+/// Prints a benchmark's report: one JSON line with `json`, else the text
+/// `print_report` writes. The one output path of every `repliq bench`.
+pub fn emit<T: serde::Serialize>(json: bool, r: &T, print_report: fn(&T)) -> Result<(), String> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(r).map_err(|e| format!("cannot print JSON: {e}"))?
+        );
+    } else {
+        print_report(r);
+    }
+    Ok(())
+}

@@ -154,14 +154,7 @@ pub fn run(a: IpcArgs) -> BResult<()> {
                 pingpong_rounds: a.pingpong_rounds,
             };
             let r = run_ipc(&cfg)?;
-            if a.json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&r).map_err(|e| format!("cannot print JSON: {e}"))?
-                );
-            } else {
-                print_report(&r);
-            }
+            common::emit(a.json, &r, print_report)?;
         }
     }
     Ok(())

@@ -100,14 +100,7 @@ pub fn run(a: OpenArgs) -> BResult<()> {
     }
     for (name, fill) in queues {
         let r = run_queue(&a, name, seg, fill)?;
-        if a.json {
-            println!(
-                "{}",
-                serde_json::to_string(&r).map_err(|e| format!("cannot print JSON: {e}"))?
-            );
-        } else {
-            print_report(&r);
-        }
+        common::emit(a.json, &r, print_report)?;
     }
     Ok(())
 }

@@ -105,14 +105,7 @@ pub fn run(a: ThroughputArgs) -> BResult<()> {
         return Err("--count must be at least 1".into());
     }
     let r = run_throughput(&a)?;
-    if a.json {
-        println!(
-            "{}",
-            serde_json::to_string(&r).map_err(|e| format!("cannot print JSON: {e}"))?
-        );
-    } else {
-        print_report(&r);
-    }
+    common::emit(a.json, &r, print_report)?;
     Ok(())
 }
 
