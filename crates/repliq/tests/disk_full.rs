@@ -181,13 +181,25 @@ fn run_child(dir: &Path, method: &str) -> Result<(), String> {
     if seen.total != n {
         return Err(format!("read {} of {n} before freeing space", seen.total));
     }
-    let leftovers: Vec<_> = std::fs::read_dir(&q)
-        .map_err(|e| e.to_string())?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|f| f.contains(".tmp"))
-        .collect();
-    if !leftovers.is_empty() {
-        return Err(format!("temporary files left after ENOSPC: {leftovers:?}"));
+    // The prefetch thread may still be inside its own failing attempt to
+    // create the next segment (its temporary file exists until that attempt
+    // gives up), so wait for it; a file that stays is a leak.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let leftovers: Vec<_> = std::fs::read_dir(&q)
+            .map_err(|e| e.to_string())?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|f| f.contains(".tmp"))
+            .collect();
+        if leftovers.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "temporary files left {PATIENCE:?} after ENOSPC: {leftovers:?}"
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 
     // Free space, and carry on.

@@ -154,14 +154,29 @@ impl ChildProc {
         s
     }
 
+    /// Collects the lines of an exited child up to the end of its stdout.
+    /// The reader thread may still hold lines the child wrote just before
+    /// it exited, so a short poll would lose them on a busy machine; the
+    /// channel disconnects once the reader sees end of file. Bounded, in
+    /// case a grandchild keeps the pipe open.
+    fn drain(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.log.push(l),
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Waits for the child to exit successfully within `timeout`.
     pub fn wait_ok(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(s) = self.child.try_wait().expect("try_wait") {
                 self.reaped = true;
-                // Drain remaining lines for the diagnostics below.
-                while self.recv(Duration::from_millis(1)).is_some() {}
+                self.drain();
                 assert!(
                     s.success(),
                     "{} failed: {s:?}; lines {:?}",
@@ -172,7 +187,7 @@ impl ChildProc {
             }
             if Instant::now() >= deadline {
                 self.kill9();
-                while self.recv(Duration::from_millis(1)).is_some() {}
+                self.drain();
                 panic!(
                     "{} did not finish within {timeout:?}; lines {:?}",
                     self.name, self.log
