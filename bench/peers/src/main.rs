@@ -6,6 +6,7 @@
 //! peers tput   --system S --size N --duration SECS [--port P]
 //! peers repl   --system S --kind lat|tput|sync --size N ... (replication, see src/repl.rs)
 //! peers limits [--rounds N]
+//! peers tcp-floor --size N --wait blocking|busy [--rounds N]   (src/tcp_floor.rs)
 //! peers free-port
 //! ```
 //! Systems: iceoryx2, uds, pipe, crossbeam, redis, nats. Each run prints one
@@ -21,6 +22,7 @@
 mod common;
 mod repl;
 mod systems;
+mod tcp_floor;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -128,13 +130,14 @@ fn main() {
         "repl" => repl::orchestrate(&a),
         "repl-child" => repl::child(&a),
         "limits" => limits(&a),
+        "tcp-floor" => tcp_floor::run(&a),
         "free-port" => {
             let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
             println!("{}", l.local_addr().map_err(|e| e.to_string())?.port());
             Ok(())
         }
         _ => Err(
-            "usage: peers lat|tput|repl|limits|free-port --system S --size N ... (see src/main.rs)"
+            "usage: peers lat|tput|repl|limits|tcp-floor|free-port --system S --size N ... (see src/main.rs)"
                 .into(),
         ),
     });

@@ -372,16 +372,18 @@ fn run_repliq(a: &Args, cfg: &Cfg, kind: Kind, timeout: Duration) -> Result<RunO
             ("pqueue", pq.display().to_string()),
             ("squeue", sq.display().to_string()),
         ];
+        let cpu0 = daemons_cpu_s(&ds);
         let r = run_pair(cfg, kind, 0, 0, &extra, timeout);
+        let cpu = cpu0.zip(daemons_cpu_s(&ds)).map(|(a, b)| (b - a).max(0.0));
         for d in ds.iter_mut() {
             d.check()?;
         }
-        r
+        r.map(|r| (r, cpu))
     })();
     let [p, s] = ds;
     p.stop();
     s.stop();
-    let (w, r) = r?;
+    let ((w, r), cpu) = r?;
     let variant = match dur {
         Durability::None => "durability none",
         Durability::Batch => "durability batch",
@@ -391,8 +393,30 @@ fn run_repliq(a: &Args, cfg: &Cfg, kind: Kind, timeout: Duration) -> Result<RunO
         w,
         r,
         json!({"variant": variant, "durability": durability,
-               "daemons": "repliq daemon x2 (primary, secondary), static discovery, min_acks 1"}),
+               "daemons": "repliq daemon x2 (primary, secondary), static discovery, min_acks 1",
+               "servers_cpu_s": cpu}),
     ))
+}
+
+/// CPU seconds both daemons have used so far (`None` if either is unreadable).
+fn daemons_cpu_s(ds: &[Daemon]) -> Option<f64> {
+    ds.iter().map(|d| proc_cpu_s(d.child.id())).sum()
+}
+
+/// The pid a Redis server reports for itself (`INFO server`).
+fn redis_pid(port: u16) -> Option<u32> {
+    let mut c = redis_client(port).ok()?;
+    let info: String = redis::cmd("INFO").arg("server").query(&mut c).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// CPU seconds a Redis master and replica have used so far, read from
+/// `/proc` by the pids they report (`None` if either is unreadable).
+fn redis_cpu_s(pids: Option<(u32, u32)>) -> Option<f64> {
+    let (m, r) = pids?;
+    Some(proc_cpu_s(m)? + proc_cpu_s(r)?)
 }
 
 fn redis_client(port: u16) -> Result<redis::Connection, String> {
@@ -424,14 +448,21 @@ fn run_redis(a: &Args, cfg: &Cfg, kind: Kind, timeout: Duration) -> Result<RunOu
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let pids = redis_pid(master).zip(redis_pid(replica));
+    let cpu0 = redis_cpu_s(pids);
     let r = run_pair(cfg, kind, master, replica, &[], timeout);
+    let cpu = cpu0.zip(redis_cpu_s(pids)).map(|(a, b)| (b - a).max(0.0));
     if let Ok(mut mc) = redis_client(master) {
         let _ = redis::cmd("DEL")
             .arg(&cfg.name)
             .query::<redis::Value>(&mut mc);
     }
     let (w, r) = r?;
-    Ok((w, r, json!({"variant": "", "replica": replica})))
+    Ok((
+        w,
+        r,
+        json!({"variant": "", "replica": replica, "servers_cpu_s": cpu}),
+    ))
 }
 
 fn nats_rt() -> Result<tokio::runtime::Runtime, String> {
@@ -595,6 +626,11 @@ fn result_line(
                 "messages": ro.received, "sent": wo.received,
                 "lost": wo.received.saturating_sub(ro.received),
                 "msgs": msgs, "mbs": msgs * cfg.size as f64 / 1e6,
+                // CPU the servers (daemons) spent per GB delivered, over the
+                // whole run (idle start-up included; small against it).
+                "servers_cpu_s_per_gb": extra.get("servers_cpu_s").and_then(|c| c.as_f64())
+                    .filter(|_| ro.received > 0)
+                    .map(|c| c / (ro.received as f64 * cfg.size as f64 / 1e9)),
             })
         }
         Kind::Sync => {

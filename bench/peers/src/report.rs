@@ -58,6 +58,8 @@ struct Tput {
     msgs: f64,
     mbs: f64,
     lost: u64,
+    /// Server (daemon) CPU seconds per GB delivered; replication runs only.
+    cpu_per_gb: Option<f64>,
 }
 
 /// One replication latency run: asynchronous append -> visible on the
@@ -76,6 +78,34 @@ struct ReplLat {
     behind: u64,
     attempts: u64,
     pct: [u64; 6],
+}
+
+/// One loopback TCP ping-pong of the same run (`peers tcp-floor`).
+#[derive(Clone, Debug)]
+struct TcpFloor {
+    size: u64,
+    wait: String,
+    rtt_p50: u64,
+    rtt_p99: u64,
+    rtt_p99_9: u64,
+}
+
+impl TcpFloor {
+    /// The blocking floor at `size`, the one replication is compared with:
+    /// repliq's daemons wait in `epoll_wait`, as Redis and NATS do.
+    fn blocking(floors: &[TcpFloor], size: u64) -> Option<&TcpFloor> {
+        floors
+            .iter()
+            .find(|f| f.size == size && f.wait == "blocking")
+    }
+}
+
+/// `value / floor` as a ratio cell ("3.2×"), or "–" without a floor.
+fn ratio(value: u64, floor: Option<u64>) -> String {
+    match floor {
+        Some(f) if f > 0 => format!("{:.1}×", value as f64 / f as f64),
+        _ => "–".into(),
+    }
 }
 
 /// The label of a replication run: the system, plus what differs.
@@ -175,6 +205,7 @@ fn run() -> Result<(), String> {
 
     let (mut lats, mut tputs, mut limits, mut notes) = (Vec::new(), Vec::new(), None, Vec::new());
     let (mut rlats, mut rsyncs, mut rtputs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut floors: Vec<TcpFloor> = Vec::new();
     let mut stream_leader = String::new();
     let mut machine: Option<Value> = None;
     let mut files: Vec<_> = std::fs::read_dir(&results)
@@ -207,6 +238,7 @@ fn run() -> Result<(), String> {
                     msgs: f(&v, "read_msgs"),
                     mbs: f(&v, "read_gbs") * 1000.0,
                     lost: 0,
+                    cpu_per_gb: None,
                 }),
                 (_, "latency") => lats.push(Lat {
                     system: s(&v, "system"),
@@ -225,6 +257,7 @@ fn run() -> Result<(), String> {
                     msgs: f(&v, "msgs"),
                     mbs: f(&v, "mbs"),
                     lost: u(&v, "lost"),
+                    cpu_per_gb: None,
                 }),
                 (_, k @ ("repl_latency" | "repl_sync")) => {
                     let r = ReplLat {
@@ -260,8 +293,16 @@ fn run() -> Result<(), String> {
                     msgs: f(&v, "msgs"),
                     mbs: f(&v, "mbs"),
                     lost: u(&v, "lost"),
+                    cpu_per_gb: v.get("servers_cpu_s_per_gb").and_then(Value::as_f64),
                 }),
                 (_, "limits") => limits = Some(v),
+                (_, "tcp_floor") => floors.push(TcpFloor {
+                    size: u(&v, "size"),
+                    wait: s(&v, "wait"),
+                    rtt_p50: u(&v, "rtt_p50"),
+                    rtt_p99: u(&v, "rtt_p99"),
+                    rtt_p99_9: u(&v, "rtt_p99_9"),
+                }),
                 (_, "machine") => machine = Some(v),
                 (_, "skipped") => {
                     notes.push(format!("**{}**: {}", s(&v, "system"), s(&v, "reason")))
@@ -325,6 +366,28 @@ fn run() -> Result<(), String> {
             f(l, "memcpy_gbs_256mib"),
             f(l, "memcpy_gbs_256kib"),
         );
+    }
+    if !floors.is_empty() {
+        floors.sort_by_key(|f| (f.size, f.wait.clone()));
+        md.push_str(
+            "Loopback TCP floor (same run, `peers tcp-floor`): a ping-pong between two threads pinned to the \
+             two CPUs over one 127.0.0.1 connection with `TCP_NODELAY`; `blocking` sleeps in `read`, `busy` spins \
+             on a non-blocking socket. One way is half the round trip.\n\n\
+             | size | waits by | round trip p50 | p99 | p99.9 | one way p50 |\n|---:|---|---:|---:|---:|---:|\n",
+        );
+        for f in &floors {
+            let _ = writeln!(
+                md,
+                "| {} B | {} | {} | {} | {} | {} |",
+                f.size,
+                f.wait,
+                fmt_ns(f.rtt_p50),
+                fmt_ns(f.rtt_p99),
+                fmt_ns(f.rtt_p99_9),
+                fmt_ns(f.rtt_p50 / 2)
+            );
+        }
+        md.push('\n');
     }
     md.push_str("### One-way latency (writer process -> reader process, coordinated-omission corrected)\n\n");
     md.push_str("| system | size | target rate | reader waits by | p50 | p90 | p99 | p99.9 | p99.99 | max | messages | writer behind schedule (max) | attempts |\n");
@@ -416,7 +479,7 @@ fn run() -> Result<(), String> {
         md.push_str("![unthrottled throughput](images/bench-throughput.png)\n");
     }
     if !(rlats.is_empty() && rsyncs.is_empty() && rtputs.is_empty()) {
-        repl_markdown(&mut md, &rlats, &rsyncs, &rtputs, &stream_leader);
+        repl_markdown(&mut md, &rlats, &rsyncs, &rtputs, &stream_leader, &floors);
     }
     if !(rlats.is_empty() && rsyncs.is_empty()) {
         plot_repl(&images.join("bench-replication.png"), &rlats, &rsyncs)?;
@@ -608,12 +671,21 @@ fn plot_tput(path: &Path, tputs: &[Tput], sizes: &[u64]) -> Result<(), String> {
     root.present().map_err(|e| e.to_string())
 }
 
-fn repl_lat_table(md: &mut String, set: &[ReplLat], how: &str, sync: bool) {
+/// A replication latency table. The `p50 ÷ TCP` column divides the p50 by
+/// the same run's blocking loopback floor at the same size: the one-way
+/// time for an append becoming visible, the round trip for a synchronous
+/// append.
+fn repl_lat_table(md: &mut String, set: &[ReplLat], how: &str, sync: bool, floors: &[TcpFloor]) {
+    let floor_name = if sync {
+        "TCP round trip"
+    } else {
+        "TCP one way"
+    };
     let _ = writeln!(
         md,
-        "| system | size | target rate | {how} | p50 | p90 | p99 | p99.9 | p99.99 | max | messages | writer behind schedule (max) | attempts |"
+        "| system | size | target rate | {how} | p50 | p90 | p99 | p99.9 | p99.99 | max | p50 ÷ {floor_name} (blocking) | messages | writer behind schedule (max) | attempts |"
     );
-    md.push_str("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for l in set {
         let _ = write!(
             md,
@@ -626,6 +698,17 @@ fn repl_lat_table(md: &mut String, set: &[ReplLat], how: &str, sync: bool) {
         for v in l.pct {
             let _ = write!(md, " {} |", fmt_ns(v));
         }
+        let floor =
+            TcpFloor::blocking(floors, l.size).map(
+                |f| {
+                    if sync {
+                        f.rtt_p50
+                    } else {
+                        f.rtt_p50 / 2
+                    }
+                },
+            );
+        let _ = write!(md, " {} |", ratio(l.pct[0], floor));
         let mut note = String::new();
         if l.lost > 0 {
             let _ = write!(note, " ({} lost)", l.lost);
@@ -656,6 +739,7 @@ fn repl_markdown(
     rsyncs: &[ReplLat],
     rtputs: &[Tput],
     leader: &str,
+    floors: &[TcpFloor],
 ) {
     md.push_str(
         "\n### Replication (loopback; writer, reader, and every node a separate process)\n\n",
@@ -672,12 +756,12 @@ fn repl_markdown(
     md.push_str(". Every writer sleeps for its slots; nothing is pinned.\n\n");
     if !rlats.is_empty() {
         md.push_str("#### Asynchronous append -> visible to a reader on the replica (coordinated-omission corrected)\n\n");
-        repl_lat_table(md, rlats, "reader on the replica", false);
+        repl_lat_table(md, rlats, "reader on the replica", false, floors);
         md.push('\n');
     }
     if !rsyncs.is_empty() {
         md.push_str("#### Synchronous round trip: append, then wait for the replica's acknowledgement (from the intended send time)\n\n");
-        repl_lat_table(md, rsyncs, "returns when", true);
+        repl_lat_table(md, rsyncs, "returns when", true, floors);
         md.push('\n');
     }
     if !rtputs.is_empty() {
@@ -687,13 +771,18 @@ fn repl_markdown(
         let mut sizes: Vec<u64> = rtputs.iter().map(|t| t.size).collect();
         sizes.sort();
         sizes.dedup();
+        md.push_str(
+            "Server CPU per GB: the CPU time (user + system, from `/proc/<pid>/stat`) both servers \
+             (the two repliq daemons; the Redis master and replica) used over the run, per GB delivered \
+             to the reader. NATS is not measured (its three servers are shared with the other runs).\n\n",
+        );
         md.push_str("| system |");
         for sz in &sizes {
-            let _ = write!(md, " {sz} B msg/s | {sz} B MB/s |");
+            let _ = write!(md, " {sz} B msg/s | {sz} B MB/s | {sz} B server CPU s/GB |");
         }
         md.push_str("\n|---|");
         for _ in &sizes {
-            md.push_str("---:|---:|");
+            md.push_str("---:|---:|---:|");
         }
         md.push('\n');
         let mut systems: Vec<String> = rtputs.iter().map(|t| t.system.clone()).collect();
@@ -708,9 +797,12 @@ fn repl_markdown(
                         } else {
                             String::new()
                         };
-                        let _ = write!(md, " {}{lost} | {:.0} |", fmt_rate(t.msgs), t.mbs);
+                        let cpu = t
+                            .cpu_per_gb
+                            .map_or_else(|| "–".to_string(), |c| format!("{c:.2}"));
+                        let _ = write!(md, " {}{lost} | {:.0} | {cpu} |", fmt_rate(t.msgs), t.mbs);
                     }
-                    None => md.push_str(" – | – |"),
+                    None => md.push_str(" – | – | – |"),
                 }
             }
             md.push('\n');
