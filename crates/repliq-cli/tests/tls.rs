@@ -405,6 +405,22 @@ fn static_primary_and_secondary_replicate_over_mutual_tls_and_plain_tcp_is_refus
             .logs()
             .contains("plain TCP connection refused: tls.mode is required")
     });
+    // ... and counted where an operator's alert can see it.
+    assert!(refused(&nodes[0].http, "plain_tcp") >= 1);
+    assert_eq!(refused(&nodes[0].http, "tls_handshake"), 0);
+}
+
+/// `repliq_connections_refused_total` for `reason` on the node serving
+/// HTTP at `http` (0 if the series is absent).
+fn refused(http: &str, reason: &str) -> u64 {
+    let (code, body) = http_get(http, "/metrics").expect("GET /metrics");
+    assert_eq!(code, 200, "{body}");
+    let needle = format!("reason=\"{reason}\"}} ");
+    body.lines()
+        .filter(|l| l.starts_with("repliq_connections_refused_total{"))
+        .find(|l| l.contains(&needle))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -494,6 +510,10 @@ fn peers_without_a_client_certificate_from_another_ca_or_claiming_another_name_a
         nodes[0].logs().contains("does not name \"node-1\"")
     });
     assert!(nodes[0].logs().contains("TLS handshake refused"));
+    // No certificate and another CA's certificate are handshake refusals;
+    // the SAN mismatch is refused later, in the session.
+    assert_eq!(refused(&nodes[0].http, "tls_handshake"), 2);
+    assert_eq!(refused(&nodes[0].http, "plain_tcp"), 0);
 }
 
 #[test]

@@ -35,6 +35,7 @@ mod http;
 pub mod http_auth;
 pub mod kubernetes;
 mod peer_expiry;
+pub mod refusals;
 mod run;
 mod state;
 pub mod tls;

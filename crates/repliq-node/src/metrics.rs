@@ -203,6 +203,17 @@ fn families(snap: &Snapshot) -> Families {
         "Replication sessions established (primary: secondaries; secondary: followed queues)",
     )
     .push(node(), Value::GaugeInt(clamp(n.connected_peers)));
+    let refused = fs.add(
+        "repliq_connections_refused",
+        C,
+        "Connections the replication port closed before any session, by reason",
+    );
+    for (reason, count) in &n.refused_connections {
+        refused.push(
+            vec![("node", n.name.clone()), ("reason", reason.clone())],
+            Value::Counter(*count),
+        );
+    }
     if let Some(d) = &n.disk {
         fs.add(
             "repliq_disk_free_bytes",

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::config::{Config, Mode, TlsMode};
 use crate::discovery;
 use crate::http;
+use crate::refusals::{worth_logging, Reason};
 use crate::state::{QueueState, Shared};
 use crate::tls::{certificate_names, is_tls_hello, sans, Alpn, Dialed};
 
@@ -207,7 +208,6 @@ async fn accept_loop_with(
     catalog: Option<Arc<repliq_catalog::ServerContext>>,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(shared.cfg.max_connections));
-    let mut refused: u64 = 0;
     loop {
         let (stream, peer) = match l.accept().await {
             Ok(x) => x,
@@ -220,7 +220,7 @@ async fn accept_loop_with(
         // A bounded number of connections at once: the rest are closed
         // as they arrive (logged for the first and every 1000th).
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            refused += 1;
+            let refused = shared.refusals.note(Reason::MaxConnections);
             if refused == 1 || refused % 1000 == 0 {
                 tracing::warn!(%peer, refused, max = shared.cfg.max_connections, "replication.max_connections reached: connection closed");
             }
@@ -233,20 +233,6 @@ async fn accept_loop_with(
             let _permit = permit;
             serve_connection(stream, peer, shared, catalog).await;
         });
-    }
-}
-
-/// Connections refused at the TLS layer (no or a bad certificate, plain
-/// TCP under `required`), logged for the first 100 and every 1000th after.
-static REFUSED: RefusalCount = RefusalCount(std::sync::atomic::AtomicU64::new(0));
-
-struct RefusalCount(std::sync::atomic::AtomicU64);
-
-impl RefusalCount {
-    /// Counts one; `Some(count)` when this one is to be logged.
-    fn note(&self) -> Option<u64> {
-        let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
-        (n <= 100 || n % 1000 == 0).then_some(n)
     }
 }
 
@@ -269,13 +255,15 @@ async fn serve_connection(
             let (s, alpn) = match tokio::time::timeout(HELLO_TIMEOUT, tls.accept(stream)).await {
                 Ok(Ok(x)) => x,
                 Ok(Err(e)) => {
-                    if let Some(n) = REFUSED.note() {
+                    let n = shared.refusals.note(Reason::TlsHandshake);
+                    if worth_logging(n) {
                         tracing::warn!(%peer, refused = n, "TLS handshake refused: {e}");
                     }
                     return;
                 }
                 Err(_) => {
-                    if let Some(n) = REFUSED.note() {
+                    let n = shared.refusals.note(Reason::TlsTimeout);
+                    if worth_logging(n) {
                         tracing::warn!(%peer, refused = n, "TLS handshake timed out");
                     }
                     return;
@@ -319,7 +307,8 @@ async fn serve_connection(
             return;
         }
         if tls.mode() == TlsMode::Required {
-            if let Some(n) = REFUSED.note() {
+            let n = shared.refusals.note(Reason::PlainTcp);
+            if worth_logging(n) {
                 tracing::warn!(%peer, refused = n, "plain TCP connection refused: tls.mode is required");
             }
             return;

@@ -7,6 +7,7 @@
 //! the queue was created, not since the daemon started. Nothing here reads
 //! a payload.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -129,6 +130,12 @@ impl Observer {
             http_listen: sh.cfg.http_listen.to_string(),
             replication_listen: sh.primary.then(|| sh.cfg.listen.to_string()),
             connected_peers,
+            refused_connections: sh
+                .refusals
+                .counts()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
             disk: disk(&sh.cfg.path),
         };
         let catalog = sh
@@ -529,6 +536,10 @@ pub struct NodeSnap {
     /// Replication sessions established (primary: with secondaries;
     /// secondary: followed queues with a session).
     pub connected_peers: u64,
+    /// Connections the replication port closed before any session, by
+    /// reason (`tls_handshake`, `tls_timeout`, `plain_tcp`,
+    /// `max_connections`).
+    pub refused_connections: BTreeMap<String, u64>,
     /// The file system holding the queues.
     pub disk: Option<DiskSnap>,
 }

@@ -132,6 +132,8 @@ pub struct Shared {
     catalog: std::sync::OnceLock<Arc<repliq_catalog::Catalog>>,
     /// Mutual TLS on the replication port (`None`: `tls.mode: disabled`).
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// Connections the replication port refused before any session.
+    pub refusals: crate::refusals::Refusals,
 }
 
 impl Shared {
@@ -172,6 +174,7 @@ impl Shared {
             connected: AtomicI64::new(0),
             catalog: std::sync::OnceLock::new(),
             tls,
+            refusals: Default::default(),
         })
     }
 
