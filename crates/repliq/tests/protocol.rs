@@ -222,7 +222,7 @@ fn groups_frames_that_are_truncated_trailing_oversized_or_badly_named_are_reject
         Err(ProtocolError::TooManyGroups(n)) if n == MAX_GROUPS + 1
     ));
     // Names: empty, longer than a slot holds, not UTF-8.
-    let long = vec![b'g'; SLOT_NAME_MAX + 1];
+    let long = [b'g'; SLOT_NAME_MAX + 1];
     for bad in [&b""[..], &long[..], &[0xff, 0xfe][..]] {
         let f = groups_frame(1, &[(bad, 64, 3)], &[]);
         assert!(
