@@ -1,6 +1,6 @@
 //! Replication wire protocol, version 3 (a primary also serves version 2
-//! secondaries; only version 3 sessions receive `Groups`). `docs/protocol.md` is the prose
-//! description of the same bytes.
+//! secondaries; only version 3 sessions receive `Groups`).
+//! `docs/protocol.md` is the prose description of the same bytes.
 //!
 //! Every message is a frame: `length:u32 | type:u8 | body`, little-endian,
 //! where `length` counts the type byte and the body and may not exceed the
