@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use mp_support::PATIENCE;
 use repliq::replication::protocol::{kind, Codec, Hello, Message, PROTOCOL_VERSION};
 use repliq::replication::{primary, secondary, PrimaryConfig, SecondaryConfig};
-use repliq::store::{Durability, GroupState, Store, StoreOptions};
+use repliq::store::{Durability, GroupState, Role, Store, StoreOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -197,6 +197,32 @@ fn applying_a_table_holds_back_cursors_beyond_the_tail_and_never_moves_one_back(
     );
     // New and at the tail: created there.
     assert_eq!(group(&s, "new").unwrap(), table[2]);
+}
+
+#[test]
+fn a_truncation_moves_a_replicated_cursor_back_to_the_cut_and_the_leaders_table_waits_for_the_records(
+) {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path(), &opts()).unwrap();
+    let ids: Vec<u64> = (0..20u32)
+        .map(|i| s.append(&i.to_le_bytes()).unwrap())
+        .collect();
+    s.set_role(Role::Secondary);
+    let table = vec![GroupState {
+        name: "billing".into(),
+        position: ids[15],
+        dequeued: 15,
+    }];
+    assert!(s.apply_replicated_groups(&table).is_empty());
+    assert_eq!(group(&s, "billing").unwrap().position, ids[15]);
+    // Cut back below the replicated cursor: it moves back to the cut, as
+    // every reader past it does.
+    s.truncate_suffix(ids[10]).unwrap();
+    assert_eq!(group(&s, "billing").unwrap().position, ids[10]);
+    // The same table again: beyond the new tail, it waits for the records.
+    assert_eq!(s.apply_replicated_groups(&table), table);
+    assert_eq!(group(&s, "billing").unwrap().position, ids[10]);
+    assert_eq!(s.tail_position(), ids[10]);
 }
 
 /// Reads frames from `c` into `got` until `stop` holds for one or `until`
