@@ -4,6 +4,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use proptest::prelude::*;
 use repliq::replication::protocol::*;
+use repliq::store::layout::SLOT_NAME_MAX;
+use repliq::store::GroupState;
 use tokio_util::codec::{Decoder, Encoder};
 
 fn samples() -> Vec<Message> {
@@ -52,6 +54,18 @@ fn samples() -> Vec<Message> {
             code: 2,
             message: "queue id mismatch".into(),
         },
+        Message::Groups(vec![
+            GroupState {
+                name: "default".into(),
+                position: 4096,
+                dequeued: 12,
+            },
+            GroupState {
+                name: "billing".into(),
+                position: 8192,
+                dequeued: 40,
+            },
+        ]),
     ]
 }
 
@@ -148,6 +162,121 @@ fn hostile_frames_are_rejected_with_reasons() {
     assert!(c.encode(&big, &mut BytesMut::new()).is_err());
 }
 
+/// A `Groups` body: `count:u16`, then per group `name_len:u16 | name |
+/// position:u64 | dequeued:u64`.
+fn groups_frame(count: u16, groups: &[(&[u8], u64, u64)], extra: &[u8]) -> Vec<u8> {
+    let mut body = vec![kind::GROUPS];
+    body.extend_from_slice(&count.to_le_bytes());
+    for (name, position, dequeued) in groups {
+        body.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        body.extend_from_slice(name);
+        body.extend_from_slice(&position.to_le_bytes());
+        body.extend_from_slice(&dequeued.to_le_bytes());
+    }
+    body.extend_from_slice(extra);
+    let mut f = (body.len() as u32).to_le_bytes().to_vec();
+    f.extend_from_slice(&body);
+    f
+}
+
+#[test]
+fn groups_frames_that_are_truncated_trailing_oversized_or_badly_named_are_rejected() {
+    let mut c = Codec::default();
+    let dec = |c: &mut Codec, bytes: &[u8]| c.decode(&mut BytesMut::from(bytes));
+    // The hand-made encoding is the codec's: a valid frame decodes.
+    let ok = groups_frame(1, &[(b"billing", 64, 3)], &[]);
+    assert_eq!(
+        dec(&mut c, &ok).unwrap(),
+        Some(Message::Groups(vec![GroupState {
+            name: "billing".into(),
+            position: 64,
+            dequeued: 3
+        }]))
+    );
+    assert_eq!(ok, encode(&dec(&mut c, &ok).unwrap().unwrap()));
+    // Fewer entries than the count announces.
+    let short = groups_frame(2, &[(b"billing", 64, 3)], &[]);
+    assert!(matches!(
+        dec(&mut c, &short),
+        Err(ProtocolError::Truncated("groups"))
+    ));
+    // An entry cut in its counter.
+    let cut = groups_frame(1, &[(b"billing", 64, 3)], &[]);
+    let mut cut = cut[..cut.len() - 3].to_vec();
+    let len = (cut.len() - 4) as u32;
+    cut[..4].copy_from_slice(&len.to_le_bytes());
+    assert!(matches!(
+        dec(&mut c, &cut),
+        Err(ProtocolError::Truncated("groups"))
+    ));
+    // Bytes after the last entry.
+    let trailing = groups_frame(1, &[(b"billing", 64, 3)], &[0, 0]);
+    assert!(matches!(
+        dec(&mut c, &trailing),
+        Err(ProtocolError::Trailing(2, "groups"))
+    ));
+    // More groups than a queue has slots: refused from the count alone.
+    let many = groups_frame(MAX_GROUPS as u16 + 1, &[], &[]);
+    assert!(matches!(
+        dec(&mut c, &many),
+        Err(ProtocolError::TooManyGroups(n)) if n == MAX_GROUPS + 1
+    ));
+    // Names: empty, longer than a slot holds, not UTF-8.
+    let long = [b'g'; SLOT_NAME_MAX + 1];
+    for bad in [&b""[..], &long[..], &[0xff, 0xfe][..]] {
+        let f = groups_frame(1, &[(bad, 64, 3)], &[]);
+        assert!(
+            matches!(dec(&mut c, &f), Err(ProtocolError::BadString("group name"))),
+            "name {bad:?}"
+        );
+    }
+    // The longest name and the most groups are accepted.
+    let name = vec![b'g'; SLOT_NAME_MAX];
+    let names: Vec<Vec<u8>> = (0..MAX_GROUPS)
+        .map(|i| {
+            let mut n = name.clone();
+            n[..4].copy_from_slice(format!("{i:04}").as_bytes());
+            n
+        })
+        .collect();
+    let all: Vec<(&[u8], u64, u64)> = names.iter().map(|n| (&n[..], 64, 1)).collect();
+    let full = groups_frame(MAX_GROUPS as u16, &all, &[]);
+    assert!(matches!(dec(&mut c, &full), Ok(Some(Message::Groups(g))) if g.len() == MAX_GROUPS));
+    // Encoding refuses what the decoder would refuse.
+    let too_many = Message::Groups(vec![
+        GroupState {
+            name: "g".into(),
+            position: 0,
+            dequeued: 0
+        };
+        MAX_GROUPS + 1
+    ]);
+    assert!(c.encode(&too_many, &mut BytesMut::new()).is_err());
+    let unnamed = Message::Groups(vec![GroupState {
+        name: String::new(),
+        position: 0,
+        dequeued: 0,
+    }]);
+    assert!(c.encode(&unnamed, &mut BytesMut::new()).is_err());
+}
+
+/// A version 2 `Hello` (what a secondary of the previous release sends)
+/// still decodes, with its epoch history.
+#[test]
+fn a_version_2_hello_still_decodes() {
+    let Message::Hello(mut h) = samples()[0].clone() else {
+        unreachable!("sample 0 is a hello")
+    };
+    h.version = 2;
+    let m = Message::Hello(h);
+    assert_eq!(
+        Codec::default()
+            .decode(&mut BytesMut::from(&encode(&m)[..]))
+            .unwrap(),
+        Some(m)
+    );
+}
+
 #[test]
 fn corpus_replays_without_panics() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/protocol");
@@ -171,7 +300,7 @@ proptest! {
 
     #[test]
     fn mutated_valid_frames_never_panic(
-        which in 0usize..6,
+        which in 0usize..7,
         flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
         cut in any::<usize>(),
     ) {

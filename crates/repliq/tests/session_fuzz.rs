@@ -1,7 +1,8 @@
 //! A fuzz target for the serving side of a replication session: whatever
 //! bytes a peer sends after connecting (handshakes, acknowledgements,
 //! positions, garbage), the primary never panics, never changes its log,
-//! never raises its replicated watermark past its own tail, and gives a
+//! never raises its replicated watermark past its own tail, never changes its
+//! consumer groups (a `Groups` frame from a secondary is refused), and gives a
 //! slot only to a peer it serves. Replayed over the committed corpus
 //! `fuzz/corpus/session/` (handshake, ack and position cases) and over
 //! proptest mutations of it, as an ordinary test (no cargo-fuzz on stable).
@@ -127,6 +128,24 @@ fn cases(s: &Store) -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("hello-intruder", frame(&hello("intruder", "orders", 0, 0))),
         ("declared-16mib-before-hello", vec![0, 0, 0, 1, 1]),
+        ("hello-v2", {
+            let Message::Hello(mut h) = hello("node-b", "orders", 0, 0) else {
+                unreachable!("hello() builds a hello")
+            };
+            h.version = 2;
+            frame(&Message::Hello(h))
+        }),
+        (
+            "hello-then-groups",
+            join(&[
+                frame(&hello("node-b", "orders", 0, 0)),
+                frame(&Message::Groups(vec![repliq::store::GroupState {
+                    name: "billing".into(),
+                    position: u64::MAX,
+                    dequeued: u64::MAX,
+                }])),
+            ]),
+        ),
         (
             "hello-then-records",
             join(&[
@@ -155,6 +174,7 @@ fn cases(s: &Store) -> Vec<(&'static str, Vec<u8>)> {
 /// Runs one session fed `input`, then checks the invariants.
 fn fuzz_session(s: &Store, input: &[u8]) -> Result<(), String> {
     let tail = s.tail_position();
+    let groups = s.groups();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -197,6 +217,12 @@ fn fuzz_session(s: &Store, input: &[u8]) -> Result<(), String> {
         return Err(format!(
             "the log changed: tail {tail} -> {}",
             s.tail_position()
+        ));
+    }
+    if s.groups() != groups {
+        return Err(format!(
+            "the consumer groups changed: {groups:?} -> {:?}",
+            s.groups()
         ));
     }
     if s.replicated_position() > tail {

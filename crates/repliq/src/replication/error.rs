@@ -21,6 +21,15 @@ pub enum ReplicationError {
     /// The peer refused the session, or sent something out of order.
     #[error("refused: {0}")]
     Refused(String),
+    /// The primary refused the protocol version this session offered (error
+    /// code 1): an older primary; the follower loop retries with version 2.
+    #[error("refused: the primary does not speak protocol version {offered}: {message}")]
+    Version {
+        /// The version offered in the `Hello`.
+        offered: u16,
+        /// The primary's reason.
+        message: String,
+    },
     /// The connection closed.
     #[error("connection closed by peer")]
     Closed,

@@ -14,6 +14,10 @@
 //! * `opened`: what to do with the local replica once a session has opened
 //!   or created it (the daemon shares the handle with its HTTP side).
 //!
+//! A primary that refuses protocol version 3 (an older build, during a
+//! rolling upgrade) is asked again with version 2 at once; after a version 2
+//! session ends, or when the target changes, version 3 is offered again.
+//!
 //! Between sessions it waits with jittered exponential backoff from
 //! `cfg.backoff_min` to `cfg.backoff_max`, back to the minimum after any
 //! session that got as far as the primary's `Welcome`.
@@ -43,6 +47,7 @@ use std::sync::Arc;
 use crate::replication::conn::unix_ns;
 use crate::replication::dispatch::FollowStatus;
 use crate::replication::error::ReplicationError;
+use crate::replication::protocol::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use crate::replication::secondary::SecondaryConfig;
 use crate::store::Store;
 
@@ -100,12 +105,25 @@ pub async fn follow_loop(
         match target() {
             None => tracing::debug!(queue = %cfg.queue, "no primary address known yet"),
             Some(t) => {
+                if t != cfg.primary {
+                    cfg.version = PROTOCOL_VERSION;
+                }
                 cfg.primary = t;
                 let before = status.sessions();
-                let r = session.run(&cfg, &mut store, &status).await;
+                let mut r = session.run(&cfg, &mut store, &status).await;
+                if let Err(ReplicationError::Version { offered, .. }) = &r {
+                    if *offered > MIN_PROTOCOL_VERSION {
+                        // An older primary: ask again in its version.
+                        tracing::info!(queue = %cfg.queue, primary = %cfg.primary, "primary refuses protocol version {offered}; following with version {MIN_PROTOCOL_VERSION} (no consumer-group replication)");
+                        cfg.version = MIN_PROTOCOL_VERSION;
+                        r = session.run(&cfg, &mut store, &status).await;
+                    }
+                }
                 status.disconnected();
                 if status.sessions() > before {
                     delay = cfg.backoff_min;
+                    // The primary may have been upgraded by its next session.
+                    cfg.version = PROTOCOL_VERSION;
                 }
                 if let Some(s) = &store {
                     opened(s);

@@ -96,7 +96,8 @@ where
 {
     let refuse = |code: u16, why: String| Message::Error { code, message: why };
     let geo = store.geometry();
-    let problem = if hello.version != protocol::PROTOCOL_VERSION {
+    let versions = protocol::MIN_PROTOCOL_VERSION..=protocol::PROTOCOL_VERSION;
+    let problem = if !versions.contains(&hello.version) {
         Some((
             1,
             format!("protocol version {} not supported", hello.version),
@@ -179,8 +180,11 @@ where
         slot,
     };
     let cfgq = store.config();
+    // The session speaks the secondary's version (checked above to be one
+    // this primary serves).
+    let version = hello.version;
     let welcome = Message::Welcome(Welcome {
-        version: protocol::PROTOCOL_VERSION,
+        version,
         node: cfg.node.clone(),
         queue_id: store.queue_id(),
         segment_size: geo.size(),
@@ -190,7 +194,17 @@ where
         epoch: store.epoch(),
     });
     send(&mut wr, &mut codec, &welcome).await?;
-    tracing::info!(peer = %hello.node, start, "secondary connected");
+    tracing::info!(peer = %hello.node, start, version, "secondary connected");
+    // The consumer groups' table, to version 3 secondaries only: once now,
+    // then whenever it changed, at most once per heartbeat interval.
+    let mut groups = (version >= protocol::GROUPS_VERSION).then(|| GroupSender {
+        every: cfg.heartbeat,
+        last: None,
+        at: tokio::time::Instant::now(),
+    });
+    if let Some(g) = &mut groups {
+        g.send_if_changed(&store, &mut wr, &mut codec).await?;
+    }
 
     // The end of what this session has handed to the socket: a secondary
     // cannot hold more, so an Ack beyond it is forged (or a bug) and ends
@@ -258,6 +272,9 @@ where
                 r = &mut acks => return ack_end(r),
             }
             buf.clear();
+            if let Some(g) = &mut groups {
+                g.tick(&store, &mut wr, &mut codec).await?;
+            }
             // Retention moved the low watermark: tell the secondary now, so
             // a replica of a busy queue deletes its segments too.
             let first = store.first_position();
@@ -278,9 +295,57 @@ where
                 let _ = store.peek(p, &mut None, &mut stall);
                 first_sent = store.first_position();
                 send(&mut wr, &mut codec, &heartbeat(&store)).await?;
+                if let Some(g) = &mut groups {
+                    g.tick(&store, &mut wr, &mut codec).await?;
+                }
             }
             r = &mut acks => return ack_end(r),
         }
+    }
+}
+
+/// Sends a session's consumer-group table when it changed, at most once per
+/// `every`.
+struct GroupSender {
+    every: Duration,
+    last: Option<Vec<crate::store::GroupState>>,
+    at: tokio::time::Instant,
+}
+
+impl GroupSender {
+    /// [`send_if_changed`](Self::send_if_changed) once `every` has passed
+    /// since the last look; otherwise nothing (not even a read of the table).
+    async fn tick<W: AsyncWrite + Unpin>(
+        &mut self,
+        store: &Store,
+        wr: &mut W,
+        codec: &mut Codec,
+    ) -> Result<(), ReplicationError> {
+        if self.at.elapsed() < self.every {
+            return Ok(());
+        }
+        self.send_if_changed(store, wr, codec).await
+    }
+
+    /// Reads the table (64 slot loads) and sends it unless it equals the
+    /// one sent last.
+    async fn send_if_changed<W: AsyncWrite + Unpin>(
+        &mut self,
+        store: &Store,
+        wr: &mut W,
+        codec: &mut Codec,
+    ) -> Result<(), ReplicationError> {
+        self.at = tokio::time::Instant::now();
+        let now = store.groups();
+        if self.last.as_ref() == Some(&now) {
+            return Ok(());
+        }
+        let m = Message::Groups(now);
+        send(wr, codec, &m).await?;
+        if let Message::Groups(g) = m {
+            self.last = Some(g);
+        }
+        Ok(())
     }
 }
 

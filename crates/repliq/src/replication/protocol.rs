@@ -1,5 +1,6 @@
-//! Replication wire protocol, version 2. `docs/protocol.md` is the prose
-//! description of the same bytes.
+//! Replication wire protocol, version 3 (a primary also serves version 2
+//! secondaries; only version 3 sessions receive `Groups`).
+//! `docs/protocol.md` is the prose description of the same bytes.
 //!
 //! Every message is a frame: `length:u32 | type:u8 | body`, little-endian,
 //! where `length` counts the type byte and the body and may not exceed the
@@ -21,12 +22,21 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::store::epochs::EpochEntry;
-use crate::store::layout::EPOCHS_MAX_ENTRIES;
+use crate::store::layout::{EPOCHS_MAX_ENTRIES, GROUP_SLOTS, SLOT_NAME_MAX};
+use crate::store::GroupState;
 
 /// Magic at the start of a `Hello` body (`b"RPLQ"`).
 pub const MAGIC: u32 = u32::from_le_bytes(*b"RPLQ");
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
+/// The oldest protocol version a primary still serves (a version 2 session
+/// streams records but never receives [`Message::Groups`]).
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
+/// The first protocol version whose sessions carry [`Message::Groups`].
+pub const GROUPS_VERSION: u16 = 3;
+/// Most entries in one [`Message::Groups`]: the consumer-group slots of a
+/// queue's control file.
+pub const MAX_GROUPS: usize = GROUP_SLOTS;
 /// Bytes before a frame's body: length (4) and type (1).
 pub const FRAME_HEADER_LEN: usize = 5;
 /// Default largest frame accepted (16 MiB).
@@ -53,6 +63,9 @@ pub mod kind {
     pub const HEARTBEAT: u8 = 5;
     /// Either way: refusal with a reason; the sender closes.
     pub const ERROR: u8 = 6;
+    /// Primary → secondary (version 3 sessions only): the consumer groups'
+    /// cursors and counts.
+    pub const GROUPS: u8 = 7;
 }
 
 /// A secondary's greeting.
@@ -135,6 +148,10 @@ pub enum Message {
     },
     /// See [`Heartbeat`].
     Heartbeat(Heartbeat),
+    /// The primary's consumer-group table (version 3): every group's name,
+    /// cursor and dequeued count, at most [`MAX_GROUPS`] entries with names
+    /// of 1 to `SLOT_NAME_MAX` bytes.
+    Groups(Vec<GroupState>),
     /// A refusal; the sender closes the connection after it.
     Error {
         /// Error code (see `docs/protocol.md`).
@@ -176,6 +193,9 @@ pub enum ProtocolError {
     /// A `Records` run is empty or not 8-byte aligned.
     #[error("records run of {0} bytes is empty or unaligned")]
     BadRun(usize),
+    /// A `Groups` message with more entries than a queue has group slots.
+    #[error("{0} groups exceed the maximum of {MAX_GROUPS}")]
+    TooManyGroups(usize),
     /// A message too large to encode.
     #[error("cannot encode: {0}")]
     Encode(String),
@@ -280,6 +300,13 @@ impl Body {
         self.need(n)?;
         let s = self.b.split_to(n);
         String::from_utf8(s.to_vec()).map_err(|_| ProtocolError::BadString(what))
+    }
+    fn group_name(&mut self) -> Result<String, ProtocolError> {
+        let s = self.string("group name")?;
+        if s.is_empty() || s.len() > SLOT_NAME_MAX {
+            return Err(ProtocolError::BadString("group name"));
+        }
+        Ok(s)
     }
     fn end(self) -> Result<(), ProtocolError> {
         if self.b.has_remaining() {
@@ -406,6 +433,26 @@ impl tokio_util::codec::Decoder for Codec {
                 b.end()?;
                 Message::Heartbeat(h)
             }
+            kind::GROUPS => {
+                let mut b = Body {
+                    b: frame,
+                    what: "groups",
+                };
+                let n = b.u16()? as usize;
+                if n > MAX_GROUPS {
+                    return Err(ProtocolError::TooManyGroups(n));
+                }
+                let mut groups = Vec::with_capacity(n);
+                for _ in 0..n {
+                    groups.push(GroupState {
+                        name: b.group_name()?,
+                        position: b.u64()?,
+                        dequeued: b.u64()?,
+                    });
+                }
+                b.end()?;
+                Message::Groups(groups)
+            }
             kind::ERROR => {
                 let mut b = Body {
                     b: frame,
@@ -473,6 +520,24 @@ impl tokio_util::codec::Encoder<&Message> for Codec {
                 body.put_u64_le(h.sent_unix_ns);
                 body.put_u64_le(h.first);
                 kind::HEARTBEAT
+            }
+            Message::Groups(groups) => {
+                if groups.len() > MAX_GROUPS {
+                    return Err(ProtocolError::TooManyGroups(groups.len()));
+                }
+                body.put_u16_le(groups.len() as u16);
+                for g in groups {
+                    if g.name.is_empty() || g.name.len() > SLOT_NAME_MAX {
+                        return Err(ProtocolError::Encode(format!(
+                            "group name of {} bytes is not 1 to {SLOT_NAME_MAX}",
+                            g.name.len()
+                        )));
+                    }
+                    put_str(&mut body, &g.name)?;
+                    body.put_u64_le(g.position);
+                    body.put_u64_le(g.dequeued);
+                }
+                kind::GROUPS
             }
             Message::Error { code, message } => {
                 body.put_u16_le(*code);

@@ -32,6 +32,11 @@ pub struct SecondaryConfig {
     pub backoff_min: Duration,
     /// Longest reconnection delay.
     pub backoff_max: Duration,
+    /// Protocol version offered in the `Hello`:
+    /// [`protocol::PROTOCOL_VERSION`], or 2 towards an older primary (the
+    /// follower loop lowers it when a primary refuses version 3, and raises
+    /// it again after that primary's session ends).
+    pub version: u16,
 }
 
 impl SecondaryConfig {
@@ -46,6 +51,7 @@ impl SecondaryConfig {
             timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
+            version: protocol::PROTOCOL_VERSION,
         }
     }
 }
@@ -115,7 +121,7 @@ where
     let mut codec = Codec::with_max_frame(cfg.max_frame);
     let mut reader = Reader::new(rd, codec);
     let hello = Hello {
-        version: protocol::PROTOCOL_VERSION,
+        version: cfg.version,
         node: cfg.node.clone(),
         queue: cfg.queue.clone(),
         queue_id: store.as_ref().map_or(0, Store::queue_id),
@@ -130,6 +136,12 @@ where
     send(&mut wr, &mut codec, &Message::Hello(hello)).await?;
     let w = match reader.next(cfg.timeout, "welcome").await? {
         Message::Welcome(w) => w,
+        Message::Error { code: 1, message } => {
+            return Err(ReplicationError::Version {
+                offered: cfg.version,
+                message,
+            })
+        }
         Message::Error { code, message } => {
             return Err(ReplicationError::Refused(format!(
                 "primary refused ({code}): {message}"
@@ -183,6 +195,9 @@ where
         st.set_connected(true, w.start, w.epoch);
     }
     let durable = s.config().durability != Durability::None;
+    // Entries of the primary's group table whose cursors are beyond this
+    // log's tail: applied once the records they passed have arrived.
+    let mut pending: Vec<crate::store::GroupState> = Vec::new();
     loop {
         match reader.next(cfg.timeout, "records or heartbeat").await? {
             Message::Records { position, bytes } => {
@@ -195,6 +210,7 @@ where
                             next = s.append_replicated(position, &bytes)?;
                         }
                         Message::Heartbeat(h) => retain_below(&s, h.first),
+                        Message::Groups(g) => pending = g,
                         other => {
                             return Err(ReplicationError::Refused(format!("unexpected {other:?}")))
                         }
@@ -202,6 +218,9 @@ where
                 }
                 if durable {
                     s.flush()?;
+                }
+                if !pending.is_empty() {
+                    pending = s.apply_replicated_groups(&pending);
                 }
                 if let Some(st) = status {
                     st.progressed(next);
@@ -229,6 +248,7 @@ where
                 )
                 .await?;
             }
+            Message::Groups(g) => pending = s.apply_replicated_groups(&g),
             Message::Error { code, message } => {
                 return Err(ReplicationError::Refused(format!("{code}: {message}")))
             }

@@ -91,6 +91,7 @@ pub use recovery::RecoveryReport;
 pub use replica::PeerLink;
 pub use role::{monotonic_now_ns, Role};
 pub use scan::{FrameInfo, FrameKind, Scan};
+pub use slots::GroupState;
 pub use stats::{CursorStat, Stats};
 pub use tailer::{OwnedRecord, Record, Tailer};
 pub use wait::IdleStrategy;

@@ -115,8 +115,9 @@ impl Store {
             }
         }
         let removed = self.retain_below(min)?;
-        // The default group's cursor here is not the primary's (group
-        // cursors are not replicated): keep it at a retained record, so that
+        // The default group's cursor here may lag the primary's (a version 2
+        // primary sends no group table; a version 3 one sends it at most
+        // once per heartbeat): keep it at a retained record, so that
         // consumers find the oldest one if this replica comes to lead.
         let first = inner.geo.first_position(ctl.low_segment().load(Acquire));
         let dg = ctl.slot(CTL_GROUPS_OFF, GROUP_SLOT_LEN, 0);

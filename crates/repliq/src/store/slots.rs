@@ -1,11 +1,24 @@
 //! Named cursors: opening tailers and consumer groups, and allocating their
-//! slots in the control file.
+//! slots in the control file; the group table a leader replicates to its
+//! followers.
 
 use std::sync::atomic::Ordering::*;
 
 use super::dir_lock::DirLock;
 use super::layout::*;
 use super::{control, Consumer, Result, Store, StoreError, Tailer};
+
+/// One consumer group's shared state, as a leader ships it to its followers
+/// (protocol version 3, `GROUPS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupState {
+    /// The group's name ([`DEFAULT_GROUP`] for the founding API's group).
+    pub name: String,
+    /// The group's cursor: the id of the next message to dequeue.
+    pub position: u64,
+    /// Messages the group has dequeued in total.
+    pub dequeued: u64,
+}
 
 impl Store {
     /// An unnamed tailer positioned at the oldest retained record.
@@ -102,5 +115,74 @@ impl Store {
             name: name.into(),
             max: count,
         })
+    }
+
+    /// Every consumer group of this queue, the default group first. Each
+    /// entry's count is read before its cursor, so it never counts a message
+    /// beyond the cursor.
+    pub fn groups(&self) -> Vec<GroupState> {
+        let ctl = &self.inner.ctl;
+        (0..GROUP_SLOTS)
+            .filter_map(|i| {
+                let s = ctl.slot(CTL_GROUPS_OFF, GROUP_SLOT_LEN, i);
+                if s.state().load(Acquire) != SLOT_ACTIVE {
+                    return None;
+                }
+                let dequeued = s.count().load(Acquire);
+                let position = s.position().load(Acquire);
+                let name = s.name();
+                if name.is_empty() {
+                    return None;
+                }
+                Some(GroupState {
+                    name,
+                    position,
+                    dequeued,
+                })
+            })
+            .collect()
+    }
+
+    /// On a follower: raises each named group's cursor and count to the
+    /// leader's (`fetch_max`, never backwards), creating the group if it is
+    /// new. An entry whose cursor is beyond this log's write position is not
+    /// applied (this log does not hold the records it passed yet) and is
+    /// returned, to be applied again once more records have arrived. The
+    /// leader's cursor is a record boundary of its log, and this log up to
+    /// its write position is a byte-identical prefix of it, so a cursor at
+    /// or below the write position is a record boundary here too.
+    ///
+    /// A group that finds no free slot here is skipped with a warning.
+    pub fn apply_replicated_groups(&self, leader: &[GroupState]) -> Vec<GroupState> {
+        let tail = self.tail_position();
+        let mut pending = Vec::new();
+        for g in leader {
+            if g.position > tail {
+                pending.push(g.clone());
+                continue;
+            }
+            let slot = if g.name == DEFAULT_GROUP {
+                Ok(0)
+            } else {
+                self.open_slot(
+                    "consumer group",
+                    CTL_GROUPS_OFF,
+                    GROUP_SLOT_LEN,
+                    GROUP_SLOTS,
+                    &g.name,
+                )
+            };
+            match slot {
+                Ok(i) => {
+                    let s = self.inner.ctl.slot(CTL_GROUPS_OFF, GROUP_SLOT_LEN, i);
+                    s.position().fetch_max(g.position, AcqRel);
+                    s.count().fetch_max(g.dequeued, AcqRel);
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %self.inner.dir.display(), group = %g.name, "replicated group not applied: {e}")
+                }
+            }
+        }
+        pending
     }
 }
