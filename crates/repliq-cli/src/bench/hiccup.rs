@@ -6,10 +6,15 @@
 //! histogram, correcting for coordinated omission the same way jHiccup does
 //! (`record_correct` with the interval: a 10 ms stall also records the
 //! 9, 8, ..., 1 ms that the samples it swallowed would have seen). Whatever
-//! stops a thread on that CPU (the hypervisor taking the vCPU, interrupts,
-//! other tasks, the kernel) shows up there, and nothing of repliq's code does:
-//! the meter touches no queue. The reader's latency tail divided by the
-//! meter's, in the same run, is the part the machine cannot explain.
+//! stops the whole CPU (the hypervisor taking the vCPU, interrupts, the
+//! kernel) shows up there, and nothing of repliq's code does: the meter
+//! touches no queue. One meter runs beside the reader and one beside the
+//! writer (a stall of the writer's CPU counts in the coordinated-omission
+//! corrected latency too); the latency tail divided by the worse meter's, in
+//! the same run, is the part the machine does not explain. Not all of it is
+//! repliq's: the scheduler lets a waking sleeper in ahead of a thread that
+//! has been running, so time a spinning reader or writer loses to other
+//! runnable tasks on its CPU is under-reported by the meter.
 //!
 //! It sleeps rather than spins because a spinning meter needs a CPU of its
 //! own: on a 2-vCPU machine the writer (which busy-waits its schedule) and

@@ -9,11 +9,12 @@
 //! the zero-copy `Tailer::next_with` returns and records it, in nanoseconds,
 //! into an HDR histogram.
 //!
-//! In the same run, unless `--hiccup off`, a thread of the reader process
-//! runs jHiccup's meter over exactly the measured window (see
-//! [`super::hiccup`]), and the report gives the latency tail as multiples of
-//! the meter's. The reader's and the writer's CPU time over the window are
-//! reported too, per second and per message.
+//! In the same run, unless `--hiccup off`, a thread of the reader process and
+//! one of the writer process each run jHiccup's meter beside them over
+//! exactly the measured window (see [`super::hiccup`]), and the report gives
+//! the latency tail as multiples of the worse meter's. The reader's and the
+//! writer's CPU time over the window are reported too, per second and per
+//! message.
 //!
 //! Payload layout: `[0..8)` stamp (ns, LE), `[8..16)` sequence number with
 //! bit 63 set when the message is past the warm-up and counts, then filler.
@@ -45,12 +46,12 @@ pub struct IpcArgs {
     /// How the reader waits for the next message.
     #[arg(long, value_enum, default_value_t = Idle::Spin)]
     idle: Idle,
-    /// Run the hiccup meter (a thread of the reader process that sleeps 1 ms at a time and
-    /// records its oversleep, as jHiccup does) over the measured window.
+    /// Run the hiccup meters (a thread in the reader and one in the writer process that sleep
+    /// 1 ms at a time and record their oversleep, as jHiccup does) over the measured window.
     #[arg(long, value_enum, default_value_t = Hiccup::On)]
     hiccup: Hiccup,
-    /// CPU to pin the hiccup meter to (default: the reader's CPU, so that it sees the stalls
-    /// the reader's CPU sees).
+    /// CPU to pin the reader's hiccup meter to (default: the reader's CPU, so that it sees the
+    /// stalls the reader's CPU sees). The writer's meter stays on the writer's CPU.
     #[arg(long)]
     hiccup_cpu: Option<usize>,
     /// Segment size in MiB (a power of two).
@@ -83,9 +84,9 @@ pub struct IpcConfig {
     pub warmup: f64,
     /// Reader idle strategy.
     pub idle: Idle,
-    /// Whether to run the hiccup meter.
+    /// Whether to run the hiccup meters.
     pub hiccup: Hiccup,
-    /// The meter's CPU, if not the reader's.
+    /// The reader-side meter's CPU, if not the reader's.
     pub hiccup_cpu: Option<usize>,
     /// Segment size in bytes.
     pub segment_size: u64,

@@ -88,7 +88,8 @@ impl Idle {
 /// Whether `repliq bench ipc` runs the hiccup meter (see [`hiccup`]).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hiccup {
-    /// A thread in the reader process sleeps 1 ms at a time and records its oversleep.
+    /// A thread in the reader and one in the writer process sleep 1 ms at a time and record
+    /// their oversleep.
     On,
     /// No meter.
     Off,
@@ -156,7 +157,7 @@ pub struct ChildArgs {
     /// Run the hiccup meter (latency readers).
     #[arg(long, value_enum, default_value_t = Hiccup::Off)]
     hiccup: Hiccup,
-    /// CPU to pin the hiccup meter to (default: the reader's).
+    /// CPU to pin the reader's hiccup meter to (default: the reader's).
     #[arg(long)]
     hiccup_cpu: Option<usize>,
 }
