@@ -9,7 +9,7 @@
 
 use crate::bench::common::{fmt_ns, fmt_rate};
 use crate::bench::ipc::{run_ipc, IpcConfig, IpcReport};
-use crate::bench::Idle;
+use crate::bench::{Hiccup, Idle};
 
 /// Arguments of `repliq demo`.
 #[derive(clap::Args, Debug)]
@@ -58,6 +58,9 @@ fn tour(a: &DemoArgs) -> Result<(), String> {
         duration: a.duration,
         warmup: 0.5,
         idle: Idle::Spin,
+        // The demo shows latency only; `repliq bench ipc` runs the meter.
+        hiccup: Hiccup::Off,
+        hiccup_cpu: None,
         // Large enough that this short run never rolls to a new segment;
         // docs/benchmarks.md shows what a roll costs.
         segment_size: 256 << 20,

@@ -69,6 +69,146 @@ fn ipc_json_is_sane() {
         "throughput {tput} msg/s is not of the order of the offered 100,000 msg/s"
     );
     assert!(field(&v["pingpong_before"], "p50") > 0);
+
+    // The hiccup meters are on by default, one beside the reader and one
+    // beside the writer: histograms of 1 ms sleeps' oversleep over the
+    // measured second, and the tail's ratios to the worse of the two.
+    let (hr, hw) = (&v["hiccup"], &v["hiccup_writer"]);
+    for h in [hr, hw] {
+        assert_eq!(h["method"], "sleep", "hiccup: {h}");
+        assert_eq!(field(h, "interval_ns"), 1_000_000);
+        assert!(field(h, "count") > 0, "the meter recorded nothing: {h}");
+        assert_monotonic(h);
+    }
+    assert_eq!(hr["cpu"], v["reader_cpu"], "the meter is beside the reader");
+    assert_eq!(hw["cpu"], v["writer_cpu"], "the meter is beside the writer");
+    let ratios = &v["tail_vs_hiccup"];
+    for k in ["p99", "p99_9", "max"] {
+        let worse = field(hr, k).max(field(hw, k));
+        if let Some(x) = ratios[k].as_f64() {
+            let want = field(&v, k) as f64 / worse as f64;
+            assert!((x - want).abs() <= 1e-9 * want, "{k}: {x} vs {want}");
+        } else {
+            assert_eq!(worse, 0, "ratio {k} missing though a meter saw {k} > 0");
+        }
+    }
+    // CPU time over the window, per second and per measured message.
+    for who in ["reader_cpu_use", "writer_cpu_use"] {
+        assert_cpu_use(&v[who], who, count);
+    }
+}
+
+/// Percentiles are non-decreasing from p50 to max.
+fn assert_monotonic(h: &serde_json::Value) {
+    let ps: Vec<u64> = ["p50", "p90", "p99", "p99_9", "p99_99", "max"]
+        .iter()
+        .map(|k| field(h, k))
+        .collect();
+    assert!(ps.windows(2).all(|w| w[0] <= w[1]), "not monotonic: {h}");
+}
+
+/// One thread's CPU use over a window of the run: its fields agree with each
+/// other, and one thread used at most one CPU (with room for a scheduler
+/// tick of lag in `/proc`'s figure).
+fn assert_cpu_use(u: &serde_json::Value, who: &str, measured: u64) {
+    let (cpu, wall) = (field(u, "cpu_ns"), field(u, "wall_ns"));
+    assert!(wall > 0, "{who}: empty window {u}");
+    // The writer's window runs from its first measured send to its last, the
+    // reader's is the measured window: both span the measured messages.
+    assert_eq!(field(u, "messages"), measured, "{who}: {u}");
+    let per_s = u["cpu_per_s"].as_f64().expect("cpu_per_s");
+    let per_msg = u["ns_per_msg"].as_f64().expect("ns_per_msg");
+    assert!(per_s >= 0.0 && per_msg >= 0.0, "{who}: {u}");
+    assert!(
+        (per_s - cpu as f64 / wall as f64).abs() < 1e-9,
+        "{who}: cpu_per_s disagrees: {u}"
+    );
+    assert!(
+        (per_msg - cpu as f64 / measured as f64).abs() < 1e-6,
+        "{who}: ns_per_msg disagrees: {u}"
+    );
+    assert!(per_s <= 1.1, "{who}: one thread used {per_s} CPUs: {u}");
+}
+
+#[test]
+fn ipc_without_the_meter_reports_no_hiccups_but_still_cpu_time() {
+    let _g = serial();
+    let out = repliq()
+        .args([
+            "bench",
+            "ipc",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.1",
+            "--rate",
+            "1000",
+            "--idle",
+            "futex",
+            "--hiccup",
+            "off",
+            "--pingpong-rounds",
+            "0",
+            "--json",
+        ])
+        .output()
+        .expect("run repliq");
+    assert!(
+        out.status.success(),
+        "bench ipc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(field(&v, "count"), 500, "0.5 s measured at 1,000 msg/s");
+    assert!(v.get("hiccup").is_none(), "meter off but reported: {v}");
+    assert!(
+        v.get("hiccup_writer").is_none(),
+        "meter off but reported: {v}"
+    );
+    assert!(
+        v.get("tail_vs_hiccup").is_none(),
+        "meter off but ratios: {v}"
+    );
+    for who in ["reader_cpu_use", "writer_cpu_use"] {
+        assert_cpu_use(&v[who], who, 500);
+    }
+}
+
+#[test]
+fn ipc_text_shows_the_meter_and_cpu_time() {
+    let _g = serial();
+    let out = repliq()
+        .args([
+            "bench",
+            "ipc",
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0.1",
+            "--rate",
+            "10000",
+            "--idle",
+            "yield",
+            "--pingpong-rounds",
+            "0",
+        ])
+        .output()
+        .expect("run repliq");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench ipc failed: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for word in [
+        "beside the reader",
+        "beside the writer",
+        "latency / worse hiccup",
+        "cpu time  reader",
+        "ns/msg",
+    ] {
+        assert!(text.contains(word), "output lacks {word:?}: {text}");
+    }
 }
 
 #[test]
@@ -140,4 +280,22 @@ fn bad_arguments_fail_cleanly() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("16"), "unhelpful error: {err}");
+}
+
+#[test]
+fn a_hiccup_cpu_outside_the_allowed_set_is_refused() {
+    let out = repliq()
+        .args([
+            "bench",
+            "ipc",
+            "--hiccup-cpu",
+            "100000",
+            "--duration",
+            "0.1",
+        ])
+        .output()
+        .expect("run repliq");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--hiccup-cpu"), "unhelpful error: {err}");
 }

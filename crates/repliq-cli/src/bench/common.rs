@@ -484,6 +484,19 @@ impl Percentiles {
             max: h.max(),
         }
     }
+
+    /// The larger of `self` and `o`, figure by figure.
+    pub fn max_each(&self, o: &Percentiles) -> Percentiles {
+        Percentiles {
+            count: self.count.max(o.count),
+            p50: self.p50.max(o.p50),
+            p90: self.p90.max(o.p90),
+            p99: self.p99.max(o.p99),
+            p99_9: self.p99_9.max(o.p99_9),
+            p99_99: self.p99_99.max(o.p99_99),
+            max: self.max.max(o.max),
+        }
+    }
 }
 
 /// Formats nanoseconds for people: `312 ns`, `41.2 us`, `12.3 ms`.

@@ -9,6 +9,13 @@
 //! the zero-copy `Tailer::next_with` returns and records it, in nanoseconds,
 //! into an HDR histogram.
 //!
+//! In the same run, unless `--hiccup off`, a thread of the reader process and
+//! one of the writer process each run jHiccup's meter beside them over
+//! exactly the measured window (see [`super::hiccup`]), and the report gives
+//! the latency tail as multiples of the worse meter's. The reader's and the
+//! writer's CPU time over the window are reported too, per second and per
+//! message.
+//!
 //! Payload layout: `[0..8)` stamp (ns, LE), `[8..16)` sequence number with
 //! bit 63 set when the message is past the warm-up and counts, then filler.
 
@@ -18,7 +25,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::common::{self, BResult, Coord, Janitor, Percentiles, Workspace};
-use super::{ChildArgs, Idle, Role};
+use super::hiccup::{CpuUse, HiccupReport, TailRatios, Window};
+use super::{ChildArgs, Hiccup, Idle, Role};
 
 /// Arguments of `repliq bench ipc`.
 #[derive(clap::Args, Debug)]
@@ -38,6 +46,14 @@ pub struct IpcArgs {
     /// How the reader waits for the next message.
     #[arg(long, value_enum, default_value_t = Idle::Spin)]
     idle: Idle,
+    /// Run the hiccup meters (a thread in the reader and one in the writer process that sleep
+    /// 1 ms at a time and record their oversleep, as jHiccup does) over the measured window.
+    #[arg(long, value_enum, default_value_t = Hiccup::On)]
+    hiccup: Hiccup,
+    /// CPU to pin the reader's hiccup meter to (default: the reader's CPU, so that it sees the
+    /// stalls the reader's CPU sees). The writer's meter stays on the writer's CPU.
+    #[arg(long)]
+    hiccup_cpu: Option<usize>,
     /// Segment size in MiB (a power of two).
     #[arg(long, default_value_t = 64)]
     segment_mib: u64,
@@ -68,6 +84,10 @@ pub struct IpcConfig {
     pub warmup: f64,
     /// Reader idle strategy.
     pub idle: Idle,
+    /// Whether to run the hiccup meters.
+    pub hiccup: Hiccup,
+    /// The reader-side meter's CPU, if not the reader's.
+    pub hiccup_cpu: Option<usize>,
     /// Segment size in bytes.
     pub segment_size: u64,
     /// Parent of the temporary directory.
@@ -108,6 +128,21 @@ pub struct IpcReport {
     pub throughput_mbs: f64,
     /// Largest delay of an actual send behind its scheduled time (ns); 0 if unthrottled.
     pub writer_max_behind_ns: u64,
+    /// The hiccup meter beside the reader (its CPU unless `--hiccup-cpu`) over
+    /// the measured window; absent with `--hiccup off`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hiccup: Option<HiccupReport>,
+    /// The hiccup meter beside the writer (a thread of the writer process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hiccup_writer: Option<HiccupReport>,
+    /// Latency p99, p99.9 and max divided by the larger of the two meters'
+    /// figures; absent without the meter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tail_vs_hiccup: Option<TailRatios>,
+    /// The reader thread's CPU time over the measured window (`None`: unreadable).
+    pub reader_cpu_use: Option<CpuUse>,
+    /// The writer thread's CPU time over the measured window.
+    pub writer_cpu_use: Option<CpuUse>,
     /// One-way cross-core latency percentiles of the ping-pong before the run.
     pub pingpong_before: Percentiles,
     /// The same, after the run.
@@ -121,6 +156,8 @@ struct WriterOut {
     sent: u64,
     measured: u64,
     max_behind_ns: u64,
+    hiccup: Option<HiccupReport>,
+    cpu: Option<CpuUse>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -130,6 +167,8 @@ struct ReaderOut {
     first_ns: u64,
     last_ns: u64,
     latency: Percentiles,
+    hiccup: Option<HiccupReport>,
+    cpu: Option<CpuUse>,
 }
 
 const MEASURED: u64 = 1 << 63;
@@ -148,6 +187,8 @@ pub fn run(a: IpcArgs) -> BResult<()> {
                 duration: a.duration,
                 warmup: a.warmup,
                 idle: a.idle,
+                hiccup: a.hiccup,
+                hiccup_cpu: a.hiccup_cpu,
                 segment_size: seg,
                 dir: a.dir.clone(),
                 precreate: !a.no_precreate,
@@ -189,6 +230,41 @@ pub fn print_report(r: &IpcReport) {
         common::fmt_ns(l.max),
         l.count
     );
+    for (who, h) in [("reader", &r.hiccup), ("writer", &r.hiccup_writer)] {
+        let Some(h) = h else { continue };
+        let on = h.cpu.map_or("unpinned".to_string(), |c| format!("cpu {c}"));
+        let x = &h.hiccups;
+        println!(
+            "  hiccup   p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}  (beside the {who}: sleep {} on {on}, {} samples)",
+            common::fmt_ns(x.p50),
+            common::fmt_ns(x.p90),
+            common::fmt_ns(x.p99),
+            common::fmt_ns(x.p99_9),
+            common::fmt_ns(x.p99_99),
+            common::fmt_ns(x.max),
+            common::fmt_ns(h.interval_ns),
+            x.count
+        );
+    }
+    if let Some(t) = &r.tail_vs_hiccup {
+        let f = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.2}x"));
+        println!(
+            "  latency / worse hiccup  p99 {}  p99.9 {}  max {}",
+            f(t.p99),
+            f(t.p99_9),
+            f(t.max)
+        );
+    }
+    let use_ = |u: &Option<CpuUse>| {
+        u.map_or("unknown".to_string(), |u| {
+            format!("{:.3} CPU-s/s, {:.0} ns/msg", u.cpu_per_s, u.ns_per_msg)
+        })
+    };
+    println!(
+        "  cpu time  reader {}  writer {}",
+        use_(&r.reader_cpu_use),
+        use_(&r.writer_cpu_use)
+    );
     println!(
         "  throughput {}  {:.1} MB/s",
         common::fmt_rate(r.throughput_msgs),
@@ -220,6 +296,13 @@ pub fn run_ipc(cfg: &IpcConfig) -> BResult<IpcReport> {
     } else {
         (None, None)
     };
+    if let Some(c) = cfg.hiccup_cpu {
+        if !cpus.contains(&c) {
+            return Err(format!(
+                "--hiccup-cpu {c} is not a CPU this process may run on ({cpus:?})"
+            ));
+        }
+    }
     let pp_before = if cfg.pingpong_rounds > 0 {
         common::ping_pong(wcpu, rcpu, cfg.pingpong_rounds)
     } else {
@@ -238,6 +321,8 @@ pub fn run_ipc(cfg: &IpcConfig) -> BResult<IpcReport> {
         count: 0,
         writers: 1,
         idle: cfg.idle,
+        hiccup: cfg.hiccup,
+        hiccup_cpu: cfg.hiccup_cpu,
     };
     let wargs = ChildArgs {
         role: Role::IpcWriter,
@@ -276,6 +361,14 @@ pub fn run_ipc(cfg: &IpcConfig) -> BResult<IpcReport> {
     } else {
         Percentiles::default()
     };
+    // A stall on either CPU delays messages (the writer's ones count through
+    // the coordinated-omission correction): divide by the worse meter.
+    let worst = match (&rout.hiccup, &wout.hiccup) {
+        (Some(r), Some(w)) => Some(r.hiccups.max_each(&w.hiccups)),
+        (Some(h), None) | (None, Some(h)) => Some(h.hiccups),
+        (None, None) => None,
+    };
+    let tail_vs_hiccup = worst.map(|h| TailRatios::of(&rout.latency, &h));
     let span = rout.last_ns.saturating_sub(rout.first_ns).max(1) as f64 / 1e9;
     let msgs = rout.measured.saturating_sub(1) as f64 / span;
     Ok(IpcReport {
@@ -292,6 +385,11 @@ pub fn run_ipc(cfg: &IpcConfig) -> BResult<IpcReport> {
         throughput_msgs: msgs,
         throughput_mbs: msgs * cfg.size as f64 / 1e6,
         writer_max_behind_ns: wout.max_behind_ns,
+        hiccup: rout.hiccup,
+        hiccup_writer: wout.hiccup,
+        tail_vs_hiccup,
+        reader_cpu_use: rout.cpu,
+        writer_cpu_use: wout.cpu,
         pingpong_before: pp_before,
         pingpong_after: pp_after,
         queue_dir: ws.root.display().to_string(),
@@ -305,10 +403,13 @@ pub fn writer(a: &ChildArgs, coord: &Coord) -> BResult<String> {
     if size < 16 {
         return Err("message size must be at least 16 bytes".into());
     }
+    // The meter beside the writer: on its CPU, the one the writer's stalls happen on.
+    let window = Window::spawn(a.warmup_ns, a.duration_ns, a.hiccup, None)?;
     coord.ready();
     let Some(start) = coord.wait_start() else {
         return Err("aborted before the start".into());
     };
+    window.start(start);
     let warm_end = start + a.warmup_ns;
     let end = warm_end + a.duration_ns;
     let (mut seq, mut measured, mut max_behind) = (0u64, 0u64, 0u64);
@@ -348,10 +449,13 @@ pub fn writer(a: &ChildArgs, coord: &Coord) -> BResult<String> {
         }
     }
     coord.writer_done(seq);
+    let (hiccup, cpu) = window.finish()?.report(measured, a.cpu);
     serde_json::to_string(&WriterOut {
         sent: seq,
         measured,
         max_behind_ns: max_behind,
+        hiccup,
+        cpu,
     })
     .map_err(|e| e.to_string())
 }
@@ -361,11 +465,13 @@ pub fn reader(a: &ChildArgs, coord: &Coord) -> BResult<String> {
     let store = common::open_queue(&a.queue)?;
     let mut tailer = store.tailer();
     let mut hist = common::new_histogram();
+    let window = Window::spawn(a.warmup_ns, a.duration_ns, a.hiccup, a.hiccup_cpu)?;
     coord.set_reader_pos(a.index, tailer.position());
     coord.ready();
-    if coord.wait_start().is_none() {
+    let Some(start) = coord.wait_start() else {
         return Err("aborted before the start".into());
-    }
+    };
+    window.start(start);
     let (mut received, mut measured, mut first, mut last) = (0u64, 0u64, 0u64, 0u64);
     let mut expect = 0u64;
     let idle = a.idle;
@@ -427,12 +533,15 @@ pub fn reader(a: &ChildArgs, coord: &Coord) -> BResult<String> {
         }
     }
     coord.set_reader_pos(a.index, tailer.position());
+    let (hiccup, cpu) = window.finish()?.report(measured, a.hiccup_cpu.or(a.cpu));
     serde_json::to_string(&ReaderOut {
         received,
         measured,
         first_ns: first,
         last_ns: last,
         latency: Percentiles::of(&hist),
+        hiccup,
+        cpu,
     })
     .map_err(|e| e.to_string())
 }

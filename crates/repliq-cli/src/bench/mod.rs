@@ -8,6 +8,7 @@
 //! benchmark fail with a non-zero exit code.
 
 pub mod common;
+pub mod hiccup;
 pub mod ipc;
 pub mod open;
 pub mod throughput;
@@ -84,6 +85,26 @@ impl Idle {
     }
 }
 
+/// Whether `repliq bench ipc` runs the hiccup meter (see [`hiccup`]).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hiccup {
+    /// A thread in the reader and one in the writer process sleep 1 ms at a time and record
+    /// their oversleep.
+    On,
+    /// No meter.
+    Off,
+}
+
+impl Hiccup {
+    /// The command-line spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hiccup::On => "on",
+            Hiccup::Off => "off",
+        }
+    }
+}
+
 /// Role of a child process.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -133,6 +154,12 @@ pub struct ChildArgs {
     writers: u64,
     #[arg(long, value_enum, default_value_t = Idle::Spin)]
     idle: Idle,
+    /// Run the hiccup meter (latency readers).
+    #[arg(long, value_enum, default_value_t = Hiccup::Off)]
+    hiccup: Hiccup,
+    /// CPU to pin the reader's hiccup meter to (default: the reader's).
+    #[arg(long)]
+    hiccup_cpu: Option<usize>,
 }
 
 impl ChildArgs {
@@ -168,9 +195,15 @@ impl ChildArgs {
             self.writers.to_string(),
             "--idle".into(),
             self.idle.name().into(),
+            "--hiccup".into(),
+            self.hiccup.name().into(),
         ];
         if let Some(c) = self.cpu {
             v.push("--cpu".into());
+            v.push(c.to_string());
+        }
+        if let Some(c) = self.hiccup_cpu {
+            v.push("--hiccup-cpu".into());
             v.push(c.to_string());
         }
         v

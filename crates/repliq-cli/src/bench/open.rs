@@ -26,7 +26,7 @@ use repliq::RepliqQueue;
 use serde::Serialize;
 
 use super::common::{self, BResult, Coord, Percentiles, Workspace};
-use super::{ChildArgs, Idle, Role};
+use super::{ChildArgs, Hiccup, Idle, Role};
 
 /// Arguments of `repliq bench open`.
 #[derive(clap::Args, Debug)]
@@ -210,6 +210,8 @@ fn run_queue(a: &OpenArgs, name: &'static str, seg: u64, fill: u64) -> BResult<O
         count: 0,
         writers: 1,
         idle: Idle::Spin,
+        hiccup: Hiccup::Off,
+        hiccup_cpu: None,
     };
     let (mut h_store, mut h_queue, mut h_rec) = (
         common::new_histogram(),

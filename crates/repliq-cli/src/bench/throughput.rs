@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::common::{self, BResult, Coord, Janitor, Workspace};
-use super::{ChildArgs, Idle, Role};
+use super::{ChildArgs, Hiccup, Idle, Role};
 
 /// Arguments of `repliq bench throughput`.
 #[derive(clap::Args, Debug)]
@@ -160,6 +160,8 @@ fn run_throughput(a: &ThroughputArgs) -> BResult<ThroughputReport> {
         count: 0,
         writers: a.writers,
         idle: a.idle,
+        hiccup: Hiccup::Off,
+        hiccup_cpu: None,
     };
     let mut procs = Vec::new();
     let spawn = |name: String, args: ChildArgs, procs: &mut Vec<common::Proc>| {
