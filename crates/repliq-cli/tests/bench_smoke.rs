@@ -15,6 +15,28 @@ fn repliq() -> Command {
     Command::new(env!("CARGO_BIN_EXE_repliq"))
 }
 
+/// Runs `repliq args…`, fails the test (with its stderr) unless it exits 0,
+/// and returns its standard output.
+fn run_ok(args: &[&str]) -> String {
+    let out = repliq().args(args).output().expect("run repliq");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "repliq {} failed: {}\n{text}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// As [`run_ok`], for a command printing exactly one JSON object.
+fn run_json(args: &[&str]) -> serde_json::Value {
+    let text = run_ok(args);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one JSON object expected, got {text}");
+    serde_json::from_str(lines[0]).expect("JSON")
+}
+
 fn field(v: &serde_json::Value, k: &str) -> u64 {
     v.get(k)
         .and_then(serde_json::Value::as_u64)
@@ -24,31 +46,19 @@ fn field(v: &serde_json::Value, k: &str) -> u64 {
 #[test]
 fn ipc_json_is_sane() {
     let _g = serial();
-    let out = repliq()
-        .args([
-            "bench",
-            "ipc",
-            "--duration",
-            "1",
-            "--warmup",
-            "0.2",
-            "--rate",
-            "100000",
-            "--pingpong-rounds",
-            "10000",
-            "--json",
-        ])
-        .output()
-        .expect("run repliq");
-    assert!(
-        out.status.success(),
-        "bench ipc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).expect("utf-8");
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one JSON object expected, got {text}");
-    let v: serde_json::Value = serde_json::from_str(lines[0]).expect("JSON");
+    let v = run_json(&[
+        "bench",
+        "ipc",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--rate",
+        "100000",
+        "--pingpong-rounds",
+        "10000",
+        "--json",
+    ]);
     // The writer sends every message scheduled in the window, however late,
     // and the bench checks that the reader got each: the counts are exact.
     let count = field(&v, "count");
@@ -133,32 +143,23 @@ fn assert_cpu_use(u: &serde_json::Value, who: &str, measured: u64) {
 #[test]
 fn ipc_without_the_meter_reports_no_hiccups_but_still_cpu_time() {
     let _g = serial();
-    let out = repliq()
-        .args([
-            "bench",
-            "ipc",
-            "--duration",
-            "0.5",
-            "--warmup",
-            "0.1",
-            "--rate",
-            "1000",
-            "--idle",
-            "futex",
-            "--hiccup",
-            "off",
-            "--pingpong-rounds",
-            "0",
-            "--json",
-        ])
-        .output()
-        .expect("run repliq");
-    assert!(
-        out.status.success(),
-        "bench ipc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let v = run_json(&[
+        "bench",
+        "ipc",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0.1",
+        "--rate",
+        "1000",
+        "--idle",
+        "futex",
+        "--hiccup",
+        "off",
+        "--pingpong-rounds",
+        "0",
+        "--json",
+    ]);
     assert_eq!(field(&v, "count"), 500, "0.5 s measured at 1,000 msg/s");
     assert!(v.get("hiccup").is_none(), "meter off but reported: {v}");
     assert!(
@@ -177,29 +178,20 @@ fn ipc_without_the_meter_reports_no_hiccups_but_still_cpu_time() {
 #[test]
 fn ipc_text_shows_the_meter_and_cpu_time() {
     let _g = serial();
-    let out = repliq()
-        .args([
-            "bench",
-            "ipc",
-            "--duration",
-            "0.3",
-            "--warmup",
-            "0.1",
-            "--rate",
-            "10000",
-            "--idle",
-            "yield",
-            "--pingpong-rounds",
-            "0",
-        ])
-        .output()
-        .expect("run repliq");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "bench ipc failed: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = run_ok(&[
+        "bench",
+        "ipc",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0.1",
+        "--rate",
+        "10000",
+        "--idle",
+        "yield",
+        "--pingpong-rounds",
+        "0",
+    ]);
     for word in [
         "beside the reader",
         "beside the writer",
@@ -214,16 +206,7 @@ fn ipc_text_shows_the_meter_and_cpu_time() {
 #[test]
 fn demo_runs() {
     let _g = serial();
-    let out = repliq()
-        .args(["demo", "--duration", "1"])
-        .output()
-        .expect("run repliq");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "demo failed: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = run_ok(&["demo", "--duration", "1"]);
     for word in ["p50", "p99", "p99.99", "max", "msg/s"] {
         assert!(text.contains(word), "demo output lacks {word}: {text}");
     }
@@ -244,26 +227,17 @@ fn demo_runs() {
 #[test]
 fn throughput_runs() {
     let _g = serial();
-    let out = repliq()
-        .args([
-            "bench",
-            "throughput",
-            "--writers",
-            "2",
-            "--readers",
-            "1",
-            "--count",
-            "200000",
-            "--json",
-        ])
-        .output()
-        .expect("run repliq");
-    assert!(
-        out.status.success(),
-        "bench throughput failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let v = run_json(&[
+        "bench",
+        "throughput",
+        "--writers",
+        "2",
+        "--readers",
+        "1",
+        "--count",
+        "200000",
+        "--json",
+    ]);
     assert_eq!(field(&v, "messages"), 200_000);
     for k in ["write_msgs", "read_msgs", "memcpy_gbs", "write_vs_memcpy"] {
         let x = v[k].as_f64().unwrap_or(0.0);
