@@ -134,6 +134,7 @@ pub fn client(a: ClientArgs) -> i32 {
                 group: None,
                 id: None,
                 epoch: None,
+                term: None,
                 time_ns: now_ns(),
                 error: None,
             };
@@ -217,7 +218,14 @@ pub fn reader(a: ReaderArgs) -> i32 {
     loop {
         match c.dequeue_with(|r| (r.id, r.epoch, decode_value(r.payload))) {
             Ok(Some((id, epoch, value))) => {
-                let e = read_event(a.process, &a.node, &a.queue, &a.group, id, epoch, value);
+                let t = Taker {
+                    process: a.process,
+                    node: &a.node,
+                    queue: &a.queue,
+                    group: &a.group,
+                    term: None,
+                };
+                let e = read_event(&t, id, epoch, value);
                 if !emit(&mut out, &e) {
                     return 1;
                 }
@@ -354,6 +362,7 @@ pub fn cluster_client(a: ClusterClientArgs) -> i32 {
             group: None,
             id: None,
             epoch: None,
+            term: None,
             time_ns: now_ns(),
             error: None,
         };
@@ -472,7 +481,14 @@ pub fn tail_reader(a: TailReaderArgs) -> i32 {
                     }
                     last = Some(id);
                     idle_after_stop = 0;
-                    let e = read_event(a.process, &a.node, &a.queue, &group, id, epoch, value);
+                    let t = Taker {
+                        process: a.process,
+                        node: &a.node,
+                        queue: &a.queue,
+                        group: &group,
+                        term: None,
+                    };
+                    let e = read_event(&t, id, epoch, value);
                     if !emit(&mut out, &e) {
                         return 1;
                     }
@@ -496,17 +512,26 @@ pub fn tail_reader(a: TailReaderArgs) -> i32 {
     }
 }
 
+/// Where and under which leadership a reader took a record.
+#[derive(Clone, Copy)]
+struct Taker<'a> {
+    process: u64,
+    node: &'a str,
+    queue: &'a str,
+    group: &'a str,
+    term: Option<u32>,
+}
+
 /// The history event of a record `id` a reader of `group` took: its value,
 /// or an error if the payload is not one.
-fn read_event(
-    process: u64,
-    node: &str,
-    queue: &str,
-    group: &str,
-    id: u64,
-    epoch: u32,
-    value: Option<u64>,
-) -> Event {
+fn read_event(t: &Taker<'_>, id: u64, epoch: u32, value: Option<u64>) -> Event {
+    let Taker {
+        process,
+        node,
+        queue,
+        group,
+        term,
+    } = *t;
     Event {
         kind: EventType::Ok,
         f: OpFn::Dequeue,
@@ -518,6 +543,7 @@ fn read_event(
         group: Some(group.to_string()),
         id: Some(id),
         epoch: Some(epoch),
+        term,
         time_ns: now_ns(),
         error: value
             .is_none()

@@ -835,6 +835,7 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
                     group: None,
                     id: None,
                     epoch: None,
+                    term: None,
                     time_ns: now_ns(),
                     error: None,
                 };
