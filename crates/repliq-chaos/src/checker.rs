@@ -647,7 +647,9 @@ struct Take<'a> {
 
 /// Dequeues per group: duplicates, redeliveries and group losses.
 fn check_groups(h: &History, ops: &[Enq], opts: &CheckOptions, r: &mut Report) {
-    let mut by_group: BTreeMap<(&str, &str), Vec<(u64, &str, Option<u32>, u64)>> = BTreeMap::new();
+    // (time, node, term, value) per (queue, group).
+    type Raw<'a> = (u64, &'a str, Option<u32>, u64);
+    let mut by_group: BTreeMap<(&str, &str), Vec<Raw<'_>>> = BTreeMap::new();
     for e in h
         .events
         .iter()

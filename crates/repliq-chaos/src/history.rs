@@ -64,9 +64,9 @@ pub struct Event {
     /// Epoch returned, when available.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u32>,
-    /// Of a cluster-mode group dequeue: the leader epoch the reader's node
-    /// led the queue under when its current leadership began (the daemon's
-    /// leader hint), so that a change of leadership on one node is visible.
+    /// Of a cluster-mode group dequeue: the epoch the reader's node led the
+    /// queue under (the store's epoch when its current leadership began),
+    /// so that a change of leadership on one node is visible.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub term: Option<u32>,
     /// CLOCK_MONOTONIC in nanoseconds (one clock for every namespace).
