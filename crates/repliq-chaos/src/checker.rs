@@ -8,7 +8,17 @@
 //!   or of one of its in-sync replicas (a replica holding every id the
 //!   primary holds, or one the final catalog lists as in sync).
 //! * **duplicated**: a value twice in one node's log, or dequeued twice in
-//!   one consumer group.
+//!   one consumer group by one leadership (the same node under the same
+//!   term: a tailer, a static-primary reader), or taken again after a
+//!   leadership change although its first take was older than the
+//!   redelivery window before that change.
+//! * **redelivered** (not a failure): a value taken again in one group
+//!   after a leadership change (another node, or the same node under a new
+//!   term) whose first take happened at most the redelivery window before
+//!   the old leadership's last take: the group cursor the old leader had not
+//!   yet shipped. A count and the largest window.
+//! * **group lost**: a sync enqueue acknowledged `ok` that a consumer group
+//!   (not a tailer) never took, after the final drain.
 //! * **unexpected**: a record whose payload is not a value any client
 //!   invoked on that queue, or whose enqueue definitely failed.
 //! * **divergent**: two nodes holding different records (payload or epoch)
@@ -25,11 +35,94 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
-use crate::history::{decode_value, EventType, History, LogRecord, Mode, OpFn};
+use crate::history::{decode_value, EventType, History, LogRecord, Mode, OpFn, TAIL_GROUP_PREFIX};
 
 /// Gap (ns) below which two acknowledged appends on one node count as one
 /// acceptance window for the split-brain check.
 pub const WINDOW_GAP_NS: u64 = 1_000_000_000;
+
+/// Default redelivery window (ns): how long before a leadership change a
+/// value may have been taken and still be taken again on the new leader.
+///
+/// From the code: a cluster leader's lease is half the failover timeout
+/// (`repliq-node` `cluster/mod.rs`: `Lease::new(failover / 2)`, 1250 ms for
+/// the harness's 2500 ms), and a reader keeps taking until that lease runs
+/// out even while its daemon is stopped or cut off; the group table last
+/// reached the followers at most one heartbeat before that (shipped at most
+/// once per `replication.heartbeat_ms`: 200 ms in the harness, 500 ms by
+/// default). 1250 + 500 + 250 ms of scheduling slack = 2 s.
+pub const DEFAULT_REDELIVERY_WINDOW_NS: u64 = 2_000_000_000;
+
+/// The redelivery window for a failover timeout: half of it (the lease),
+/// plus a default heartbeat (500 ms), plus 250 ms of slack.
+pub fn redelivery_window_ns(failover_timeout_ms: u64) -> u64 {
+    (failover_timeout_ms / 2 + 750).saturating_mul(1_000_000)
+}
+
+/// What the checker is told besides the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// See [`DEFAULT_REDELIVERY_WINDOW_NS`].
+    pub redelivery_window_ns: u64,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        CheckOptions {
+            redelivery_window_ns: DEFAULT_REDELIVERY_WINDOW_NS,
+        }
+    }
+}
+
+/// A value a consumer group took again after a leadership change, within
+/// the redelivery window: at-least-once, not a failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Redelivered {
+    /// Queue.
+    pub queue: String,
+    /// Group.
+    pub group: String,
+    /// Value.
+    pub value: u64,
+    /// Node of the earlier take.
+    pub first_node: String,
+    /// Node of the later take.
+    pub again_node: String,
+    /// From the earlier take to the last take of its leadership (ns).
+    pub window_ns: u64,
+}
+
+/// An acknowledged sync value a consumer group never took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupLost {
+    /// Queue.
+    pub queue: String,
+    /// Group.
+    pub group: String,
+    /// Value.
+    pub value: u64,
+}
+
+/// What one consumer group took.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GroupStats {
+    /// Queue.
+    pub queue: String,
+    /// Group.
+    pub group: String,
+    /// Takes recorded.
+    pub taken: u64,
+    /// Distinct values taken.
+    pub distinct: u64,
+    /// Leaderships (runs of takes by one node under one term).
+    pub leaderships: u64,
+    /// Takes classed redelivered.
+    pub redelivered: u64,
+    /// Largest redelivery window (ns).
+    pub max_window_ns: u64,
+    /// Acknowledged sync values never taken.
+    pub lost: u64,
+}
 
 /// Counts of enqueue outcomes for one mode.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -153,6 +246,14 @@ pub struct Report {
     pub split_brain: Vec<SplitBrain>,
     /// Async losses (informational, never a pass).
     pub async_loss: AsyncLoss,
+    /// The redelivery window the groups were judged with (ns).
+    pub redelivery_window_ns: u64,
+    /// Values taken again after a leadership change, within the window.
+    pub redelivered: Vec<Redelivered>,
+    /// Acknowledged sync values a consumer group never took.
+    pub group_lost: Vec<GroupLost>,
+    /// Per consumer group (tailers excluded): takes and redeliveries.
+    pub groups: Vec<GroupStats>,
     /// Replicas not holding every id of the primary after the drain.
     pub lagging: Vec<String>,
     /// Logs that could not be read (a failure: nothing can be checked).
@@ -170,6 +271,7 @@ impl Report {
             && self.order.is_empty()
             && self.split_brain.is_empty()
             && self.unreadable.is_empty()
+            && self.group_lost.is_empty()
     }
 }
 
@@ -216,9 +318,19 @@ fn enqueues(h: &History) -> Vec<Enq> {
     out
 }
 
-/// Checks a history. Pure: the same history gives the same report.
+/// Checks a history with the default options. Pure: the same history gives
+/// the same report.
 pub fn check(h: &History) -> Report {
-    let mut r = Report::default();
+    check_with(h, &CheckOptions::default())
+}
+
+/// Checks a history. Pure: the same history and options give the same
+/// report.
+pub fn check_with(h: &History, opts: &CheckOptions) -> Report {
+    let mut r = Report {
+        redelivery_window_ns: opts.redelivery_window_ns,
+        ..Report::default()
+    };
     let ops = enqueues(h);
     for o in &ops {
         let c = match o.mode {
@@ -518,34 +630,118 @@ pub fn check(h: &History) -> Report {
         }
     }
 
-    // Dequeued twice in one group.
-    let mut deq: HashMap<(&str, &str, u64), u64> = HashMap::new();
+    check_groups(h, &ops, opts, &mut r);
+    r.duplicated
+        .sort_by(|a, b| (&a.queue, &a.r#where, a.value).cmp(&(&b.queue, &b.r#where, b.value)));
+    r
+}
+
+/// One take of a value by a group, in time order.
+struct Take<'a> {
+    time_ns: u64,
+    node: &'a str,
+    value: u64,
+    /// Index of the leadership (run of takes by one node under one term).
+    reign: usize,
+}
+
+/// Dequeues per group: duplicates, redeliveries and group losses.
+fn check_groups(h: &History, ops: &[Enq], opts: &CheckOptions, r: &mut Report) {
+    // (time, node, term, value) per (queue, group).
+    type Raw<'a> = (u64, &'a str, Option<u32>, u64);
+    let mut by_group: BTreeMap<(&str, &str), Vec<Raw<'_>>> = BTreeMap::new();
     for e in h
         .events
         .iter()
         .filter(|e| e.f == OpFn::Dequeue && e.kind == EventType::Ok)
     {
         r.dequeued += 1;
-        *deq.entry((
-            e.queue.as_str(),
-            e.group.as_deref().unwrap_or("default"),
-            e.value,
-        ))
-        .or_default() += 1;
+        by_group
+            .entry((e.queue.as_str(), e.group.as_deref().unwrap_or("default")))
+            .or_default()
+            .push((e.time_ns, e.node.as_str(), e.term, e.value));
     }
-    for ((q, g, v), n) in deq {
-        if n > 1 {
+    for ((q, g), mut raw) in by_group {
+        // Stable: events of one reader keep their recorded order.
+        raw.sort_by_key(|t| t.0);
+        let mut takes: Vec<Take<'_>> = Vec::with_capacity(raw.len());
+        let mut reign_end: Vec<u64> = Vec::new();
+        let mut prev: Option<(&str, Option<u32>)> = None;
+        for (time_ns, node, term, value) in raw {
+            if prev != Some((node, term)) {
+                reign_end.push(time_ns);
+                prev = Some((node, term));
+            }
+            let reign = reign_end.len() - 1;
+            reign_end[reign] = time_ns;
+            takes.push(Take {
+                time_ns,
+                node,
+                value,
+                reign,
+            });
+        }
+        let mut last_take: HashMap<u64, usize> = HashMap::new();
+        let mut count: HashMap<u64, u64> = HashMap::new();
+        let mut dup: BTreeSet<u64> = BTreeSet::new();
+        let tail = g.starts_with(TAIL_GROUP_PREFIX);
+        let mut stats = GroupStats {
+            queue: q.into(),
+            group: g.into(),
+            taken: takes.len() as u64,
+            leaderships: reign_end.len() as u64,
+            ..GroupStats::default()
+        };
+        for (i, t) in takes.iter().enumerate() {
+            *count.entry(t.value).or_default() += 1;
+            if let Some(&p) = last_take.get(&t.value) {
+                let first = &takes[p];
+                let window = reign_end[first.reign].saturating_sub(first.time_ns);
+                if first.reign != t.reign && window <= opts.redelivery_window_ns && !tail {
+                    stats.redelivered += 1;
+                    stats.max_window_ns = stats.max_window_ns.max(window);
+                    r.redelivered.push(Redelivered {
+                        queue: q.into(),
+                        group: g.into(),
+                        value: t.value,
+                        first_node: first.node.into(),
+                        again_node: t.node.into(),
+                        window_ns: window,
+                    });
+                } else {
+                    dup.insert(t.value);
+                }
+            }
+            last_take.insert(t.value, i);
+        }
+        for v in dup {
             r.duplicated.push(Duplicate {
                 queue: q.into(),
                 r#where: format!("group:{g}"),
                 value: v,
-                count: n,
+                count: count.get(&v).copied().unwrap_or(0),
             });
         }
+        stats.distinct = count.len() as u64;
+        if tail {
+            continue;
+        }
+        // Every acknowledged sync value of the queue, taken at least once.
+        for o in ops
+            .iter()
+            .filter(|o| o.queue == q && o.mode == Mode::Sync && o.outcome == EventType::Ok)
+        {
+            if !count.contains_key(&o.value) {
+                stats.lost += 1;
+                r.group_lost.push(GroupLost {
+                    queue: q.into(),
+                    group: g.into(),
+                    value: o.value,
+                });
+            }
+        }
+        r.groups.push(stats);
     }
-    r.duplicated
-        .sort_by(|a, b| (&a.queue, &a.r#where, a.value).cmp(&(&b.queue, &b.r#where, b.value)));
-    r
 }
 
 /// For each fault, the longest gap (ns) between consecutive acknowledged
@@ -679,6 +875,7 @@ mod tests {
             group: None,
             id: None,
             epoch: None,
+            term: None,
             time_ns: t,
             error: None,
         }
@@ -802,13 +999,15 @@ mod tests {
             group: Some(g.into()),
             ..ev(EventType::Ok, 9, "n0", "q", Mode::Sync, v, 5_000)
         };
-        h.events.push(deq("a", 1));
-        h.events.push(deq("b", 1));
+        for v in [1, 2, 3] {
+            h.events.push(deq("a", v));
+            h.events.push(deq("b", v));
+        }
         let r = check(&h);
         assert!(r.pass(), "one dequeue per group is fine: {r:#?}");
         h.events.push(deq("a", 1));
         let r = check(&h);
-        assert_eq!(r.dequeued, 3);
+        assert_eq!(r.dequeued, 7);
         assert!(r
             .duplicated
             .iter()
@@ -1079,5 +1278,141 @@ mod tests {
         assert_eq!((f[1].from_epoch, f[1].to_epoch), (2, 4));
         assert_eq!(f[1].gap_ns, 12_010 - 8_010);
         assert!(failovers(&clean()).is_empty(), "no epochs, no failover");
+    }
+
+    const MS: u64 = 1_000_000;
+
+    /// A take of value `v` in group `g` by `node` under leader epoch `term`
+    /// at `t_ms` milliseconds.
+    fn take(g: &str, node: &str, term: Option<u32>, v: u64, t_ms: u64) -> Event {
+        Event {
+            f: OpFn::Dequeue,
+            group: Some(g.into()),
+            term,
+            ..ev(EventType::Ok, 50, node, "q", Mode::Sync, v, t_ms * MS)
+        }
+    }
+
+    /// `clean()` with group `g` taking 1, 2, 3 on n0 under term 1 at 1.0,
+    /// 1.1 and 1.2 s.
+    fn clean_group() -> History {
+        let mut h = clean();
+        for (i, v) in [1, 2, 3].iter().enumerate() {
+            h.events
+                .push(take("g", "n0", Some(1), *v, 1_000 + 100 * i as u64));
+        }
+        h
+    }
+
+    #[test]
+    fn a_clean_history_with_a_group_that_took_everything_passes() {
+        let r = check(&clean_group());
+        assert!(r.pass(), "{r:#?}");
+        assert!(r.redelivered.is_empty() && r.group_lost.is_empty());
+        assert_eq!(r.groups.len(), 1);
+        assert_eq!((r.groups[0].taken, r.groups[0].distinct), (3, 3));
+        assert_eq!(r.groups[0].leaderships, 1);
+    }
+
+    #[test]
+    fn a_take_again_on_another_leader_within_the_window_is_redelivered_not_a_failure() {
+        let mut h = clean_group();
+        // n0's last take is at 1.2 s; n1 leads from 4 s and takes 2 and 3
+        // again (taken 100 ms and 0 ms before n0's leadership ended).
+        h.events.push(take("g", "n1", Some(2), 2, 4_000));
+        h.events.push(take("g", "n1", Some(2), 3, 4_100));
+        let r = check(&h);
+        assert!(r.pass(), "{r:#?}");
+        assert!(r.duplicated.is_empty());
+        assert_eq!(r.redelivered.len(), 2);
+        assert_eq!(r.redelivered[0].first_node, "n0");
+        assert_eq!(r.redelivered[0].again_node, "n1");
+        assert_eq!(r.groups[0].redelivered, 2);
+        assert_eq!(r.groups[0].max_window_ns, 100 * MS);
+        assert_eq!(r.groups[0].leaderships, 2);
+    }
+
+    #[test]
+    fn a_take_again_on_the_same_node_under_a_new_term_within_the_window_is_redelivered() {
+        let mut h = clean_group();
+        // n0 lost its disk and leads again under term 3: its cursor came
+        // from the replicated table.
+        h.events.push(take("g", "n0", Some(3), 3, 5_000));
+        let r = check(&h);
+        assert!(r.pass(), "{r:#?}");
+        assert_eq!(r.redelivered.len(), 1);
+    }
+
+    #[test]
+    fn a_take_again_on_the_same_node_in_one_leadership_is_duplicated() {
+        let mut h = clean_group();
+        h.events.push(take("g", "n0", Some(1), 2, 1_300));
+        let r = check(&h);
+        assert!(!r.pass());
+        assert!(r.redelivered.is_empty());
+        assert!(r
+            .duplicated
+            .iter()
+            .any(|d| d.value == 2 && d.r#where == "group:g" && d.count == 2));
+    }
+
+    #[test]
+    fn a_take_again_whose_first_take_is_older_than_the_window_is_duplicated() {
+        let mut h = clean();
+        // Value 1 taken at 1 s; n0 leads until 5 s (its last take); n1
+        // takes 1 again: 4 s before the change, more than the 2 s window.
+        h.events.push(take("g", "n0", Some(1), 1, 1_000));
+        h.events.push(take("g", "n0", Some(1), 2, 2_000));
+        h.events.push(take("g", "n0", Some(1), 3, 5_000));
+        h.events.push(take("g", "n1", Some(2), 1, 6_000));
+        let r = check(&h);
+        assert!(!r.pass());
+        assert!(r.redelivered.is_empty());
+        assert!(r
+            .duplicated
+            .iter()
+            .any(|d| d.value == 1 && d.r#where == "group:g"));
+        // A wider window makes the same take a redelivery.
+        let wide = CheckOptions {
+            redelivery_window_ns: 5_000 * MS,
+        };
+        let r = check_with(&h, &wide);
+        assert!(r.pass(), "{r:#?}");
+        assert_eq!(r.groups[0].max_window_ns, 4_000 * MS);
+    }
+
+    #[test]
+    fn an_acknowledged_sync_value_a_group_never_took_is_group_lost() {
+        let mut h = clean();
+        h.events.push(take("g", "n0", Some(1), 1, 1_000));
+        h.events.push(take("g", "n1", Some(2), 3, 4_000));
+        let r = check(&h);
+        assert!(!r.pass());
+        assert_eq!(
+            r.group_lost,
+            vec![GroupLost {
+                queue: "q".into(),
+                group: "g".into(),
+                value: 2
+            }]
+        );
+        assert_eq!(r.groups[0].lost, 1);
+    }
+
+    #[test]
+    fn a_tailer_is_judged_for_duplicates_but_not_for_group_loss_or_redelivery() {
+        let mut h = clean();
+        h.events.push(take("tail-n0", "n0", None, 1, 1_000));
+        let r = check(&h);
+        assert!(r.pass(), "a tailer need not read everything: {r:#?}");
+        assert!(r.groups.is_empty());
+        h.events.push(take("tail-n0", "n0", None, 1, 1_100));
+        assert!(!check(&h).pass());
+    }
+
+    #[test]
+    fn the_redelivery_window_is_half_the_failover_timeout_plus_750_ms() {
+        assert_eq!(redelivery_window_ns(2500), DEFAULT_REDELIVERY_WINDOW_NS);
+        assert_eq!(redelivery_window_ns(5000), 3_250 * MS);
     }
 }

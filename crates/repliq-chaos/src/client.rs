@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use repliq::replication::sync;
-use repliq::store::{Store, StoreError, StoreOptions};
+use repliq::store::{Role, Store, StoreError, StoreOptions};
 use repliq::{QueueError, ReplicatedQueue, ReplicationMode, RepliqQueue};
 use repliq_chaos::history::{decode_value, encode_value, Event, EventType, Mode, OpFn};
 
@@ -134,6 +134,7 @@ pub fn client(a: ClientArgs) -> i32 {
                 group: None,
                 id: None,
                 epoch: None,
+                term: None,
                 time_ns: now_ns(),
                 error: None,
             };
@@ -217,7 +218,14 @@ pub fn reader(a: ReaderArgs) -> i32 {
     loop {
         match c.dequeue_with(|r| (r.id, r.epoch, decode_value(r.payload))) {
             Ok(Some((id, epoch, value))) => {
-                let e = read_event(a.process, &a.node, &a.queue, &a.group, id, epoch, value);
+                let t = Taker {
+                    process: a.process,
+                    node: &a.node,
+                    queue: &a.queue,
+                    group: &a.group,
+                    term: None,
+                };
+                let e = read_event(&t, id, epoch, value);
                 if !emit(&mut out, &e) {
                     return 1;
                 }
@@ -354,6 +362,7 @@ pub fn cluster_client(a: ClusterClientArgs) -> i32 {
             group: None,
             id: None,
             epoch: None,
+            term: None,
             time_ns: now_ns(),
             error: None,
         };
@@ -472,7 +481,14 @@ pub fn tail_reader(a: TailReaderArgs) -> i32 {
                     }
                     last = Some(id);
                     idle_after_stop = 0;
-                    let e = read_event(a.process, &a.node, &a.queue, &group, id, epoch, value);
+                    let t = Taker {
+                        process: a.process,
+                        node: &a.node,
+                        queue: &a.queue,
+                        group: &group,
+                        term: None,
+                    };
+                    let e = read_event(&t, id, epoch, value);
                     if !emit(&mut out, &e) {
                         return 1;
                     }
@@ -496,17 +512,145 @@ pub fn tail_reader(a: TailReaderArgs) -> i32 {
     }
 }
 
+/// Arguments of `repliq-chaos group-reader`: a consumer-group reader on one
+/// node of a cluster-mode run.
+#[derive(clap::Args, Debug)]
+pub struct GroupReaderArgs {
+    /// The queue's directory on this node.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Queue name (for the history).
+    #[arg(long)]
+    pub queue: String,
+    /// This node's name.
+    #[arg(long)]
+    pub node: String,
+    /// Consumer group.
+    #[arg(long)]
+    pub group: String,
+    /// Unique process number.
+    #[arg(long)]
+    pub process: u64,
+    /// Written by the controller once the writers stopped and the cluster
+    /// settled: then drain while this node leads, and stop.
+    #[arg(long)]
+    pub end_file: PathBuf,
+}
+
+/// Polls of an empty group (20 ms apart) after the end file before a
+/// leading reader stops: 0.5 s.
+const DRAINED_POLLS: u32 = 25;
+/// Polls (20 ms apart) without leading after the end file before a reader
+/// stops: 3 s, longer than a lease renewal.
+const IDLE_POLLS: u32 = 150;
+/// While not leading, the queue is reopened this often: a lost disk leaves
+/// a handle on unlinked files whose role word never changes again.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs a cluster-mode consumer-group reader: takes from `group` on this
+/// node's copy of the queue only while the control file's role word says
+/// this node leads it (role primary, lease not run out); otherwise waits
+/// and re-checks. Each take is recorded with the epoch of this node's
+/// current leadership (the store's epoch, which the daemon raises before it
+/// sets the role primary; read when the leadership begins). Any error reopens the queue. After the end file it
+/// drains: a leading reader stops once the group is empty, the others once
+/// they have not led for a while.
+pub fn group_reader(a: GroupReaderArgs) -> i32 {
+    let mut out = std::io::stdout().lock();
+    let mut open: Option<(Store, repliq::store::Consumer)> = None;
+    let mut opened_at = Instant::now();
+    let mut term: Option<u32> = None;
+    let mut empty_polls = 0u32;
+    let mut idle_polls = 0u32;
+    loop {
+        let ended = a.end_file.exists();
+        if ended && idle_polls > IDLE_POLLS {
+            return 0;
+        }
+        let stale = term.is_none() && opened_at.elapsed() >= REOPEN_EVERY;
+        if open.is_none() || stale {
+            open = None;
+            opened_at = Instant::now();
+            match Store::open(&a.dir, &StoreOptions::open().skip_recovery())
+                .and_then(|s| s.group_consumer(&a.group).map(|c| (s, c)))
+            {
+                Ok(sc) => open = Some(sc),
+                Err(_) => {
+                    if ended {
+                        idle_polls += 10;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+            }
+        }
+        let Some((s, c)) = open.as_mut() else {
+            continue;
+        };
+        if !(s.role() == Role::Primary && s.takes_appends()) {
+            term = None;
+            empty_polls = 0;
+            if ended {
+                idle_polls += 1;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        idle_polls = 0;
+        let t = *term.get_or_insert_with(|| s.epoch());
+        match c.dequeue_with(|r| (r.id, r.epoch, decode_value(r.payload))) {
+            Ok(Some((id, epoch, value))) => {
+                empty_polls = 0;
+                let taker = Taker {
+                    process: a.process,
+                    node: &a.node,
+                    queue: &a.queue,
+                    group: &a.group,
+                    term: Some(t),
+                };
+                if !emit(&mut out, &read_event(&taker, id, epoch, value)) {
+                    return 1;
+                }
+            }
+            Ok(None) => {
+                if ended {
+                    empty_polls += 1;
+                    if empty_polls > DRAINED_POLLS {
+                        return 0;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                eprintln!("repliq-chaos group-reader: {}: {e}", a.dir.display());
+                open = None;
+                term = None;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// Where and under which leadership a reader took a record.
+#[derive(Clone, Copy)]
+struct Taker<'a> {
+    process: u64,
+    node: &'a str,
+    queue: &'a str,
+    group: &'a str,
+    term: Option<u32>,
+}
+
 /// The history event of a record `id` a reader of `group` took: its value,
 /// or an error if the payload is not one.
-fn read_event(
-    process: u64,
-    node: &str,
-    queue: &str,
-    group: &str,
-    id: u64,
-    epoch: u32,
-    value: Option<u64>,
-) -> Event {
+fn read_event(t: &Taker<'_>, id: u64, epoch: u32, value: Option<u64>) -> Event {
+    let Taker {
+        process,
+        node,
+        queue,
+        group,
+        term,
+    } = *t;
     Event {
         kind: EventType::Ok,
         f: OpFn::Dequeue,
@@ -518,6 +662,7 @@ fn read_event(
         group: Some(group.to_string()),
         id: Some(id),
         epoch: Some(epoch),
+        term,
         time_ns: now_ns(),
         error: value
             .is_none()

@@ -64,6 +64,11 @@ pub struct Event {
     /// Epoch returned, when available.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u32>,
+    /// Of a cluster-mode group dequeue: the epoch the reader's node led the
+    /// queue under (the store's epoch when its current leadership began),
+    /// so that a change of leadership on one node is visible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u32>,
     /// CLOCK_MONOTONIC in nanoseconds (one clock for every namespace).
     pub time_ns: u64,
     /// The error text of a fail or info.
@@ -130,6 +135,11 @@ pub struct History {
     #[serde(default)]
     pub unavailable: Vec<(String, String)>,
 }
+
+/// Prefix of the groups of the tailing readers (`tail-<node>`): they read
+/// one replica each and are not consumer groups, so the group checks
+/// (redelivery, group lost) do not apply to them.
+pub const TAIL_GROUP_PREFIX: &str = "tail-";
 
 /// Prefix of the text payload written by the `replica-write` nemesis
 /// through `repliq append` (which writes raw bytes, not postcard).

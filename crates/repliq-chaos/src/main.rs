@@ -35,6 +35,10 @@ enum Command {
     /// (internal) A cluster-mode writer, run inside a node's namespace.
     #[command(hide = true)]
     ClusterClient(client::ClusterClientArgs),
+    /// (internal) A cluster-mode consumer-group reader, run inside a node's
+    /// namespace.
+    #[command(hide = true)]
+    GroupReader(client::GroupReaderArgs),
     /// (internal) A tailer of a node's replica, run inside its namespace.
     #[command(hide = true)]
     TailReader(client::TailReaderArgs),
@@ -53,6 +57,7 @@ fn main() {
         Command::Reader(a) => client::reader(a),
         Command::ClusterClient(a) => client::cluster_client(a),
         Command::TailReader(a) => client::tail_reader(a),
+        Command::GroupReader(a) => client::group_reader(a),
         Command::Catalog(a) => catalog::print(a),
     };
     std::process::exit(code);

@@ -124,6 +124,21 @@ pub fn summary(h: &History, r: &Report, header: &str) -> String {
             ms(l.max())
         );
     }
+    for g in &r.groups {
+        let _ = writeln!(
+            s,
+            "group {} on {}: taken {} ({} values, {} leaderships), redelivered {} (max window {:.0} ms of {:.0}), group lost {}",
+            g.group,
+            g.queue,
+            g.taken,
+            g.distinct,
+            g.leaderships,
+            g.redelivered,
+            ms(g.max_window_ns),
+            ms(r.redelivery_window_ns),
+            g.lost
+        );
+    }
     let _ = writeln!(s, "anomalies");
     let _ = writeln!(s, "  lost         {:>6}", r.lost.len());
     for x in r.lost.iter().take(3) {
@@ -172,6 +187,21 @@ pub fn summary(h: &History, r: &Report, header: &str) -> String {
             ms(x.end_ns.saturating_sub(x.start_ns))
         );
     }
+    let _ = writeln!(s, "  group lost   {:>6}", r.group_lost.len());
+    for x in r.group_lost.iter().take(3) {
+        let _ = writeln!(
+            s,
+            "      {} {}: acknowledged value {} never taken",
+            x.queue, x.group, x.value
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  redelivered  {} after a leadership change, max window {:.0} ms (bound {:.0} ms): at-least-once, not a failure",
+        r.redelivered.len(),
+        ms(r.redelivered.iter().map(|x| x.window_ns).max().unwrap_or(0)),
+        ms(r.redelivery_window_ns)
+    );
     let _ = writeln!(
         s,
         "  async        {} of {} acknowledged absent from the primary (bound: within {:.0} ms); async promises no replication: not a pass",

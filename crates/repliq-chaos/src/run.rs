@@ -109,6 +109,12 @@ pub struct RunArgs {
     /// Cluster mode: `replication.failover_timeout_ms` of the daemons.
     #[arg(long, default_value_t = 2500)]
     pub failover_timeout_ms: u64,
+    /// How long before a leadership change a consumer group's take may be
+    /// and still be taken again on the new leader without counting as a
+    /// duplicate (default: half the failover timeout, the lease, plus 750 ms;
+    /// 2000 ms for the default timeout).
+    #[arg(long)]
+    pub redelivery_window_ms: Option<u64>,
 }
 
 /// Arguments of `repliq-chaos check`.
@@ -116,6 +122,9 @@ pub struct RunArgs {
 pub struct CheckArgs {
     /// A history.json written by `repliq-chaos run`.
     pub history: PathBuf,
+    /// The redelivery window (default: the one the run used, else 2000 ms).
+    #[arg(long)]
+    pub redelivery_window_ms: Option<u64>,
 }
 
 /// Re-checks a saved history; exit 0 on PASS, 1 on FAIL, 2 on bad input.
@@ -134,6 +143,7 @@ pub fn check_file(a: CheckArgs) -> i32 {
             return 2;
         }
     };
+    let saved_window_ms = v.get("redelivery_window_ms").and_then(|w| w.as_u64());
     let h: History = match serde_json::from_value(v.get("history").cloned().unwrap_or(v)) {
         Ok(h) => h,
         Err(e) => {
@@ -141,7 +151,18 @@ pub fn check_file(a: CheckArgs) -> i32 {
             return 2;
         }
     };
-    let r = checker::check(&h);
+    let window_ns = match a.redelivery_window_ms {
+        Some(ms) => ms.saturating_mul(1_000_000),
+        None => saved_window_ms.map_or(checker::DEFAULT_REDELIVERY_WINDOW_NS, |ms| {
+            ms.saturating_mul(1_000_000)
+        }),
+    };
+    let r = checker::check_with(
+        &h,
+        &checker::CheckOptions {
+            redelivery_window_ns: window_ns,
+        },
+    );
     print!("{}", report::summary(&h, &r, "re-check of a saved history"));
     if r.pass() {
         0
@@ -237,6 +258,11 @@ struct Run {
     min_acks: usize,
     rate: f64,
     stop_file: PathBuf,
+    /// Written once the writers stopped and the cluster settled: the group
+    /// readers drain and stop.
+    end_file: PathBuf,
+    /// Indices in `c.others` of the consumer-group readers.
+    group_readers: Vec<usize>,
     cluster_mode: bool,
 }
 
@@ -296,6 +322,35 @@ impl Run {
             .map_err(|e| format!("cannot start a reader: {e}"))?;
         let child = self.collect(child);
         self.c.others.push(child);
+        Ok(())
+    }
+
+    /// A consumer-group reader of `group` on node `node`'s copy of `queue`
+    /// (cluster mode): it takes only while its node leads the queue.
+    fn spawn_group_reader(&mut self, node: usize, queue: &str, group: &str) -> Result<(), String> {
+        let process = self.next_process;
+        self.next_process += 1;
+        let log = self.c.log_file(&format!("reader-{process}.log"))?;
+        let child = self
+            .c
+            .in_ns(node, &self.exe)
+            .arg("group-reader")
+            .arg("--dir")
+            .arg(self.c.nodes[node].data.join(queue))
+            .args(["--queue", queue, "--node", &self.c.nodes[node].name])
+            .args(["--group", group])
+            .arg("--process")
+            .arg(process.to_string())
+            .arg("--end-file")
+            .arg(&self.end_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start a group reader: {e}"))?;
+        let child = self.collect(child);
+        self.c.others.push(child);
+        self.group_readers.push(self.c.others.len() - 1);
         Ok(())
     }
 
@@ -405,7 +460,7 @@ impl Run {
             .arg("--process")
             .arg(process.to_string())
             .arg("--stop-file")
-            .arg(&self.stop_file)
+            .arg(&self.end_file)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -413,6 +468,7 @@ impl Run {
             .map_err(|e| format!("cannot start a reader: {e}"))?;
         let child = self.collect(child);
         self.c.others.push(child);
+        self.group_readers.push(self.c.others.len() - 1);
         Ok(())
     }
 
@@ -557,6 +613,7 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
         .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let stop_file = out.join("stop");
+    let end_file = out.join("end");
     let mut r = Run {
         c,
         exe,
@@ -566,6 +623,8 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
         min_acks,
         rate: a.rate,
         stop_file,
+        end_file,
+        group_readers: Vec::new(),
         cluster_mode,
     };
     for i in 0..n {
@@ -636,8 +695,11 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
                 });
             }
             if *m == Mode::Sync {
+                // A tailer of every replica, and a reader of the queue's
+                // consumer group on every node: the leader's takes.
                 for i in 0..n {
                     r.spawn_tail_reader(i, q)?;
+                    r.spawn_group_reader(i, q, &format!("g-{q}"))?;
                 }
             }
             continue;
@@ -835,6 +897,7 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
                     group: None,
                     id: None,
                     epoch: None,
+                    term: None,
                     time_ns: now_ns(),
                     error: None,
                 };
@@ -926,10 +989,13 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
             r.c.start(i)?;
         }
     }
-    // Stop the workload, let readers drain.
+    // Stop the workload and the tailers; the group readers go on.
     std::fs::write(&r.stop_file, b"stop").map_err(|e| format!("stop file: {e}"))?;
     let t = Instant::now();
-    for ch in r.c.others.iter_mut() {
+    for (k, ch) in r.c.others.iter_mut().enumerate() {
+        if r.group_readers.contains(&k) {
+            continue;
+        }
         loop {
             match ch.try_wait() {
                 Ok(Some(_)) => break,
@@ -946,9 +1012,6 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
                 }
             }
         }
-    }
-    for h in r.readers.drain(..) {
-        let _ = h.join();
     }
     // Drain: wait until every replica's write position reaches the
     // leader's (the primary's, with a static primary). In cluster mode the
@@ -1008,6 +1071,40 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
             break;
         }
         std::thread::sleep(Duration::from_millis(250));
+    }
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        eprintln!("repliq-chaos: interrupted; cleaning up");
+        return Ok(130);
+    }
+    // The group readers drain: the one whose node leads takes until its
+    // group is empty, the others stop once they have not led for 3 s.
+    std::fs::write(&r.end_file, b"end").map_err(|e| format!("end file: {e}"))?;
+    let t = Instant::now();
+    let slots = r.group_readers.clone();
+    for k in slots {
+        let Some(ch) = r.c.others.get_mut(k) else {
+            continue;
+        };
+        loop {
+            match ch.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None)
+                    if t.elapsed() < Duration::from_secs(60)
+                        && !INTERRUPTED.load(Ordering::Relaxed) =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => {
+                    println!("warning: a group reader did not finish draining within 60 s");
+                    let _ = ch.kill();
+                    let _ = ch.wait();
+                    break;
+                }
+            }
+        }
+    }
+    for h in r.readers.drain(..) {
+        let _ = h.join();
     }
     if INTERRUPTED.load(Ordering::Relaxed) {
         eprintln!("repliq-chaos: interrupted; cleaning up");
@@ -1086,7 +1183,15 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
         logs,
         unavailable,
     };
-    let rep = checker::check(&h);
+    let window_ms = a
+        .redelivery_window_ms
+        .unwrap_or(checker::redelivery_window_ns(a.failover_timeout_ms) / 1_000_000);
+    let rep = checker::check_with(
+        &h,
+        &checker::CheckOptions {
+            redelivery_window_ns: window_ms.saturating_mul(1_000_000),
+        },
+    );
     let header = format!(
         "repliq-chaos: {n} nodes ({}), {} s, seed {seed}, nemeses [{}]",
         if cluster_mode {
@@ -1108,6 +1213,7 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
         "nemeses": a.nemesis,
         "mode": if cluster_mode { "cluster" } else { "static-primary" },
         "failover_timeout_ms": cluster_mode.then_some(a.failover_timeout_ms),
+        "redelivery_window_ms": window_ms,
         "report": rep,
         "failovers": checker::failovers(&h),
         "history": h,
