@@ -53,6 +53,32 @@ pub fn owner_pid(name: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
+/// The name of project `project`'s bridge (`rqchaos<pid>`, at most 15
+/// bytes), set in the compose file so that the host rule can name it.
+pub fn bridge_name(project: &str) -> String {
+    project.replace('-', "")
+}
+
+/// The controller pid in a bridge name [`bridge_name`] made.
+fn bridge_owner_pid(name: &str) -> Option<u32> {
+    name.strip_prefix(&PROJECT_PREFIX.replace('-', ""))?
+        .parse()
+        .ok()
+}
+
+/// The host rule that lets the bridge's containers reach one another: on
+/// hosts with `br_netfilter`, bridged frames cross the host's `FORWARD`
+/// chain, whose policy is `DROP` under Docker, and this host's Docker
+/// writes no rule for a new network into the chain `iptables` shows.
+pub fn forward_rule(op: &str, bridge: &str) -> Vec<String> {
+    let mut v: Vec<String> = vec!["iptables".into(), op.into(), "FORWARD".into()];
+    if op == "-I" {
+        v.push("1".into());
+    }
+    v.extend(["-i", bridge, "-o", bridge, "-j", "ACCEPT"].map(String::from));
+    v
+}
+
 /// The run's private subnet, `10.78.<k>.0/24`, and node `i`'s address in
 /// it (`.10 + i`).
 pub fn subnet(pid: u32) -> (String, impl Fn(usize) -> String) {
@@ -125,7 +151,11 @@ pub fn compose_file(project: &str, image: &str, subnet: &str, nodes: &[NodeSpec]
     let doc = serde_json::json!({
         "version": "2.4",
         "services": services,
-        "networks": {"chaos": {"driver": "bridge", "ipam": {"config": [{"subnet": subnet}]}}},
+        "networks": {"chaos": {
+            "driver": "bridge",
+            "driver_opts": {"com.docker.network.bridge.name": bridge_name(project)},
+            "ipam": {"config": [{"subnet": subnet}]},
+        }},
     });
     serde_json::to_string_pretty(&doc).unwrap_or_default()
 }
@@ -196,6 +226,7 @@ pub struct Compose {
     /// Whether each daemon container should be running.
     pub running: Vec<bool>,
     up: bool,
+    forward: bool,
 }
 
 impl Compose {
@@ -221,12 +252,25 @@ impl Compose {
             holders: Vec::new(),
             running: vec![false; nodes.len()],
             up: false,
+            forward: false,
         };
         c.up = true;
-        c.compose(&["up", "--no-start"])?;
+        // The holders first: compose resolves `service:hold<i>` when it
+        // creates a daemon's container, and creates a container with the
+        // default network and pid namespace if the holder is not there yet.
+        let holds: Vec<String> = (0..nodes.len()).map(|i| format!("hold{i}")).collect();
+        let daemons: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        let mut args = vec!["up", "-d"];
+        args.extend(holds.iter().map(String::as_str));
+        c.compose(&args)?;
+        let mut args = vec!["up", "--no-start", "--no-deps"];
+        args.extend(&daemons);
+        c.compose(&args)?;
+        let rule = forward_rule("-I", &bridge_name(&c.project));
+        sh(&rule.iter().map(String::as_str).collect::<Vec<_>>())?;
+        c.forward = true;
         for i in 0..nodes.len() {
             let name = c.holder(i);
-            sh(&["docker", "start", &name])?;
             let pid: u32 = out(&["docker", "inspect", "-f", "{{.State.Pid}}", &name])?
                 .parse()
                 .map_err(|e| format!("pid of {name}: {e}"))?;
@@ -277,6 +321,22 @@ impl Compose {
         prepare_data(data)?;
         sh(&["docker", "start", &self.daemon(i)])?;
         self.running[i] = true;
+        // The daemon must be in its holder's namespaces, or partitions and
+        // the clients would miss it.
+        let pid = self
+            .pid(i)
+            .ok_or_else(|| format!("{} stopped at once", self.daemon(i)))?;
+        for ns in ["net", "pid"] {
+            let a = fs::read_link(format!("/proc/{pid}/ns/{ns}"));
+            let b = fs::read_link(format!("/proc/{}/ns/{ns}", self.holders[i]));
+            if a.is_err() || a.ok() != b.ok() {
+                return Err(format!(
+                    "{} is not in {}'s {ns} namespace",
+                    self.daemon(i),
+                    self.holder(i)
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -388,6 +448,13 @@ impl Compose {
         if let Err(e) = self.compose(&["down", "-v", "-t", "1"]) {
             eprintln!("repliq-chaos: cleanup: {e}");
         }
+        if self.forward {
+            let rule = forward_rule("-D", &bridge_name(&self.project));
+            if let Err(e) = sh(&rule.iter().map(String::as_str).collect::<Vec<_>>()) {
+                eprintln!("repliq-chaos: cleanup: {e}");
+            }
+            self.forward = false;
+        }
         self.up = false;
     }
 }
@@ -399,7 +466,10 @@ pub fn down_by_name(project: &str, file: &Path) -> Result<(), String> {
     let mut v: Vec<String> = compose_cmd()?;
     v.extend(["-p", project, "-f", &f, "down", "-v", "-t", "1"].map(String::from));
     let v: Vec<&str> = v.iter().map(String::as_str).collect();
-    sh(&v)
+    let down = sh(&v);
+    let rule = forward_rule("-D", &bridge_name(project));
+    let _ = sh(&rule.iter().map(String::as_str).collect::<Vec<_>>());
+    down
 }
 
 /// Makes `data` (and its parents) and hands it to the image's user.
@@ -448,6 +518,19 @@ pub fn cleanup_stale(alive: &dyn Fn(u32) -> bool) -> Vec<String> {
             && sh(&["docker", "network", "rm", &name]).is_ok()
         {
             removed.push(format!("network {name}"));
+        }
+    }
+    let rules = out(&["iptables", "-S", "FORWARD"]).unwrap_or_default();
+    let mut bridges: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "-i").nth(1))
+        .filter(|b| bridge_owner_pid(b).is_some_and(|p| !alive(p)))
+        .collect();
+    bridges.dedup();
+    for b in bridges {
+        let rule = forward_rule("-D", b);
+        while sh(&rule.iter().map(String::as_str).collect::<Vec<_>>()).is_ok() {
+            removed.push(format!("FORWARD rule for {b}"));
         }
     }
     removed
@@ -601,6 +684,29 @@ mod tests {
         ips.dedup();
         assert_eq!(ips.len(), 3, "distinct addresses");
         assert_eq!(doc["networks"]["chaos"]["ipam"]["config"][0]["subnet"], net);
+        let bridge = &doc["networks"]["chaos"]["driver_opts"]["com.docker.network.bridge.name"];
+        assert_eq!(bridge, "rqchaos4321");
+    }
+
+    #[test]
+    fn the_forward_rule_names_only_the_runs_own_bridge_and_is_removable() {
+        let b = bridge_name(&project_name(1234567));
+        assert_eq!(b, "rqchaos1234567");
+        assert!(b.len() <= 15, "a Linux interface name has at most 15 bytes");
+        assert_eq!(bridge_owner_pid(&b), Some(1234567));
+        assert_eq!(bridge_owner_pid("docker0"), None);
+        assert_eq!(bridge_owner_pid("rqchaosx"), None);
+        let ins = forward_rule("-I", &b);
+        let del = forward_rule("-D", &b);
+        assert_eq!(
+            ins.join(" "),
+            format!("iptables -I FORWARD 1 -i {b} -o {b} -j ACCEPT")
+        );
+        // The same rule without the position: what `-D` needs to match it.
+        assert_eq!(
+            del.join(" "),
+            format!("iptables -D FORWARD -i {b} -o {b} -j ACCEPT")
+        );
     }
 
     #[test]
