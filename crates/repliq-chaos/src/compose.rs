@@ -54,29 +54,9 @@ pub fn owner_pid(name: &str) -> Option<u32> {
 }
 
 /// The name of project `project`'s bridge (`rqchaos<pid>`, at most 15
-/// bytes), set in the compose file so that the host rule can name it.
+/// bytes), set in the compose file so that it is recognisable on the host.
 pub fn bridge_name(project: &str) -> String {
     project.replace('-', "")
-}
-
-/// The controller pid in a bridge name [`bridge_name`] made.
-fn bridge_owner_pid(name: &str) -> Option<u32> {
-    name.strip_prefix(&PROJECT_PREFIX.replace('-', ""))?
-        .parse()
-        .ok()
-}
-
-/// The host rule that lets the bridge's containers reach one another: on
-/// hosts with `br_netfilter`, bridged frames cross the host's `FORWARD`
-/// chain, whose policy is `DROP` under Docker, and this host's Docker
-/// writes no rule for a new network into the chain `iptables` shows.
-pub fn forward_rule(op: &str, bridge: &str) -> Vec<String> {
-    let mut v: Vec<String> = vec!["iptables".into(), op.into(), "FORWARD".into()];
-    if op == "-I" {
-        v.push("1".into());
-    }
-    v.extend(["-i", bridge, "-o", bridge, "-j", "ACCEPT"].map(String::from));
-    v
 }
 
 /// The run's private subnet, `10.78.<k>.0/24`, and node `i`'s address in
@@ -226,7 +206,6 @@ pub struct Compose {
     /// Whether each daemon container should be running.
     pub running: Vec<bool>,
     up: bool,
-    forward: bool,
 }
 
 impl Compose {
@@ -252,7 +231,6 @@ impl Compose {
             holders: Vec::new(),
             running: vec![false; nodes.len()],
             up: false,
-            forward: false,
         };
         c.up = true;
         // The holders first: compose resolves `service:hold<i>` when it
@@ -266,9 +244,6 @@ impl Compose {
         let mut args = vec!["up", "--no-start", "--no-deps"];
         args.extend(&daemons);
         c.compose(&args)?;
-        let rule = forward_rule("-I", &bridge_name(&c.project));
-        sh(&rule.iter().map(String::as_str).collect::<Vec<_>>())?;
-        c.forward = true;
         for i in 0..nodes.len() {
             let name = c.holder(i);
             let pid: u32 = out(&["docker", "inspect", "-f", "{{.State.Pid}}", &name])?
@@ -448,13 +423,6 @@ impl Compose {
         if let Err(e) = self.compose(&["down", "-v", "-t", "1"]) {
             eprintln!("repliq-chaos: cleanup: {e}");
         }
-        if self.forward {
-            let rule = forward_rule("-D", &bridge_name(&self.project));
-            if let Err(e) = sh(&rule.iter().map(String::as_str).collect::<Vec<_>>()) {
-                eprintln!("repliq-chaos: cleanup: {e}");
-            }
-            self.forward = false;
-        }
         self.up = false;
     }
 }
@@ -466,10 +434,7 @@ pub fn down_by_name(project: &str, file: &Path) -> Result<(), String> {
     let mut v: Vec<String> = compose_cmd()?;
     v.extend(["-p", project, "-f", &f, "down", "-v", "-t", "1"].map(String::from));
     let v: Vec<&str> = v.iter().map(String::as_str).collect();
-    let down = sh(&v);
-    let rule = forward_rule("-D", &bridge_name(project));
-    let _ = sh(&rule.iter().map(String::as_str).collect::<Vec<_>>());
-    down
+    sh(&v)
 }
 
 /// Makes `data` (and its parents) and hands it to the image's user.
@@ -518,19 +483,6 @@ pub fn cleanup_stale(alive: &dyn Fn(u32) -> bool) -> Vec<String> {
             && sh(&["docker", "network", "rm", &name]).is_ok()
         {
             removed.push(format!("network {name}"));
-        }
-    }
-    let rules = out(&["iptables", "-S", "FORWARD"]).unwrap_or_default();
-    let mut bridges: Vec<&str> = rules
-        .lines()
-        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "-i").nth(1))
-        .filter(|b| bridge_owner_pid(b).is_some_and(|p| !alive(p)))
-        .collect();
-    bridges.dedup();
-    for b in bridges {
-        let rule = forward_rule("-D", b);
-        while sh(&rule.iter().map(String::as_str).collect::<Vec<_>>()).is_ok() {
-            removed.push(format!("FORWARD rule for {b}"));
         }
     }
     removed
@@ -689,24 +641,10 @@ mod tests {
     }
 
     #[test]
-    fn the_forward_rule_names_only_the_runs_own_bridge_and_is_removable() {
-        let b = bridge_name(&project_name(1234567));
-        assert_eq!(b, "rqchaos1234567");
+    fn the_bridge_name_fits_a_linux_interface_name() {
+        let b = bridge_name(&project_name(4_194_304));
+        assert_eq!(b, "rqchaos4194304");
         assert!(b.len() <= 15, "a Linux interface name has at most 15 bytes");
-        assert_eq!(bridge_owner_pid(&b), Some(1234567));
-        assert_eq!(bridge_owner_pid("docker0"), None);
-        assert_eq!(bridge_owner_pid("rqchaosx"), None);
-        let ins = forward_rule("-I", &b);
-        let del = forward_rule("-D", &b);
-        assert_eq!(
-            ins.join(" "),
-            format!("iptables -I FORWARD 1 -i {b} -o {b} -j ACCEPT")
-        );
-        // The same rule without the position: what `-D` needs to match it.
-        assert_eq!(
-            del.join(" "),
-            format!("iptables -D FORWARD -i {b} -o {b} -j ACCEPT")
-        );
     }
 
     #[test]
