@@ -2,7 +2,7 @@
 //! each node is a pod-like pair of containers of the product image, made by
 //! a generated compose file in the run's directory:
 //!
-//! - `hold<i>` (`sleep infinity`) owns the node's network namespace (its
+//! - `hold<i>` (`sleep infinity` under Docker's init) owns the node's network namespace (its
 //!   fixed address on the run's own compose network) and pid namespace;
 //! - `node<i>` runs `repliq daemon` in those namespaces
 //!   (`network_mode`/`pid: service:hold<i>`), its data directory a bind
@@ -99,6 +99,9 @@ pub fn compose_file(project: &str, image: &str, subnet: &str, nodes: &[NodeSpec]
                 "container_name": format!("{project}-{hold}"),
                 "hostname": n.name,
                 "entrypoint": ["sleep", "infinity"],
+                // Docker's init as pid 1 of the node's pid namespace: it
+                // reaps the clients killed in it (writer-kill).
+                "init": true,
                 "read_only": true,
                 "restart": "no",
                 "stop_grace_period": "1s",
@@ -544,6 +547,21 @@ fn enter(spec: &str) -> Result<i32, String> {
         return Err(format!("fork: {}", std::io::Error::last_os_error()));
     }
     if child == 0 {
+        // The image's user first: a change of credentials clears the
+        // parent-death signal, so it is set after.
+        // SAFETY: setgroups(0, NULL), setgid and setuid read no memory.
+        let creds = unsafe {
+            libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setgid(gid) == 0
+                && libc::setuid(uid) == 0
+        };
+        if !creds {
+            eprintln!(
+                "repliq-chaos: cannot become {uid}:{gid}: {}",
+                std::io::Error::last_os_error()
+            );
+            std::process::exit(126);
+        }
         // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number; no memory.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
         // The parent may have died before the line above: then this child
@@ -553,17 +571,8 @@ fn enter(spec: &str) -> Result<i32, String> {
         if unsafe { libc::getppid() } != 0 {
             std::process::exit(1);
         }
-        // No supplementary groups of root's.
-        // SAFETY: setgroups(0, NULL) reads no memory.
-        if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
-            eprintln!(
-                "repliq-chaos: setgroups: {}",
-                std::io::Error::last_os_error()
-            );
-            std::process::exit(126);
-        }
         let args: Vec<String> = std::env::args().skip(1).collect();
-        let err = Command::new(&program).args(&args).uid(uid).gid(gid).exec();
+        let err = Command::new(&program).args(&args).exec();
         eprintln!("repliq-chaos: exec {}: {err}", program.display());
         std::process::exit(127);
     }
@@ -609,6 +618,7 @@ mod tests {
             let h = &s[format!("hold{i}")];
             assert_eq!(d["network_mode"], format!("service:hold{i}"));
             assert_eq!(d["pid"], format!("service:hold{i}"));
+            assert_eq!(h["init"], true, "a reaper for the clients");
             assert_eq!(d["container_name"], format!("rqchaos-4321-node{i}"));
             assert_eq!(h["container_name"], format!("rqchaos-4321-hold{i}"));
             assert_eq!(
