@@ -2,8 +2,9 @@
 //! each node is a pod-like pair of containers of the product image, made by
 //! a generated compose file in the run's directory:
 //!
-//! - `hold<i>` (`sleep infinity` under Docker's init) owns the node's network namespace (its
-//!   fixed address on the run's own compose network) and pid namespace;
+//! - `hold<i>` (`sleep infinity` under Docker's init) owns the node's
+//!   network namespace (its fixed address on the run's own compose network)
+//!   and pid namespace;
 //! - `node<i>` runs `repliq daemon` in those namespaces
 //!   (`network_mode`/`pid: service:hold<i>`), its data directory a bind
 //!   mount of `node<i>/data` in the run's directory, its configuration
