@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::compose::{self, Compose};
+
 /// Replication port of every daemon.
 pub const REPL_PORT: u16 = 31337;
 
@@ -57,6 +59,42 @@ pub fn preflight() -> Result<(), String> {
     Ok(())
 }
 
+/// A daemon's configuration: `name` listening on `listen` (replication on
+/// [`REPL_PORT`], HTTP on [`HTTP_PORT`]), data under `data`, `peers` the
+/// YAML lines of the static peer list. With `failover_timeout_ms`, cluster
+/// mode; without, `node0` is the static primary of `queues` with `min_acks`.
+pub fn daemon_config(
+    name: &str,
+    listen: &str,
+    data: &str,
+    peers: &str,
+    failover_timeout_ms: Option<u64>,
+    queues: &[String],
+    min_acks: usize,
+) -> String {
+    match failover_timeout_ms {
+        Some(ft) => format!(
+            "node:\n  name: {name}\nreplication:\n  mode: sync\n  listen: {listen}:{REPL_PORT}\n  \
+             failover_timeout_ms: {ft}\n  timeout_ms: 2000\n  heartbeat_ms: 200\n  \
+             discovery:\n    method: static\n    peers:\n{peers}\
+             http:\n  listen: {listen}:{HTTP_PORT}\nqueue:\n  capacity: 100000000\n  persistence:\n    path: {data}\n",
+        ),
+        None => format!(
+            "node:\n  name: {name}\nreplication:\n  mode: sync\n  primary: node0\n  listen: {listen}:{REPL_PORT}\n  \
+             min_acks: {min_acks}\n  timeout_ms: 2000\n  heartbeat_ms: 200\n  discovery:\n    method: static\n    peers:\n{peers}\
+             http:\n  listen: {listen}:{HTTP_PORT}\nqueue:\n  capacity: 100000000\n  names: [{}]\n  persistence:\n    path: {data}\n",
+            queues.join(", "),
+        ),
+    }
+}
+
+/// The YAML lines of a static peer list of `(name, ip)`.
+pub fn peer_lines<'a>(nodes: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    nodes
+        .map(|(name, ip)| format!("      - {{ name: {name}, address: {ip}:{REPL_PORT} }}\n"))
+        .collect()
+}
+
 /// One node.
 pub struct Node {
     /// Node name, `node<i>`.
@@ -92,6 +130,8 @@ pub struct Cluster {
     netns_made: Vec<String>,
     /// Other processes (clients, readers) killed on drop.
     pub others: Vec<Child>,
+    /// The container backend (`run --compose`): daemons in containers.
+    compose: Option<Compose>,
 }
 
 impl Cluster {
@@ -120,6 +160,7 @@ impl Cluster {
             forward_rule: false,
             netns_made: Vec::new(),
             others: Vec::new(),
+            compose: None,
         };
         sh(&["ip", "link", "add", &bridge, "type", "bridge"])?;
         c.bridge = Some(bridge.clone());
@@ -164,40 +205,92 @@ impl Cluster {
                 paused: false,
             });
         }
-        let peers: String = c
+        let peers = peer_lines(c.nodes.iter().map(|n| (n.name.as_str(), n.ip.as_str())));
+        for n in &c.nodes {
+            let yaml = daemon_config(
+                &n.name,
+                &n.ip,
+                &n.data.display().to_string(),
+                &peers,
+                failover_timeout_ms,
+                queues,
+                min_acks,
+            );
+            fs::write(&n.config, yaml).map_err(|e| format!("{}: {e}", n.config.display()))?;
+        }
+        Ok(c)
+    }
+
+    /// The container variant: a compose project of the product image
+    /// `image` in `dir` (see [`crate::compose`]), in cluster mode with
+    /// `failover_timeout_ms`; holders up, daemons not started. Node
+    /// directories, configurations and logs are where [`Cluster::create`]
+    /// puts them; the daemons listen on all their addresses and see their
+    /// data directory at [`compose::DATA_IN_CONTAINER`].
+    pub fn create_compose(
+        n: usize,
+        dir: &Path,
+        repliq: &Path,
+        failover_timeout_ms: u64,
+        image: &str,
+    ) -> Result<Cluster, String> {
+        let (net, ip) = compose::subnet(std::process::id());
+        let mut c = Cluster {
+            nodes: Vec::new(),
+            dir: dir.to_path_buf(),
+            repliq: repliq.to_path_buf(),
+            bridge: None,
+            forward_rule: false,
+            netns_made: Vec::new(),
+            others: Vec::new(),
+            compose: None,
+        };
+        for i in 0..n {
+            let ndir = dir.join(format!("node{i}"));
+            fs::create_dir_all(&ndir).map_err(|e| format!("{}: {e}", ndir.display()))?;
+            c.nodes.push(Node {
+                name: format!("node{i}"),
+                netns: String::new(),
+                ip: ip(i),
+                data: ndir.join("data"),
+                config: ndir.join("config.yaml"),
+                log: ndir.join("daemon.log"),
+                daemon: None,
+                paused: false,
+            });
+        }
+        let peers = peer_lines(c.nodes.iter().map(|n| (n.name.as_str(), n.ip.as_str())));
+        for n in &c.nodes {
+            let yaml = daemon_config(
+                &n.name,
+                "0.0.0.0",
+                compose::DATA_IN_CONTAINER,
+                &peers,
+                Some(failover_timeout_ms),
+                &[],
+                0,
+            );
+            fs::write(&n.config, yaml).map_err(|e| format!("{}: {e}", n.config.display()))?;
+        }
+        let specs: Vec<compose::NodeSpec> = c
             .nodes
             .iter()
-            .map(|n| {
-                format!(
-                    "      - {{ name: {}, address: {}:{REPL_PORT} }}\n",
-                    n.name, n.ip
-                )
+            .map(|n| compose::NodeSpec {
+                name: n.name.clone(),
+                ip: n.ip.clone(),
+                data: n.data.clone(),
+                config: n.config.clone(),
             })
             .collect();
-        for n in &c.nodes {
-            let yaml = match failover_timeout_ms {
-                Some(ft) => format!(
-                    "node:\n  name: {}\nreplication:\n  mode: sync\n  listen: {}:{REPL_PORT}\n  \
-                     failover_timeout_ms: {ft}\n  timeout_ms: 2000\n  heartbeat_ms: 200\n  \
-                     discovery:\n    method: static\n    peers:\n{peers}\
-                     http:\n  listen: {}:{HTTP_PORT}\nqueue:\n  capacity: 100000000\n  persistence:\n    path: {}\n",
-                    n.name,
-                    n.ip,
-                    n.ip,
-                    n.data.display()
-                ),
-                None => format!(
-                    "node:\n  name: {}\nreplication:\n  mode: sync\n  primary: node0\n  listen: {}:{REPL_PORT}\n  \
-                     min_acks: {min_acks}\n  timeout_ms: 2000\n  heartbeat_ms: 200\n  discovery:\n    method: static\n    peers:\n{peers}\
-                     http:\n  listen: {}:{HTTP_PORT}\nqueue:\n  capacity: 100000000\n  names: [{}]\n  persistence:\n    path: {}\n",
-                    n.name,
-                    n.ip,
-                    n.ip,
-                    queues.join(", "),
-                    n.data.display()
-                ),
-            };
-            fs::write(&n.config, yaml).map_err(|e| format!("{}: {e}", n.config.display()))?;
+        // Set before `up` returns, so that a failure half-way is torn down.
+        let project = compose::project_name(std::process::id());
+        match Compose::up(dir, image, &net, &specs) {
+            Ok(x) => c.compose = Some(x),
+            Err(e) => {
+                let file = dir.join("compose.yaml");
+                let _ = compose::down_by_name(&project, &file);
+                return Err(e);
+            }
         }
         Ok(c)
     }
@@ -209,6 +302,9 @@ impl Cluster {
 
     /// A command run inside node `i`'s namespace.
     pub fn in_ns(&self, i: usize, program: &Path) -> Command {
+        if let Some(x) = &self.compose {
+            return x.enter(i, program);
+        }
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.nodes[i].netns])
             .arg(program);
@@ -217,6 +313,12 @@ impl Cluster {
 
     /// Runs `args` inside node `i`'s namespace to completion.
     pub fn ns_sh(&self, i: usize, args: &[&str]) -> Result<(), String> {
+        if let Some(x) = &self.compose {
+            let pid = x.holders[i].to_string();
+            let mut v = vec!["nsenter", "-t", pid.as_str(), "-n", "--"];
+            v.extend_from_slice(args);
+            return sh(&v);
+        }
         let mut v = vec!["ip", "netns", "exec", self.nodes[i].netns.as_str()];
         v.extend_from_slice(args);
         sh(&v)
@@ -225,6 +327,9 @@ impl Cluster {
     /// Starts node `i`'s daemon (`ip netns exec` execs it: the child's pid
     /// is the daemon's).
     pub fn start(&mut self, i: usize) -> Result<(), String> {
+        if let Some(x) = &mut self.compose {
+            return x.start(i, &self.nodes[i].data);
+        }
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -248,11 +353,18 @@ impl Cluster {
 
     /// Pid of node `i`'s daemon, if running.
     pub fn pid(&self, i: usize) -> Option<u32> {
+        if let Some(x) = &self.compose {
+            return x.pid(i);
+        }
         self.nodes[i].daemon.as_ref().map(Child::id)
     }
 
     /// kill -9 node `i`'s daemon and reap it.
     pub fn kill(&mut self, i: usize) -> Result<(), String> {
+        if let Some(x) = &mut self.compose {
+            self.nodes[i].paused = false;
+            return x.kill(i);
+        }
         if let Some(mut c) = self.nodes[i].daemon.take() {
             let _ = signal(c.id(), libc::SIGCONT);
             signal(c.id(), libc::SIGKILL)?;
@@ -264,6 +376,9 @@ impl Cluster {
 
     /// SIGTERM node `i`'s daemon, SIGKILL after `grace`.
     pub fn stop(&mut self, i: usize, grace: Duration) -> Result<(), String> {
+        if let Some(x) = &mut self.compose {
+            return x.stop(i, grace);
+        }
         let Some(mut c) = self.nodes[i].daemon.take() else {
             return Ok(());
         };
@@ -284,6 +399,12 @@ impl Cluster {
     /// Reaps daemons that died on their own; returns their names.
     pub fn reap_dead(&mut self) -> Vec<String> {
         let mut dead = Vec::new();
+        if let Some(x) = &mut self.compose {
+            for (i, why) in x.reap_dead() {
+                dead.push(format!("{} {why}", self.nodes[i].name));
+            }
+            return dead;
+        }
         for n in &mut self.nodes {
             if let Some(c) = n.daemon.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
@@ -319,6 +440,10 @@ impl Cluster {
             n.daemon = None;
         }
         self.others.clear();
+        if let Some(mut x) = self.compose.take() {
+            let logs: Vec<PathBuf> = self.nodes.iter().map(|n| n.log.clone()).collect();
+            x.down(&logs);
+        }
         for ns in self.netns_made.drain(..) {
             if let Err(e) = sh(&["ip", "netns", "del", &ns]) {
                 eprintln!("repliq-chaos: cleanup: {e}");
@@ -366,7 +491,7 @@ pub fn cleanup_stale() -> Vec<String> {
                 .is_some_and(|state| state != "Z" && state != "X")
         })
     };
-    let mut removed = Vec::new();
+    let mut removed = compose::cleanup_stale(&alive);
     let out = |args: &[&str]| -> String {
         Command::new(args[0])
             .args(&args[1..])

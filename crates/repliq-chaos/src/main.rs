@@ -5,6 +5,7 @@
 mod catalog;
 mod client;
 mod cluster;
+mod compose;
 mod report;
 mod run;
 
@@ -48,6 +49,8 @@ enum Command {
 }
 
 fn main() {
+    // A workload client started in a container's namespaces: enter them.
+    compose::enter_if_asked();
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Run(a) => run::run(a),

@@ -115,6 +115,14 @@ pub struct RunArgs {
     /// 2000 ms for the default timeout).
     #[arg(long)]
     pub redelivery_window_ms: Option<u64>,
+    /// The container variant: the daemons run in containers of the product
+    /// image, made by a generated compose file in the output directory
+    /// (cluster mode only; see docs/reliability.md).
+    #[arg(long, conflicts_with = "static_primary")]
+    pub compose: bool,
+    /// With --compose: the product image.
+    #[arg(long, default_value = "repliq:ci")]
+    pub image: String,
 }
 
 /// Arguments of `repliq-chaos check`.
@@ -549,14 +557,23 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
     if !(a.rate > 0.0 && a.rate <= 1000.0) {
         return Err("--rate must be in (0, 1000]".into());
     }
-    let repliq = std::fs::canonicalize(&a.repliq).map_err(|e| {
-        format!(
-            "the repliq binary {}: {e} (build it: cargo build --release -p repliq-cli)",
-            a.repliq.display()
-        )
-    })?;
+    // The containers bring their own daemon: there the host's `repliq` is
+    // only what the replica-write nemesis runs.
+    let repliq = match std::fs::canonicalize(&a.repliq) {
+        Ok(p) => p,
+        Err(_) if a.compose => a.repliq.clone(),
+        Err(e) => {
+            return Err(format!(
+                "the repliq binary {}: {e} (build it: cargo build --release -p repliq-cli)",
+                a.repliq.display()
+            ))
+        }
+    };
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
     cluster::preflight()?;
+    if a.compose {
+        crate::compose::preflight(&a.image)?;
+    }
     for r in cluster::cleanup_stale() {
         println!("removed a leftover of an earlier run: {r}");
     }
@@ -590,14 +607,18 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
         out.display()
     );
     let cluster_mode = !a.static_primary;
-    let c = Cluster::create(
-        n,
-        &out,
-        &repliq,
-        &names,
-        min_acks,
-        cluster_mode.then_some(a.failover_timeout_ms),
-    )?;
+    let c = if a.compose {
+        Cluster::create_compose(n, &out, &repliq, a.failover_timeout_ms, &a.image)?
+    } else {
+        Cluster::create(
+            n,
+            &out,
+            &repliq,
+            &names,
+            min_acks,
+            cluster_mode.then_some(a.failover_timeout_ms),
+        )?
+    };
     // Queues made with small segments, so that rolls are frequent and kills
     // land near them: on the primary, or in cluster mode queue k on node
     // k mod n, which registers it in the catalog as its first leader.
@@ -1196,8 +1217,13 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
         "repliq-chaos: {n} nodes ({}), {} s, seed {seed}, nemeses [{}]",
         if cluster_mode {
             format!(
-                "cluster mode, failover timeout {} ms",
-                a.failover_timeout_ms
+                "cluster mode, failover timeout {} ms{}",
+                a.failover_timeout_ms,
+                if a.compose {
+                    format!(", containers of {}", a.image)
+                } else {
+                    String::new()
+                }
             )
         } else {
             "static primary node0".to_string()
@@ -1212,6 +1238,7 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
         "duration_s": len.as_secs(),
         "nemeses": a.nemesis,
         "mode": if cluster_mode { "cluster" } else { "static-primary" },
+        "image": a.compose.then_some(&a.image),
         "failover_timeout_ms": cluster_mode.then_some(a.failover_timeout_ms),
         "redelivery_window_ms": window_ms,
         "report": rep,
