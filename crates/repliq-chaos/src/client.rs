@@ -278,6 +278,77 @@ pub struct ClusterClientArgs {
     /// Stop when this file exists.
     #[arg(long)]
     pub stop_file: PathBuf,
+    /// The roll-kill nemesis: while `<dir>/roll-kill-<own pid>` exists and
+    /// holds a delay in µs, append without pausing until the next append
+    /// crosses into a new segment, then SIGKILL this process that long after
+    /// starting that append (see [`arm_roll_kill`]).
+    #[arg(long)]
+    pub roll_kill_dir: Option<PathBuf>,
+}
+
+/// The roll-kill request for this process, if the controller wrote one: the
+/// delay in µs.
+fn roll_kill_request(dir: Option<&PathBuf>) -> Option<u64> {
+    let f = dir?.join(format!("roll-kill-{}", std::process::id()));
+    std::fs::read_to_string(f).ok()?.trim().parse().ok()
+}
+
+/// If appending `len` payload bytes at the write position rolls into the
+/// next segment (it does not fit, or the write position is a segment's first
+/// frame), writes what is about to happen to
+/// `<dir>/roll-kill-<pid>.armed` (`position boundary frame_len delay_us`:
+/// the write position, the first frame position of the next segment, the
+/// frame's length) and starts a thread that SIGKILLs this process `delay_us`
+/// after the returned flag is set (set it just before `append`); returns
+/// once that thread runs. It spins rather than sleeps: the roll lasts
+/// microseconds.
+fn arm_roll_kill(
+    s: &Store,
+    len: usize,
+    dir: &std::path::Path,
+    delay_us: u64,
+) -> Option<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use repliq::store::layout::{FRAME_ALIGN, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let g = s.geometry();
+    let pos = s.tail_position();
+    let frame = (FRAME_HEADER_LEN + len as u64).div_ceil(FRAME_ALIGN) * FRAME_ALIGN;
+    // Two kinds of roll: the frame does not fit (pad the old segment to its
+    // end, then claim in the next), or the previous frame filled the old
+    // segment exactly and the write position already is the next segment's
+    // first frame (this append switches the writer's head segment to it).
+    let boundary = if g.offset_of(pos) == SEGMENT_HEADER_LEN && pos >= g.size() {
+        pos
+    } else if g.offset_of(pos) + frame > g.size() {
+        g.base_of(g.segment_of(pos) + 1) + SEGMENT_HEADER_LEN
+    } else {
+        return None;
+    };
+    let armed = dir.join(format!("roll-kill-{}.armed", std::process::id()));
+    std::fs::write(&armed, format!("{pos} {boundary} {frame} {delay_us}\n")).ok()?;
+    let go = std::sync::Arc::new(AtomicBool::new(false));
+    let ready = std::sync::Arc::new(AtomicBool::new(false));
+    let (flag, up) = (go.clone(), ready.clone());
+    std::thread::spawn(move || {
+        up.store(true, Ordering::Release);
+        while !flag.load(Ordering::Acquire) {
+            std::hint::spin_loop();
+        }
+        let t = Instant::now();
+        let d = Duration::from_micros(delay_us);
+        while t.elapsed() < d {
+            std::hint::spin_loop();
+        }
+        // SAFETY: kill(2) on our own pid; no memory is involved.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    });
+    // Start the append only once the killer runs: a thread that is not yet
+    // scheduled would fire milliseconds late, appends later.
+    let t = Instant::now();
+    while !ready.load(Ordering::Acquire) && t.elapsed() < Duration::from_secs(1) {
+        std::hint::spin_loop();
+    }
+    Some(go)
 }
 
 /// How often a cluster client re-reads the catalog while nothing fails.
@@ -370,6 +441,12 @@ pub fn cluster_client(a: ClusterClientArgs) -> i32 {
             return 1;
         }
         let payload = encode_value(value);
+        let roll_kill = roll_kill_request(a.roll_kill_dir.as_ref());
+        if let (Some(delay), Some(dir)) = (roll_kill, a.roll_kill_dir.as_deref()) {
+            if let Some(go) = arm_roll_kill(s, payload.len(), dir, delay) {
+                go.store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
         match s.append(&payload) {
             Ok(id) => {
                 e.id = Some(id);
@@ -415,7 +492,9 @@ pub fn cluster_client(a: ClusterClientArgs) -> i32 {
         if !emit(&mut out, &e) {
             return 1;
         }
-        std::thread::sleep(period);
+        if roll_kill.is_none() {
+            std::thread::sleep(period);
+        }
     }
     0
 }
