@@ -293,6 +293,25 @@ fn roll_kill_request(dir: Option<&PathBuf>) -> Option<u64> {
     std::fs::read_to_string(f).ok()?.trim().parse().ok()
 }
 
+/// The first frame position of the segment an append of an aligned frame
+/// of `frame` bytes at write position `pos` rolls into, in segments of
+/// `size` bytes; `None` if it stays in its segment. Two kinds of roll: the
+/// frame does not fit (the old segment is padded to its end, the frame goes
+/// to the next), or the previous frame filled the old segment exactly and
+/// `pos` already is the next segment's first frame (this append switches
+/// the writer's head segment to it).
+fn roll_boundary(size: u64, pos: u64, frame: u64) -> Option<u64> {
+    use repliq::store::layout::SEGMENT_HEADER_LEN;
+    let off = pos & (size - 1);
+    if off == SEGMENT_HEADER_LEN && pos >= size {
+        Some(pos)
+    } else if off + frame > size {
+        Some((pos - off) + size + SEGMENT_HEADER_LEN)
+    } else {
+        None
+    }
+}
+
 /// If appending `len` payload bytes at the write position rolls into the
 /// next segment (it does not fit, or the write position is a segment's first
 /// frame), writes what is about to happen to
@@ -308,22 +327,12 @@ fn arm_roll_kill(
     dir: &std::path::Path,
     delay_us: u64,
 ) -> Option<std::sync::Arc<std::sync::atomic::AtomicBool>> {
-    use repliq::store::layout::{FRAME_ALIGN, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+    use repliq::store::layout::{FRAME_ALIGN, FRAME_HEADER_LEN};
     use std::sync::atomic::{AtomicBool, Ordering};
     let g = s.geometry();
     let pos = s.tail_position();
     let frame = (FRAME_HEADER_LEN + len as u64).div_ceil(FRAME_ALIGN) * FRAME_ALIGN;
-    // Two kinds of roll: the frame does not fit (pad the old segment to its
-    // end, then claim in the next), or the previous frame filled the old
-    // segment exactly and the write position already is the next segment's
-    // first frame (this append switches the writer's head segment to it).
-    let boundary = if g.offset_of(pos) == SEGMENT_HEADER_LEN && pos >= g.size() {
-        pos
-    } else if g.offset_of(pos) + frame > g.size() {
-        g.base_of(g.segment_of(pos) + 1) + SEGMENT_HEADER_LEN
-    } else {
-        return None;
-    };
+    let boundary = roll_boundary(g.size(), pos, frame)?;
     let armed = dir.join(format!("roll-kill-{}.armed", std::process::id()));
     std::fs::write(&armed, format!("{pos} {boundary} {frame} {delay_us}\n")).ok()?;
     let go = std::sync::Arc::new(AtomicBool::new(false));
@@ -746,5 +755,59 @@ fn read_event(t: &Taker<'_>, id: u64, epoch: u32, value: Option<u64>) -> Event {
         error: value
             .is_none()
             .then(|| "payload is not a value".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Appends to a real store with 64 KiB segments
+    /// and checks that `roll_boundary` flags exactly the appends that land
+    /// in a new segment, at the position they land at.
+    #[test]
+    fn roll_boundary_flags_exactly_the_appends_that_enter_a_new_segment() {
+        use repliq::store::layout::{FRAME_ALIGN, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+        let dir = std::env::temp_dir().join(format!("repliq-chaos-roll-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = Store::open(
+            &dir,
+            &StoreOptions::create()
+                .capacity(1_000_000)
+                .segment_size(1 << 16),
+        )
+        .expect("create the store");
+        let g = s.geometry();
+        let (mut exact, mut padded) = (0, 0);
+        // The workload's 24-byte frames fill a segment exactly; stretches of
+        // 40-byte frames do not, so both kinds of roll occur.
+        for seq in 0u64..15_000 {
+            let len = if (6000..9000).contains(&seq) { 20 } else { 5 };
+            let payload = vec![7u8; len];
+            let frame = (FRAME_HEADER_LEN + len as u64).div_ceil(FRAME_ALIGN) * FRAME_ALIGN;
+            let pos = s.tail_position();
+            let flagged = roll_boundary(g.size(), pos, frame);
+            let id = s.append(&payload).expect("append");
+            let first_in_segment = g.offset_of(id) == SEGMENT_HEADER_LEN && id >= g.size();
+            assert_eq!(
+                flagged.is_some(),
+                first_in_segment,
+                "seq {seq}: pos {pos}, id {id}"
+            );
+            if let Some(b) = flagged {
+                assert_eq!(b, id, "seq {seq}: the frame landed elsewhere");
+                if pos == id {
+                    exact += 1;
+                } else {
+                    padded += 1;
+                }
+            }
+        }
+        assert!(
+            exact >= 1 && padded >= 1,
+            "rolls: {exact} exact, {padded} padded"
+        );
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -49,7 +49,7 @@ const LIBFAKETIME_PATHS: &[&str] = &[
 
 /// The roll-kill nemesis's SIGKILL delay, drawn from 0 to this many µs
 /// after the rolling append starts.
-const ROLL_KILL_MAX_US: u64 = 1000;
+const ROLL_KILL_MAX_US: u64 = 250;
 
 /// The class of a roll-kill outcome (the text up to the first `;` after
 /// the delay), for the tally.
