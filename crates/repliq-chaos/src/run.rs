@@ -68,12 +68,16 @@ fn outcome_class(o: &str) -> String {
 /// and large.
 const CLOCK_JUMPS: &[&str] = &["+3600s", "-7200s", "+86400s", "-86400s", "+30s", "-30s"];
 
-/// The libfaketime library, if installed.
+/// The libfaketime library: `$REPLIQ_CHAOS_LIBFAKETIME` if set (and a
+/// file), else the first of [`LIBFAKETIME_PATHS`] installed.
 fn find_libfaketime() -> Option<PathBuf> {
-    std::env::var_os("REPLIQ_CHAOS_LIBFAKETIME")
+    if let Some(p) = std::env::var_os("REPLIQ_CHAOS_LIBFAKETIME") {
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
+    }
+    LIBFAKETIME_PATHS
+        .iter()
         .map(PathBuf::from)
-        .into_iter()
-        .chain(LIBFAKETIME_PATHS.iter().map(PathBuf::from))
         .find(|p| p.is_file())
 }
 
@@ -632,7 +636,7 @@ impl Run {
         v.get("time_unix")?.as_f64()
     }
 
-    /// Proves the preload takes effect before any fault: every daemon's
+    /// Proves the preload takes effect before the workload: every daemon's
     /// `time_unix` must follow a +3600 s offset and come back, else the run
     /// stops (exit 2) rather than inject clock faults that do nothing.
     fn check_fake_clocks(&self) -> Result<(), String> {
@@ -824,8 +828,8 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
     if nemeses.iter().any(|k| k == "clock") {
         let lib = find_libfaketime().ok_or_else(|| {
             format!(
-                "nemesis clock needs libfaketime (apt-get install libfaketime; looked for {} \
-                 and $REPLIQ_CHAOS_LIBFAKETIME)",
+                "nemesis clock needs libfaketime (apt-get install libfaketime; looked for \
+                 $REPLIQ_CHAOS_LIBFAKETIME if set, else {})",
                 LIBFAKETIME_PATHS.join(", ")
             )
         })?;
@@ -856,10 +860,6 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
             }
         }
     }
-    if r.c.faketime.is_some() {
-        r.check_fake_clocks()?;
-        println!("nemesis clock: libfaketime moves every daemon's CLOCK_REALTIME (checked)");
-    }
     if !nap(Duration::from_secs(2)) {
         return Ok(130);
     }
@@ -883,6 +883,22 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
                 return Ok(130);
             }
         }
+    }
+    // The clock check runs once the daemons have settled (their data
+    // directories and the catalog's incarnations made at the real time: a
+    // directory made during the check would carry the +1 h clock), and is
+    // recorded as a fault.
+    let mut clock_check = None;
+    if r.c.faketime.is_some() {
+        let t0 = now_ns();
+        r.check_fake_clocks()?;
+        println!("nemesis clock: libfaketime moves every daemon's CLOCK_REALTIME (checked)");
+        clock_check = Some(Fault {
+            kind: "clock".into(),
+            target: "every node +3600s then +0 (the pre-flight check)".into(),
+            start_ns: t0,
+            end_ns: now_ns(),
+        });
     }
     let mut writers = Vec::new();
     for (q, m) in &queues {
@@ -929,7 +945,7 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
     // The nemesis loop.
     let started = Instant::now();
     let schedule = plan(seed, &nemeses, n, len, a.interval);
-    let mut faults: Vec<Fault> = Vec::new();
+    let mut faults: Vec<Fault> = clock_check.into_iter().collect();
     let mut replica_writes = 0u64;
     let mut roll_kills: BTreeMap<String, usize> = BTreeMap::new();
     for p in &schedule {
