@@ -170,9 +170,10 @@ pub fn client(a: ClientArgs) -> i32 {
     })
 }
 
-/// Arguments of `repliq-chaos reader`.
+/// Where a consumer-group reader takes from: the fields `reader` and
+/// `group-reader` share.
 #[derive(clap::Args, Debug)]
-pub struct ReaderArgs {
+pub struct GroupOn {
     /// Queue directory on this node.
     #[arg(long)]
     pub dir: PathBuf,
@@ -188,6 +189,14 @@ pub struct ReaderArgs {
     /// Unique process number.
     #[arg(long)]
     pub process: u64,
+}
+
+/// Arguments of `repliq-chaos reader`.
+#[derive(clap::Args, Debug)]
+pub struct ReaderArgs {
+    /// Queue, node, group and process.
+    #[command(flatten)]
+    pub on: GroupOn,
     /// Stop when this file exists and the queue is drained.
     #[arg(long)]
     pub stop_file: PathBuf,
@@ -195,7 +204,7 @@ pub struct ReaderArgs {
 
 /// Runs a consumer-group reader: dequeues until stopped and drained.
 pub fn reader(a: ReaderArgs) -> i32 {
-    let Some(dir) = a.dir.to_str() else {
+    let Some(dir) = a.on.dir.to_str() else {
         eprintln!("repliq-chaos reader: the queue path is not UTF-8");
         return 2;
     };
@@ -206,10 +215,10 @@ pub fn reader(a: ReaderArgs) -> i32 {
             return 1;
         }
     };
-    let mut c = match q.store().group_consumer(&a.group) {
+    let mut c = match q.store().group_consumer(&a.on.group) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("repliq-chaos reader: group {}: {e}", a.group);
+            eprintln!("repliq-chaos reader: group {}: {e}", a.on.group);
             return 1;
         }
     };
@@ -219,10 +228,10 @@ pub fn reader(a: ReaderArgs) -> i32 {
         match c.dequeue_with(|r| (r.id, r.epoch, decode_value(r.payload))) {
             Ok(Some((id, epoch, value))) => {
                 let t = Taker {
-                    process: a.process,
-                    node: &a.node,
-                    queue: &a.queue,
-                    group: &a.group,
+                    process: a.on.process,
+                    node: &a.on.node,
+                    queue: &a.on.queue,
+                    group: &a.on.group,
                     term: None,
                 };
                 let e = read_event(&t, id, epoch, value);
@@ -604,21 +613,9 @@ pub fn tail_reader(a: TailReaderArgs) -> i32 {
 /// node of a cluster-mode run.
 #[derive(clap::Args, Debug)]
 pub struct GroupReaderArgs {
-    /// The queue's directory on this node.
-    #[arg(long)]
-    pub dir: PathBuf,
-    /// Queue name (for the history).
-    #[arg(long)]
-    pub queue: String,
-    /// This node's name.
-    #[arg(long)]
-    pub node: String,
-    /// Consumer group.
-    #[arg(long)]
-    pub group: String,
-    /// Unique process number.
-    #[arg(long)]
-    pub process: u64,
+    /// Queue, node, group and process.
+    #[command(flatten)]
+    pub on: GroupOn,
     /// Written by the controller once the writers stopped and the cluster
     /// settled: then drain while this node leads, and stop.
     #[arg(long)]
@@ -659,8 +656,8 @@ pub fn group_reader(a: GroupReaderArgs) -> i32 {
         if open.is_none() || stale {
             open = None;
             opened_at = Instant::now();
-            match Store::open(&a.dir, &StoreOptions::open().skip_recovery())
-                .and_then(|s| s.group_consumer(&a.group).map(|c| (s, c)))
+            match Store::open(&a.on.dir, &StoreOptions::open().skip_recovery())
+                .and_then(|s| s.group_consumer(&a.on.group).map(|c| (s, c)))
             {
                 Ok(sc) => open = Some(sc),
                 Err(_) => {
@@ -690,10 +687,10 @@ pub fn group_reader(a: GroupReaderArgs) -> i32 {
             Ok(Some((id, epoch, value))) => {
                 empty_polls = 0;
                 let taker = Taker {
-                    process: a.process,
-                    node: &a.node,
-                    queue: &a.queue,
-                    group: &a.group,
+                    process: a.on.process,
+                    node: &a.on.node,
+                    queue: &a.on.queue,
+                    group: &a.on.group,
                     term: Some(t),
                 };
                 if !emit(&mut out, &read_event(&taker, id, epoch, value)) {
@@ -710,7 +707,7 @@ pub fn group_reader(a: GroupReaderArgs) -> i32 {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => {
-                eprintln!("repliq-chaos group-reader: {}: {e}", a.dir.display());
+                eprintln!("repliq-chaos group-reader: {}: {e}", a.on.dir.display());
                 open = None;
                 term = None;
                 std::thread::sleep(Duration::from_millis(200));

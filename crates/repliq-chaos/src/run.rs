@@ -344,58 +344,68 @@ impl Run {
         self.launch_writer(process, cmd)
     }
 
-    /// A tailer of node `node`'s replica of `queue` (cluster mode).
-    fn spawn_tail_reader(&mut self, node: usize, queue: &str) -> Result<(), String> {
+    /// A reader subcommand `sub` of this tool on node `node`'s copy of
+    /// `queue`, with `--dir`, `--queue`, `--node` and `--process` filled in
+    /// and `args` after them; its stderr goes to `reader-<process>.log`, its
+    /// events to the history. Returns its index in `c.others`.
+    fn spawn_client(
+        &mut self,
+        node: usize,
+        queue: &str,
+        sub: &str,
+        args: &[&std::ffi::OsStr],
+    ) -> Result<usize, String> {
         let process = self.next_process;
         self.next_process += 1;
         let log = self.c.log_file(&format!("reader-{process}.log"))?;
         let child = self
             .c
             .in_ns(node, &self.exe)
-            .arg("tail-reader")
+            .arg(sub)
             .arg("--dir")
             .arg(self.c.nodes[node].data.join(queue))
             .args(["--queue", queue, "--node", &self.c.nodes[node].name])
             .arg("--process")
             .arg(process.to_string())
-            .arg("--stop-file")
-            .arg(&self.stop_file)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
-            .map_err(|e| format!("cannot start a reader: {e}"))?;
+            .map_err(|e| format!("cannot start a {sub}: {e}"))?;
         let child = self.collect(child);
         self.c.others.push(child);
+        Ok(self.c.others.len() - 1)
+    }
+
+    /// A tailer of node `node`'s replica of `queue` (cluster mode).
+    fn spawn_tail_reader(&mut self, node: usize, queue: &str) -> Result<(), String> {
+        let stop = self.stop_file.clone();
+        self.spawn_client(
+            node,
+            queue,
+            "tail-reader",
+            &["--stop-file".as_ref(), stop.as_os_str()],
+        )?;
         Ok(())
     }
 
     /// A consumer-group reader of `group` on node `node`'s copy of `queue`
     /// (cluster mode): it takes only while its node leads the queue.
     fn spawn_group_reader(&mut self, node: usize, queue: &str, group: &str) -> Result<(), String> {
-        let process = self.next_process;
-        self.next_process += 1;
-        let log = self.c.log_file(&format!("reader-{process}.log"))?;
-        let child = self
-            .c
-            .in_ns(node, &self.exe)
-            .arg("group-reader")
-            .arg("--dir")
-            .arg(self.c.nodes[node].data.join(queue))
-            .args(["--queue", queue, "--node", &self.c.nodes[node].name])
-            .args(["--group", group])
-            .arg("--process")
-            .arg(process.to_string())
-            .arg("--end-file")
-            .arg(&self.end_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start a group reader: {e}"))?;
-        let child = self.collect(child);
-        self.c.others.push(child);
-        self.group_readers.push(self.c.others.len() - 1);
+        let end = self.end_file.clone();
+        let k = self.spawn_client(
+            node,
+            queue,
+            "group-reader",
+            &[
+                "--group".as_ref(),
+                group.as_ref(),
+                "--end-file".as_ref(),
+                end.as_os_str(),
+            ],
+        )?;
+        self.group_readers.push(k);
         Ok(())
     }
 
@@ -485,36 +495,22 @@ impl Run {
         Ok(self.c.others.len() - 1)
     }
 
+    /// A consumer-group reader of `group` on the static primary (node0); it
+    /// stops once the end file exists and the queue is drained.
     fn spawn_reader(&mut self, queue: &str, group: &str) -> Result<(), String> {
-        let process = self.next_process;
-        self.next_process += 1;
-        let log = self.c.log_file(&format!("reader-{process}.log"))?;
-        let child = self
-            .c
-            .in_ns(0, &self.exe)
-            .arg("reader")
-            .arg("--dir")
-            .arg(self.c.nodes[0].data.join(queue))
-            .args([
-                "--queue",
-                queue,
-                "--node",
-                &self.c.nodes[0].name,
-                "--group",
-                group,
-            ])
-            .arg("--process")
-            .arg(process.to_string())
-            .arg("--stop-file")
-            .arg(&self.end_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start a reader: {e}"))?;
-        let child = self.collect(child);
-        self.c.others.push(child);
-        self.group_readers.push(self.c.others.len() - 1);
+        let end = self.end_file.clone();
+        let k = self.spawn_client(
+            0,
+            queue,
+            "reader",
+            &[
+                "--group".as_ref(),
+                group.as_ref(),
+                "--stop-file".as_ref(),
+                end.as_os_str(),
+            ],
+        )?;
+        self.group_readers.push(k);
         Ok(())
     }
 
@@ -732,6 +728,13 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
                 NEMESES.join(", ")
             ));
         }
+    }
+    if a.static_primary && nemeses.iter().any(|k| k == "roll-kill") {
+        return Err(
+            "nemesis roll-kill needs cluster mode (the cluster-client writer); \
+                    drop --static-primary"
+                .into(),
+        );
     }
     let mut modes = Vec::new();
     for m in &a.modes {
