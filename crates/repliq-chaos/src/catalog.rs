@@ -133,11 +133,15 @@ pub struct CatalogArgs {
     /// The node's HTTP address.
     #[arg(long)]
     pub http: String,
+    /// The API path (the clock nemesis reads `/api/v1/node`'s `time_unix`).
+    #[arg(long, default_value = "/api/v1/cluster")]
+    pub path: String,
 }
 
-/// Prints the raw `/api/v1/cluster` body of a node; exit 1 if unreachable.
+/// Prints the raw body of `path` (the catalog, by default) on a node; exit 1
+/// if unreachable.
 pub fn print(a: CatalogArgs) -> i32 {
-    match http_get(&a.http, "/api/v1/cluster", Duration::from_millis(800)) {
+    match http_get(&a.http, &a.path, Duration::from_millis(800)) {
         Some(body) => {
             println!("{body}");
             0

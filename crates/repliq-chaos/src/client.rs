@@ -170,9 +170,10 @@ pub fn client(a: ClientArgs) -> i32 {
     })
 }
 
-/// Arguments of `repliq-chaos reader`.
+/// Where a consumer-group reader takes from: the fields `reader` and
+/// `group-reader` share.
 #[derive(clap::Args, Debug)]
-pub struct ReaderArgs {
+pub struct GroupOn {
     /// Queue directory on this node.
     #[arg(long)]
     pub dir: PathBuf,
@@ -188,6 +189,14 @@ pub struct ReaderArgs {
     /// Unique process number.
     #[arg(long)]
     pub process: u64,
+}
+
+/// Arguments of `repliq-chaos reader`.
+#[derive(clap::Args, Debug)]
+pub struct ReaderArgs {
+    /// Queue, node, group and process.
+    #[command(flatten)]
+    pub on: GroupOn,
     /// Stop when this file exists and the queue is drained.
     #[arg(long)]
     pub stop_file: PathBuf,
@@ -195,7 +204,7 @@ pub struct ReaderArgs {
 
 /// Runs a consumer-group reader: dequeues until stopped and drained.
 pub fn reader(a: ReaderArgs) -> i32 {
-    let Some(dir) = a.dir.to_str() else {
+    let Some(dir) = a.on.dir.to_str() else {
         eprintln!("repliq-chaos reader: the queue path is not UTF-8");
         return 2;
     };
@@ -206,10 +215,10 @@ pub fn reader(a: ReaderArgs) -> i32 {
             return 1;
         }
     };
-    let mut c = match q.store().group_consumer(&a.group) {
+    let mut c = match q.store().group_consumer(&a.on.group) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("repliq-chaos reader: group {}: {e}", a.group);
+            eprintln!("repliq-chaos reader: group {}: {e}", a.on.group);
             return 1;
         }
     };
@@ -219,10 +228,10 @@ pub fn reader(a: ReaderArgs) -> i32 {
         match c.dequeue_with(|r| (r.id, r.epoch, decode_value(r.payload))) {
             Ok(Some((id, epoch, value))) => {
                 let t = Taker {
-                    process: a.process,
-                    node: &a.node,
-                    queue: &a.queue,
-                    group: &a.group,
+                    process: a.on.process,
+                    node: &a.on.node,
+                    queue: &a.on.queue,
+                    group: &a.on.group,
                     term: None,
                 };
                 let e = read_event(&t, id, epoch, value);
@@ -278,6 +287,86 @@ pub struct ClusterClientArgs {
     /// Stop when this file exists.
     #[arg(long)]
     pub stop_file: PathBuf,
+    /// The roll-kill nemesis: while `<dir>/roll-kill-<own pid>` exists and
+    /// holds a delay in µs, append without pausing until the next append
+    /// crosses into a new segment, then SIGKILL this process that long after
+    /// starting that append (see [`arm_roll_kill`]).
+    #[arg(long)]
+    pub roll_kill_dir: Option<PathBuf>,
+}
+
+/// The roll-kill request for this process, if the controller wrote one: the
+/// delay in µs.
+fn roll_kill_request(dir: Option<&PathBuf>) -> Option<u64> {
+    let f = dir?.join(format!("roll-kill-{}", std::process::id()));
+    std::fs::read_to_string(f).ok()?.trim().parse().ok()
+}
+
+/// The first frame position of the segment an append of an aligned frame
+/// of `frame` bytes at write position `pos` rolls into, in segments of
+/// `size` bytes; `None` if it stays in its segment. Two kinds of roll: the
+/// frame does not fit (the old segment is padded to its end, the frame goes
+/// to the next), or the previous frame filled the old segment exactly and
+/// `pos` already is the next segment's first frame (this append switches
+/// the writer's head segment to it).
+fn roll_boundary(size: u64, pos: u64, frame: u64) -> Option<u64> {
+    use repliq::store::layout::SEGMENT_HEADER_LEN;
+    let off = pos & (size - 1);
+    if off == SEGMENT_HEADER_LEN && pos >= size {
+        Some(pos)
+    } else if off + frame > size {
+        Some((pos - off) + size + SEGMENT_HEADER_LEN)
+    } else {
+        None
+    }
+}
+
+/// If appending `len` payload bytes at the write position rolls into the
+/// next segment (it does not fit, or the write position is a segment's first
+/// frame), writes what is about to happen to
+/// `<dir>/roll-kill-<pid>.armed` (`position boundary frame_len delay_us`:
+/// the write position, the first frame position of the next segment, the
+/// frame's length) and starts a thread that SIGKILLs this process `delay_us`
+/// after the returned flag is set (set it just before `append`); returns
+/// once that thread runs. It spins rather than sleeps: the roll lasts
+/// microseconds.
+fn arm_roll_kill(
+    s: &Store,
+    len: usize,
+    dir: &std::path::Path,
+    delay_us: u64,
+) -> Option<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use repliq::store::layout::{FRAME_ALIGN, FRAME_HEADER_LEN};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let g = s.geometry();
+    let pos = s.tail_position();
+    let frame = (FRAME_HEADER_LEN + len as u64).div_ceil(FRAME_ALIGN) * FRAME_ALIGN;
+    let boundary = roll_boundary(g.size(), pos, frame)?;
+    let armed = dir.join(format!("roll-kill-{}.armed", std::process::id()));
+    std::fs::write(&armed, format!("{pos} {boundary} {frame} {delay_us}\n")).ok()?;
+    let go = std::sync::Arc::new(AtomicBool::new(false));
+    let ready = std::sync::Arc::new(AtomicBool::new(false));
+    let (flag, up) = (go.clone(), ready.clone());
+    std::thread::spawn(move || {
+        up.store(true, Ordering::Release);
+        while !flag.load(Ordering::Acquire) {
+            std::hint::spin_loop();
+        }
+        let t = Instant::now();
+        let d = Duration::from_micros(delay_us);
+        while t.elapsed() < d {
+            std::hint::spin_loop();
+        }
+        // SAFETY: kill(2) on our own pid; no memory is involved.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    });
+    // Start the append only once the killer runs: a thread that is not yet
+    // scheduled would fire milliseconds late, appends later.
+    let t = Instant::now();
+    while !ready.load(Ordering::Acquire) && t.elapsed() < Duration::from_secs(1) {
+        std::hint::spin_loop();
+    }
+    Some(go)
 }
 
 /// How often a cluster client re-reads the catalog while nothing fails.
@@ -370,6 +459,12 @@ pub fn cluster_client(a: ClusterClientArgs) -> i32 {
             return 1;
         }
         let payload = encode_value(value);
+        let roll_kill = roll_kill_request(a.roll_kill_dir.as_ref());
+        if let (Some(delay), Some(dir)) = (roll_kill, a.roll_kill_dir.as_deref()) {
+            if let Some(go) = arm_roll_kill(s, payload.len(), dir, delay) {
+                go.store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
         match s.append(&payload) {
             Ok(id) => {
                 e.id = Some(id);
@@ -415,7 +510,9 @@ pub fn cluster_client(a: ClusterClientArgs) -> i32 {
         if !emit(&mut out, &e) {
             return 1;
         }
-        std::thread::sleep(period);
+        if roll_kill.is_none() {
+            std::thread::sleep(period);
+        }
     }
     0
 }
@@ -516,21 +613,9 @@ pub fn tail_reader(a: TailReaderArgs) -> i32 {
 /// node of a cluster-mode run.
 #[derive(clap::Args, Debug)]
 pub struct GroupReaderArgs {
-    /// The queue's directory on this node.
-    #[arg(long)]
-    pub dir: PathBuf,
-    /// Queue name (for the history).
-    #[arg(long)]
-    pub queue: String,
-    /// This node's name.
-    #[arg(long)]
-    pub node: String,
-    /// Consumer group.
-    #[arg(long)]
-    pub group: String,
-    /// Unique process number.
-    #[arg(long)]
-    pub process: u64,
+    /// Queue, node, group and process.
+    #[command(flatten)]
+    pub on: GroupOn,
     /// Written by the controller once the writers stopped and the cluster
     /// settled: then drain while this node leads, and stop.
     #[arg(long)]
@@ -571,8 +656,8 @@ pub fn group_reader(a: GroupReaderArgs) -> i32 {
         if open.is_none() || stale {
             open = None;
             opened_at = Instant::now();
-            match Store::open(&a.dir, &StoreOptions::open().skip_recovery())
-                .and_then(|s| s.group_consumer(&a.group).map(|c| (s, c)))
+            match Store::open(&a.on.dir, &StoreOptions::open().skip_recovery())
+                .and_then(|s| s.group_consumer(&a.on.group).map(|c| (s, c)))
             {
                 Ok(sc) => open = Some(sc),
                 Err(_) => {
@@ -602,10 +687,10 @@ pub fn group_reader(a: GroupReaderArgs) -> i32 {
             Ok(Some((id, epoch, value))) => {
                 empty_polls = 0;
                 let taker = Taker {
-                    process: a.process,
-                    node: &a.node,
-                    queue: &a.queue,
-                    group: &a.group,
+                    process: a.on.process,
+                    node: &a.on.node,
+                    queue: &a.on.queue,
+                    group: &a.on.group,
                     term: Some(t),
                 };
                 if !emit(&mut out, &read_event(&taker, id, epoch, value)) {
@@ -622,7 +707,7 @@ pub fn group_reader(a: GroupReaderArgs) -> i32 {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => {
-                eprintln!("repliq-chaos group-reader: {}: {e}", a.dir.display());
+                eprintln!("repliq-chaos group-reader: {}: {e}", a.on.dir.display());
                 open = None;
                 term = None;
                 std::thread::sleep(Duration::from_millis(200));
@@ -667,5 +752,59 @@ fn read_event(t: &Taker<'_>, id: u64, epoch: u32, value: Option<u64>) -> Event {
         error: value
             .is_none()
             .then(|| "payload is not a value".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Appends to a real store with 64 KiB segments
+    /// and checks that `roll_boundary` flags exactly the appends that land
+    /// in a new segment, at the position they land at.
+    #[test]
+    fn roll_boundary_flags_exactly_the_appends_that_enter_a_new_segment() {
+        use repliq::store::layout::{FRAME_ALIGN, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+        let dir = std::env::temp_dir().join(format!("repliq-chaos-roll-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = Store::open(
+            &dir,
+            &StoreOptions::create()
+                .capacity(1_000_000)
+                .segment_size(1 << 16),
+        )
+        .expect("create the store");
+        let g = s.geometry();
+        let (mut exact, mut padded) = (0, 0);
+        // The workload's 24-byte frames fill a segment exactly; stretches of
+        // 40-byte frames do not, so both kinds of roll occur.
+        for seq in 0u64..15_000 {
+            let len = if (6000..9000).contains(&seq) { 20 } else { 5 };
+            let payload = vec![7u8; len];
+            let frame = (FRAME_HEADER_LEN + len as u64).div_ceil(FRAME_ALIGN) * FRAME_ALIGN;
+            let pos = s.tail_position();
+            let flagged = roll_boundary(g.size(), pos, frame);
+            let id = s.append(&payload).expect("append");
+            let first_in_segment = g.offset_of(id) == SEGMENT_HEADER_LEN && id >= g.size();
+            assert_eq!(
+                flagged.is_some(),
+                first_in_segment,
+                "seq {seq}: pos {pos}, id {id}"
+            );
+            if let Some(b) = flagged {
+                assert_eq!(b, id, "seq {seq}: the frame landed elsewhere");
+                if pos == id {
+                    exact += 1;
+                } else {
+                    padded += 1;
+                }
+            }
+        }
+        assert!(
+            exact >= 1 && padded >= 1,
+            "rolls: {exact} exact, {padded} padded"
+        );
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -132,6 +132,9 @@ pub struct Cluster {
     pub others: Vec<Child>,
     /// The container backend (`run --compose`): daemons in containers.
     compose: Option<Compose>,
+    /// The clock nemesis: libfaketime, preloaded into every daemon (and
+    /// writer) with node `i`'s offset in [`Cluster::clock_file`].
+    pub faketime: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -161,6 +164,7 @@ impl Cluster {
             netns_made: Vec::new(),
             others: Vec::new(),
             compose: None,
+            faketime: None,
         };
         sh(&["ip", "link", "add", &bridge, "type", "bridge"])?;
         c.bridge = Some(bridge.clone());
@@ -244,6 +248,7 @@ impl Cluster {
             netns_made: Vec::new(),
             others: Vec::new(),
             compose: None,
+            faketime: None,
         };
         for i in 0..n {
             let ndir = dir.join(format!("node{i}"));
@@ -324,6 +329,26 @@ impl Cluster {
         sh(&v)
     }
 
+    /// Node `i`'s libfaketime offset file (`+0`, `+3600s`, `-7200s`): the
+    /// clock nemesis writes it, the preloaded library re-reads it on every
+    /// wall-clock read.
+    pub fn clock_file(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("clock-{}", self.nodes[i].name))
+    }
+
+    /// With the clock nemesis, preloads libfaketime into `cmd` with node
+    /// `i`'s offset file; only `CLOCK_REALTIME` is moved (monotonic clocks
+    /// are left alone). Without it, does nothing.
+    pub fn fake_clock(&self, i: usize, cmd: &mut Command) {
+        if let Some(lib) = &self.faketime {
+            cmd.env("LD_PRELOAD", lib)
+                .env("FAKETIME_TIMESTAMP_FILE", self.clock_file(i))
+                .env("FAKETIME_NO_CACHE", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+                .env("DONT_FAKE_MONOTONIC", "1");
+        }
+    }
+
     /// Starts node `i`'s daemon (`ip netns exec` execs it: the child's pid
     /// is the daemon's).
     pub fn start(&mut self, i: usize) -> Result<(), String> {
@@ -336,8 +361,9 @@ impl Cluster {
             .open(&self.nodes[i].log)
             .map_err(|e| format!("{}: {e}", self.nodes[i].log.display()))?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
-        let child = self
-            .in_ns(i, &self.repliq)
+        let mut cmd = self.in_ns(i, &self.repliq);
+        self.fake_clock(i, &mut cmd);
+        let child = cmd
             .arg("daemon")
             .arg("--config")
             .arg(&self.nodes[i].config)

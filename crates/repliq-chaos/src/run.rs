@@ -35,7 +35,51 @@ pub const NEMESES: &[&str] = &[
     "replica-write",
     "netem",
     "clock",
+    "roll-kill",
 ];
+
+/// Where libfaketime is looked for (Debian's `libfaketime`, then a
+/// source install); `$REPLIQ_CHAOS_LIBFAKETIME` comes first.
+const LIBFAKETIME_PATHS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/faketime/libfaketime.so.1",
+    "/usr/local/lib/faketime/libfaketime.so.1",
+];
+
+/// The roll-kill nemesis's SIGKILL delay, drawn from 0 to this many µs
+/// after the rolling append starts.
+const ROLL_KILL_MAX_US: u64 = 250;
+
+/// The class of a roll-kill outcome (the text up to the first `;` after
+/// the delay), for the tally.
+fn outcome_class(o: &str) -> String {
+    let s = o.split_once(": ").map_or(o, |(_, rest)| rest);
+    s.split(" (")
+        .next()
+        .unwrap_or(s)
+        .split(';')
+        .next()
+        .unwrap_or(s)
+        .to_string()
+}
+
+/// The clock nemesis's wall-clock offsets: forwards and backwards, small
+/// and large.
+const CLOCK_JUMPS: &[&str] = &["+3600s", "-7200s", "+86400s", "-86400s", "+30s", "-30s"];
+
+/// The libfaketime library: `$REPLIQ_CHAOS_LIBFAKETIME` if set (and a
+/// file), else the first of [`LIBFAKETIME_PATHS`] installed.
+fn find_libfaketime() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("REPLIQ_CHAOS_LIBFAKETIME") {
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
+    }
+    LIBFAKETIME_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
 
 /// Parses `90`, `90s`, `2m`, `30m`, `1h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -229,7 +273,7 @@ fn plan(seed: u64, nemeses: &[String], n: usize, len: Duration, interval: u64) -
         let kind = nemeses[p.below(nemeses.len() as u64) as usize].clone();
         let hold = Duration::from_millis(match kind.as_str() {
             "pause" => p.between(3000, 5000),
-            "kill" | "lost-disk" | "writer-kill" => p.between(500, 3000),
+            "kill" | "lost-disk" | "writer-kill" | "roll-kill" => p.between(500, 3000),
             "replica-write" => 0,
             _ => p.between(3000, 6000),
         });
@@ -304,61 +348,72 @@ impl Run {
         }
         let (process, mut cmd) = self.writer_command(node, "cluster-client", queue, mode);
         cmd.arg("--http").arg(self.c.http(node));
+        cmd.arg("--roll-kill-dir").arg(&self.c.dir);
         self.launch_writer(process, cmd)
     }
 
-    /// A tailer of node `node`'s replica of `queue` (cluster mode).
-    fn spawn_tail_reader(&mut self, node: usize, queue: &str) -> Result<(), String> {
+    /// A reader subcommand `sub` of this tool on node `node`'s copy of
+    /// `queue`, with `--dir`, `--queue`, `--node` and `--process` filled in
+    /// and `args` after them; its stderr goes to `reader-<process>.log`, its
+    /// events to the history. Returns its index in `c.others`.
+    fn spawn_client(
+        &mut self,
+        node: usize,
+        queue: &str,
+        sub: &str,
+        args: &[&std::ffi::OsStr],
+    ) -> Result<usize, String> {
         let process = self.next_process;
         self.next_process += 1;
         let log = self.c.log_file(&format!("reader-{process}.log"))?;
         let child = self
             .c
             .in_ns(node, &self.exe)
-            .arg("tail-reader")
+            .arg(sub)
             .arg("--dir")
             .arg(self.c.nodes[node].data.join(queue))
             .args(["--queue", queue, "--node", &self.c.nodes[node].name])
             .arg("--process")
             .arg(process.to_string())
-            .arg("--stop-file")
-            .arg(&self.stop_file)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
-            .map_err(|e| format!("cannot start a reader: {e}"))?;
+            .map_err(|e| format!("cannot start a {sub}: {e}"))?;
         let child = self.collect(child);
         self.c.others.push(child);
+        Ok(self.c.others.len() - 1)
+    }
+
+    /// A tailer of node `node`'s replica of `queue` (cluster mode).
+    fn spawn_tail_reader(&mut self, node: usize, queue: &str) -> Result<(), String> {
+        let stop = self.stop_file.clone();
+        self.spawn_client(
+            node,
+            queue,
+            "tail-reader",
+            &["--stop-file".as_ref(), stop.as_os_str()],
+        )?;
         Ok(())
     }
 
     /// A consumer-group reader of `group` on node `node`'s copy of `queue`
     /// (cluster mode): it takes only while its node leads the queue.
     fn spawn_group_reader(&mut self, node: usize, queue: &str, group: &str) -> Result<(), String> {
-        let process = self.next_process;
-        self.next_process += 1;
-        let log = self.c.log_file(&format!("reader-{process}.log"))?;
-        let child = self
-            .c
-            .in_ns(node, &self.exe)
-            .arg("group-reader")
-            .arg("--dir")
-            .arg(self.c.nodes[node].data.join(queue))
-            .args(["--queue", queue, "--node", &self.c.nodes[node].name])
-            .args(["--group", group])
-            .arg("--process")
-            .arg(process.to_string())
-            .arg("--end-file")
-            .arg(&self.end_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start a group reader: {e}"))?;
-        let child = self.collect(child);
-        self.c.others.push(child);
-        self.group_readers.push(self.c.others.len() - 1);
+        let end = self.end_file.clone();
+        let k = self.spawn_client(
+            node,
+            queue,
+            "group-reader",
+            &[
+                "--group".as_ref(),
+                group.as_ref(),
+                "--end-file".as_ref(),
+                end.as_os_str(),
+            ],
+        )?;
+        self.group_readers.push(k);
         Ok(())
     }
 
@@ -414,6 +469,7 @@ impl Run {
         let process = self.next_process;
         self.next_process += 1;
         let mut cmd = self.c.in_ns(node, &self.exe);
+        self.c.fake_clock(node, &mut cmd);
         cmd.arg(sub)
             .arg("--dir")
             .arg(self.c.nodes[node].data.join(queue))
@@ -447,36 +503,174 @@ impl Run {
         Ok(self.c.others.len() - 1)
     }
 
+    /// A consumer-group reader of `group` on the static primary (node0); it
+    /// stops once the end file exists and the queue is drained.
     fn spawn_reader(&mut self, queue: &str, group: &str) -> Result<(), String> {
-        let process = self.next_process;
-        self.next_process += 1;
-        let log = self.c.log_file(&format!("reader-{process}.log"))?;
-        let child = self
+        let end = self.end_file.clone();
+        let k = self.spawn_client(
+            0,
+            queue,
+            "reader",
+            &[
+                "--group".as_ref(),
+                group.as_ref(),
+                "--stop-file".as_ref(),
+                end.as_os_str(),
+            ],
+        )?;
+        self.group_readers.push(k);
+        Ok(())
+    }
+
+    /// Asks the writer in `others[slot]` (node `node`, queue `q`) to kill
+    /// itself `delay_us` into its next append that rolls a segment, waits
+    /// for it to die (up to 60 s), and says where the kill landed, read
+    /// from the queue's write and committed positions against what the
+    /// writer armed at.
+    fn roll_kill(
+        &mut self,
+        slot: usize,
+        node: usize,
+        q: &str,
+        delay_us: u64,
+    ) -> Result<String, String> {
+        use std::os::unix::process::ExitStatusExt;
+        let Some(pid) = self.c.others.get(slot).map(Child::id) else {
+            return Ok("no such writer".into());
+        };
+        let req = self.c.dir.join(format!("roll-kill-{pid}"));
+        let armed = self.c.dir.join(format!("roll-kill-{pid}.armed"));
+        std::fs::write(&req, format!("{delay_us}\n"))
+            .map_err(|e| format!("{}: {e}", req.display()))?;
+        let t = Instant::now();
+        let status = loop {
+            match self.c.others.get_mut(slot).map(Child::try_wait) {
+                Some(Ok(Some(st))) => break Some(st),
+                Some(Ok(None)) if t.elapsed() < Duration::from_secs(60) => {
+                    if !nap(Duration::from_millis(5)) {
+                        break None;
+                    }
+                }
+                _ => break None,
+            }
+        };
+        let _ = std::fs::remove_file(&req);
+        let Some(status) = status else {
+            let _ = std::fs::remove_file(&armed);
+            return Ok("did not reach a roll within 60 s (writer replaced)".into());
+        };
+        let plan = std::fs::read_to_string(&armed).unwrap_or_default();
+        let _ = std::fs::remove_file(&armed);
+        let v: Vec<u64> = plan
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let [pos, boundary, frame, _] = v[..] else {
+            return Ok(format!("exited ({status}) without arming"));
+        };
+        if status.signal() != Some(libc::SIGKILL) {
+            return Ok(format!("exited ({status}) after arming"));
+        }
+        let dir = self.c.nodes[node].data.join(q);
+        let s = Store::open(&dir, &StoreOptions::open().skip_recovery())
+            .map_err(|e| format!("roll-kill: {}: {e}", dir.display()))?;
+        let (tail, committed) = (s.tail_position(), s.committed_position());
+        // The prefetch thread creates the segment after the new one as
+        // the writer enters the new one: was it created, torn (a temporary
+        // file left), or not begun?
+        let after = s.geometry().segment_of(boundary) + 1;
+        let name = format!("{after:020}");
+        let files: Vec<String> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|f| f.starts_with(&name))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let prefetch = if files
+            .iter()
+            .any(|f| *f == format!("{name}{}", repliq::store::layout::SEGMENT_SUFFIX))
+        {
+            "created"
+        } else if files.is_empty() {
+            "not created"
+        } else {
+            "torn (temporary file left)"
+        };
+        let at = if tail == pos {
+            "write position unmoved (before or in the switch to the new segment)".to_string()
+        } else if tail == boundary {
+            "in the roll (padded to the segment end, nothing claimed in the new one)".to_string()
+        } else if tail == boundary + frame && committed < tail {
+            "frame claimed in the new segment, not committed".to_string()
+        } else if tail == boundary + frame {
+            "after the append (frame committed)".to_string()
+        } else {
+            format!(
+                "later (position {pos}, boundary {boundary}, now {tail}: {} frames on)",
+                tail.saturating_sub(boundary) / frame.max(1)
+            )
+        };
+        Ok(format!(
+            "killed {delay_us} us into the rolling append: {at}; next segment after it {prefetch}"
+        ))
+    }
+
+    /// Moves node `i`'s wall clock to `offset` from the host's (libfaketime
+    /// re-reads the file on every wall-clock read of the daemon and the
+    /// writers on that node).
+    fn set_clock(&self, i: usize, offset: &str) -> Result<(), String> {
+        let f = self.c.clock_file(i);
+        std::fs::write(&f, format!("{offset}\n")).map_err(|e| format!("{}: {e}", f.display()))
+    }
+
+    /// Node `i`'s `time_unix` as its daemon reports it.
+    fn daemon_time(&self, i: usize) -> Option<f64> {
+        let o = self
             .c
-            .in_ns(0, &self.exe)
-            .arg("reader")
-            .arg("--dir")
-            .arg(self.c.nodes[0].data.join(queue))
-            .args([
-                "--queue",
-                queue,
-                "--node",
-                &self.c.nodes[0].name,
-                "--group",
-                group,
-            ])
-            .arg("--process")
-            .arg(process.to_string())
-            .arg("--stop-file")
-            .arg(&self.end_file)
+            .in_ns(i, &self.exe)
+            .args(["catalog", "--path", "/api/v1/node", "--http"])
+            .arg(self.c.http(i))
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start a reader: {e}"))?;
-        let child = self.collect(child);
-        self.c.others.push(child);
-        self.group_readers.push(self.c.others.len() - 1);
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+        v.get("time_unix")?.as_f64()
+    }
+
+    /// Proves the preload takes effect before the workload: every daemon's
+    /// `time_unix` must follow a +3600 s offset and come back, else the run
+    /// stops (exit 2) rather than inject clock faults that do nothing.
+    fn check_fake_clocks(&self) -> Result<(), String> {
+        let n = self.c.nodes.len();
+        let host = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        };
+        for (offset, secs) in [("+3600s", 3600.0), ("+0", 0.0)] {
+            for i in 0..n {
+                self.set_clock(i, offset)?;
+            }
+            for i in 0..n {
+                let t = Instant::now();
+                loop {
+                    let got = self.daemon_time(i);
+                    if got.is_some_and(|d| (d - host() - secs).abs() < 10.0) {
+                        break;
+                    }
+                    if t.elapsed() > Duration::from_secs(30) || !nap(Duration::from_millis(200)) {
+                        return Err(format!(
+                            "nemesis clock: libfaketime did not take effect in node{i}'s \
+                             daemon (offset {offset}: time_unix {got:?}, host {:.0})",
+                            host()
+                        ));
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -542,6 +736,13 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
                 NEMESES.join(", ")
             ));
         }
+    }
+    if a.static_primary && nemeses.iter().any(|k| k == "roll-kill") {
+        return Err(
+            "nemesis roll-kill needs cluster mode (the cluster-client writer); \
+                    drop --static-primary"
+                .into(),
+        );
     }
     let mut modes = Vec::new();
     for m in &a.modes {
@@ -648,6 +849,27 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
         group_readers: Vec::new(),
         cluster_mode,
     };
+    if nemeses.iter().any(|k| k == "clock") {
+        if a.compose {
+            return Err(
+                "nemesis clock is not available with --compose: the daemons run the \
+                        image's binary, and libfaketime is not in the image"
+                    .into(),
+            );
+        }
+        let lib = find_libfaketime().ok_or_else(|| {
+            format!(
+                "nemesis clock needs libfaketime (apt-get install libfaketime; looked for \
+                 $REPLIQ_CHAOS_LIBFAKETIME if set, else {})",
+                LIBFAKETIME_PATHS.join(", ")
+            )
+        })?;
+        for i in 0..n {
+            let f = r.c.clock_file(i);
+            std::fs::write(&f, "+0\n").map_err(|e| format!("{}: {e}", f.display()))?;
+        }
+        r.c.faketime = Some(lib);
+    }
     for i in 0..n {
         r.c.start(i)?;
     }
@@ -668,14 +890,6 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
                 nemeses.retain(|k| k != "netem");
             }
         }
-    }
-    if nemeses.iter().any(|k| k == "clock") {
-        let why = "not injected: the daemons read the host's clock (no time namespace for \
-                   CLOCK_REALTIME); see docs/reliability.md"
-            .to_string();
-        println!("nemesis clock: UNAVAILABLE: {why}");
-        unavailable.push(("clock".into(), why));
-        nemeses.retain(|k| k != "clock");
     }
     if !nap(Duration::from_secs(2)) {
         return Ok(130);
@@ -700,6 +914,22 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
                 return Ok(130);
             }
         }
+    }
+    // The clock check runs once the daemons have settled (their data
+    // directories and the catalog's incarnations made at the real time: a
+    // directory made during the check would carry the +1 h clock), and is
+    // recorded as a fault.
+    let mut clock_check = None;
+    if r.c.faketime.is_some() {
+        let t0 = now_ns();
+        r.check_fake_clocks()?;
+        println!("nemesis clock: libfaketime moves every daemon's CLOCK_REALTIME (checked)");
+        clock_check = Some(Fault {
+            kind: "clock".into(),
+            target: "every node +3600s then +0 (the pre-flight check)".into(),
+            start_ns: t0,
+            end_ns: now_ns(),
+        });
     }
     let mut writers = Vec::new();
     for (q, m) in &queues {
@@ -746,8 +976,9 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
     // The nemesis loop.
     let started = Instant::now();
     let schedule = plan(seed, &nemeses, n, len, a.interval);
-    let mut faults: Vec<Fault> = Vec::new();
+    let mut faults: Vec<Fault> = clock_check.into_iter().collect();
     let mut replica_writes = 0u64;
+    let mut roll_kills: BTreeMap<String, usize> = BTreeMap::new();
     for p in &schedule {
         if !nap(p.gap.min(len.saturating_sub(started.elapsed()))) {
             break;
@@ -974,6 +1205,52 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
                 let _ = r.c.ns_sh(i, &["tc", "qdisc", "del", "dev", "eth0", "root"]);
                 ("netem".to_string(), format!("node{i} ({})", role(i)))
             }
+            "roll-kill" => {
+                if !cluster_mode {
+                    return Err("nemesis roll-kill needs cluster mode (the cluster-client \
+                                writer)"
+                        .into());
+                }
+                let k = (p.pick % names.len() as u64) as usize;
+                let q = names[k].clone();
+                let leader = leader_idx[k];
+                let w = writers
+                    .iter()
+                    .find(|w| w.queue == q && Some(w.node) == leader);
+                let delay_us = Prng::new(p.pick).between(0, ROLL_KILL_MAX_US);
+                let outcome = match w {
+                    None => "no leader known: nothing armed".to_string(),
+                    Some(w) => {
+                        let (slot, node, mode) = (w.slot, w.node, w.mode);
+                        let o = r.roll_kill(slot, node, &q, delay_us)?;
+                        nap(p.hold);
+                        let new = r.spawn_writer(node, &q, mode)?;
+                        let ch = r.c.others.swap_remove(new);
+                        let mut old = std::mem::replace(&mut r.c.others[slot], ch);
+                        let _ = old.kill();
+                        let _ = old.wait();
+                        o
+                    }
+                };
+                println!("roll-kill {q}: {outcome}");
+                *roll_kills.entry(outcome_class(&outcome)).or_default() += 1;
+                (
+                    "roll-kill".to_string(),
+                    format!(
+                        "writer of {q} on {}: {outcome}",
+                        leader.map_or("?".to_string(), |l| format!("node{l}"))
+                    ),
+                )
+            }
+            "clock" => {
+                let i = leader_or_target(p.pick, p.target);
+                let jump = CLOCK_JUMPS[((p.pick >> 8) % CLOCK_JUMPS.len() as u64) as usize];
+                let desc = format!("node{i} ({}) wall clock {jump}", role(i));
+                r.set_clock(i, jump)?;
+                nap(p.hold);
+                r.set_clock(i, "+0")?;
+                ("clock".to_string(), desc)
+            }
             other => return Err(format!("nemesis {other} has no implementation")),
         };
         faults.push(Fault {
@@ -985,6 +1262,16 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
         if INTERRUPTED.load(Ordering::Relaxed) {
             break;
         }
+    }
+    if !roll_kills.is_empty() {
+        println!(
+            "roll-kill outcomes: {}",
+            roll_kills
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     if INTERRUPTED.load(Ordering::Relaxed) {
         eprintln!("repliq-chaos: interrupted; cleaning up");
