@@ -11,6 +11,7 @@ export CARGO_TERM_COLOR=never
 need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(libfaketime)
 if [ ${#need[@]} -gt 0 ]; then
     echo "== installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -20,6 +21,9 @@ fi
 
 echo "== build (release): repliq and repliq-chaos"
 cargo build --release -q -p repliq-cli -p repliq-chaos
+
+echo "== the clock nemesis's means: libfaketime moves a daemon's wall clock, not its monotonic one"
+cargo test --release -q -p repliq-cli --test faketime -- --ignored
 
 # Cluster mode (the tool's default: a Raft catalog, per-queue leaders,
 # automatic failover), then the static-primary mode for a shorter run.
