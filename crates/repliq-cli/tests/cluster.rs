@@ -633,6 +633,67 @@ fn a_leader_back_with_an_empty_data_directory_never_leads_and_every_record_survi
     });
 }
 
+/// As above, but `a`'s new directory carries an incarnation *below* its
+/// former one: the clock was fast when the former directory was made, and no
+/// peer answered when the fresh node asked for its former incarnation. The
+/// catalog refuses its `Join` and still names the former `a` the leader, with
+/// reports of that incarnation on record. `a` must neither lead its empty copy
+/// (the others would follow it and truncate) nor take appends; the others
+/// elect a leader that holds every record.
+#[test]
+fn a_leader_back_empty_under_a_lower_incarnation_never_leads_and_every_record_survives() {
+    let mut c = Cluster::start(3000);
+    let a = c.node("a").queue("orders");
+    assert!(repliq(&["create"], &a).status.success());
+    let msgs: Vec<String> = (0..50).map(|i| format!("kept-{i}")).collect();
+    let refs: Vec<&str> = msgs.iter().map(String::as_str).collect();
+    let out = append(&a, &refs);
+    assert!(out.status.success(), "{out:?}");
+    let written = records(&a);
+    let (b, cq) = (c.node("b").queue("orders"), c.node("c").queue("orders"));
+    c.wait("orders replicated to b and c", || {
+        records(&b) == written && records(&cq) == written
+    });
+
+    c.node("a").kill();
+    let data = c.node("a").data();
+    std::fs::remove_dir_all(&data).expect("lose a's data directory");
+    let catalog = data.join(".repliq-catalog");
+    std::fs::create_dir_all(&catalog).expect("a's new catalog directory");
+    repliq_catalog::storage::file::write_atomic(
+        &catalog.join(repliq_catalog::catalog::INCARNATION_FILE),
+        &1u64,
+    )
+    .expect("an incarnation below the former one");
+    c.node("a").start();
+
+    let mut leader = PathBuf::new();
+    c.wait("b or c takes appends", || {
+        [&b, &cq].iter().any(|d| {
+            let ok = append(d, &["after"]).status.success();
+            if ok {
+                leader = d.to_path_buf();
+            }
+            ok
+        })
+    });
+    let now = records(&leader);
+    assert_eq!(
+        &now[..50],
+        &written[..],
+        "every record survived a's lost disk"
+    );
+    assert!(now[50].1 >= 2, "a new epoch: {:?}", now[50]);
+    let other = if leader == b { &cq } else { &b };
+    c.wait("the other follower holds the leader's log", || {
+        records(other) == records(&leader)
+    });
+    assert!(
+        !append(&a, &["on-a"]).status.success(),
+        "a, refused by the catalog, took an append"
+    );
+}
+
 /// `replication.mode: sync` in a cluster: a process that opens the queue with
 /// the founding API (no `with_replication`) and `repliq append` both return
 /// only once a replica holds the record, and fail within their timeout,

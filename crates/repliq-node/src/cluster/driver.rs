@@ -130,7 +130,22 @@ async fn drive(shared: Arc<Shared>, catalog: Arc<Catalog>, lease: Arc<Lease>, na
             opened = true;
             open_existing(&shared, &q, &name, &e);
         }
-        if e.leader.as_deref() == Some(me.as_str()) {
+        // The catalog names this node the leader, but its member record is
+        // another incarnation: a former directory of this node, lost since
+        // (its `Join` under the new one is not accepted yet, or was refused).
+        // This directory does not hold that leader's log, so it neither
+        // leads nor follows until the catalog knows it again.
+        let former_self = state
+            .members
+            .get(&me)
+            .is_some_and(|m| m.incarnation != catalog.incarnation());
+        if e.leader.as_deref() == Some(me.as_str()) && former_self {
+            if let Some(f) = follower.take() {
+                f.stop().await;
+            }
+            transfer = None;
+            fence(&q);
+        } else if e.leader.as_deref() == Some(me.as_str()) {
             if let Some(f) = follower.take() {
                 f.stop().await;
             }
