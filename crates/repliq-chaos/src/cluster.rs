@@ -115,6 +115,25 @@ pub struct Node {
     pub paused: bool,
 }
 
+impl Node {
+    /// Node `i` of a cluster in `dir`: its directory `dir/node<i>` (made
+    /// here), with its data directory, config file and log inside; no daemon.
+    fn new(dir: &Path, i: usize, netns: String, ip: String) -> Result<Node, String> {
+        let ndir = dir.join(format!("node{i}"));
+        fs::create_dir_all(&ndir).map_err(|e| format!("{}: {e}", ndir.display()))?;
+        Ok(Node {
+            name: format!("node{i}"),
+            netns,
+            ip,
+            data: ndir.join("data"),
+            config: ndir.join("config.yaml"),
+            log: ndir.join("daemon.log"),
+            daemon: None,
+            paused: false,
+        })
+    }
+}
+
 /// The cluster and its guard: dropping it kills every process it started
 /// and deletes its namespaces, bridge and host forwarding rule.
 pub struct Cluster {
@@ -138,6 +157,21 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// A cluster in `dir` with no node, network or process yet.
+    fn empty(dir: &Path, repliq: &Path) -> Cluster {
+        Cluster {
+            nodes: Vec::new(),
+            dir: dir.to_path_buf(),
+            repliq: repliq.to_path_buf(),
+            bridge: None,
+            forward_rule: false,
+            netns_made: Vec::new(),
+            others: Vec::new(),
+            compose: None,
+            faketime: None,
+        }
+    }
+
     /// Creates the bridge, namespaces and config files (daemons not started).
     ///
     /// With `failover_timeout_ms`, the daemons run in cluster mode (static
@@ -155,17 +189,7 @@ impl Cluster {
     ) -> Result<Cluster, String> {
         let id = std::process::id();
         let bridge = format!("rqcb{id}");
-        let mut c = Cluster {
-            nodes: Vec::new(),
-            dir: dir.to_path_buf(),
-            repliq: repliq.to_path_buf(),
-            bridge: None,
-            forward_rule: false,
-            netns_made: Vec::new(),
-            others: Vec::new(),
-            compose: None,
-            faketime: None,
-        };
+        let mut c = Cluster::empty(dir, repliq);
         sh(&["ip", "link", "add", &bridge, "type", "bridge"])?;
         c.bridge = Some(bridge.clone());
         sh(&["ip", "link", "set", &bridge, "up"])?;
@@ -196,18 +220,7 @@ impl Cluster {
             x(&["ip", "link", "set", &vp, "name", "eth0"])?;
             x(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
             x(&["ip", "link", "set", "eth0", "up"])?;
-            let ndir = dir.join(format!("node{i}"));
-            fs::create_dir_all(&ndir).map_err(|e| format!("{}: {e}", ndir.display()))?;
-            c.nodes.push(Node {
-                name: format!("node{i}"),
-                netns: ns,
-                ip,
-                data: ndir.join("data"),
-                config: ndir.join("config.yaml"),
-                log: ndir.join("daemon.log"),
-                daemon: None,
-                paused: false,
-            });
+            c.nodes.push(Node::new(dir, i, ns, ip)?);
         }
         let peers = peer_lines(c.nodes.iter().map(|n| (n.name.as_str(), n.ip.as_str())));
         for n in &c.nodes {
@@ -239,30 +252,9 @@ impl Cluster {
         image: &str,
     ) -> Result<Cluster, String> {
         let (net, ip) = compose::subnet(std::process::id());
-        let mut c = Cluster {
-            nodes: Vec::new(),
-            dir: dir.to_path_buf(),
-            repliq: repliq.to_path_buf(),
-            bridge: None,
-            forward_rule: false,
-            netns_made: Vec::new(),
-            others: Vec::new(),
-            compose: None,
-            faketime: None,
-        };
+        let mut c = Cluster::empty(dir, repliq);
         for i in 0..n {
-            let ndir = dir.join(format!("node{i}"));
-            fs::create_dir_all(&ndir).map_err(|e| format!("{}: {e}", ndir.display()))?;
-            c.nodes.push(Node {
-                name: format!("node{i}"),
-                netns: String::new(),
-                ip: ip(i),
-                data: ndir.join("data"),
-                config: ndir.join("config.yaml"),
-                log: ndir.join("daemon.log"),
-                daemon: None,
-                paused: false,
-            });
+            c.nodes.push(Node::new(dir, i, String::new(), ip(i))?);
         }
         let peers = peer_lines(c.nodes.iter().map(|n| (n.name.as_str(), n.ip.as_str())));
         for n in &c.nodes {

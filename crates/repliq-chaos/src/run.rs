@@ -1304,22 +1304,7 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
         if r.group_readers.contains(&k) {
             continue;
         }
-        loop {
-            match ch.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None)
-                    if t.elapsed() < Duration::from_secs(60)
-                        && !INTERRUPTED.load(Ordering::Relaxed) =>
-                {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                _ => {
-                    let _ = ch.kill();
-                    let _ = ch.wait();
-                    break;
-                }
-            }
-        }
+        wait_or_kill(ch, t, None);
     }
     // Drain: wait until every replica's write position reaches the
     // leader's (the primary's, with a static primary). In cluster mode the
@@ -1393,23 +1378,11 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
         let Some(ch) = r.c.others.get_mut(k) else {
             continue;
         };
-        loop {
-            match ch.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None)
-                    if t.elapsed() < Duration::from_secs(60)
-                        && !INTERRUPTED.load(Ordering::Relaxed) =>
-                {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                _ => {
-                    println!("warning: a group reader did not finish draining within 60 s");
-                    let _ = ch.kill();
-                    let _ = ch.wait();
-                    break;
-                }
-            }
-        }
+        wait_or_kill(
+            ch,
+            t,
+            Some("warning: a group reader did not finish draining within 60 s"),
+        );
     }
     for h in r.readers.drain(..) {
         let _ = h.join();
@@ -1543,6 +1516,30 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
     print!("{}", report::summary(&h, &rep, &header));
     drop(r);
     Ok(if rep.pass() { 0 } else { 1 })
+}
+
+/// Waits for `ch` to end until 60 s after `since` (or an interrupt), then
+/// kills it, printing `warning` if given.
+fn wait_or_kill(ch: &mut Child, since: Instant, warning: Option<&str>) {
+    loop {
+        match ch.try_wait() {
+            Ok(Some(_)) => return,
+            Ok(None)
+                if since.elapsed() < Duration::from_secs(60)
+                    && !INTERRUPTED.load(Ordering::Relaxed) =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            _ => {
+                if let Some(w) = warning {
+                    println!("{w}");
+                }
+                let _ = ch.kill();
+                let _ = ch.wait();
+                return;
+            }
+        }
+    }
 }
 
 /// Reads every record of a queue directory, running recovery as a
