@@ -34,9 +34,40 @@ pub const NEMESES: &[&str] = &[
     "writer-kill",
     "replica-write",
     "netem",
+    "loss",
     "clock",
     "roll-kill",
 ];
+
+/// The `loss` nemesis: the share of a node's packets dropped, each way.
+const LOSS_PROBABILITY: &str = "0.2";
+
+/// The iptables arguments that add (`-A`) or delete (`-D`) the `loss`
+/// nemesis's rule on `chain` (`INPUT` or `OUTPUT`): drop a random
+/// [`LOSS_PROBABILITY`] of the packets through the node's `eth0`, so its
+/// loopback (clients to their own daemon) is spared.
+fn loss_rule(
+    op: &'static str,
+    chain: &'static str,
+    probability: &'static str,
+) -> Vec<&'static str> {
+    let dir = if chain == "INPUT" { "-i" } else { "-o" };
+    vec![
+        "iptables",
+        op,
+        chain,
+        dir,
+        "eth0",
+        "-m",
+        "statistic",
+        "--mode",
+        "random",
+        "--probability",
+        probability,
+        "-j",
+        "DROP",
+    ]
+}
 
 /// Where libfaketime is looked for (Debian's `libfaketime`, then a
 /// source install); `$REPLIQ_CHAOS_LIBFAKETIME` comes first.
@@ -124,7 +155,7 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_duration)]
     pub soak: Option<Duration>,
     /// Comma-separated nemeses: kill, pause, partition, lost-disk,
-    /// writer-kill, replica-write, netem, clock; or `none`.
+    /// writer-kill, replica-write, netem, loss, clock, roll-kill; or `none`.
     #[arg(long, default_value = "kill,pause,partition", value_delimiter = ',')]
     pub nemesis: Vec<String>,
     /// Seed of the nemesis schedule (default: from the clock; printed).
@@ -891,6 +922,19 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
             }
         }
     }
+    if nemeses.iter().any(|k| k == "loss") {
+        let probe = |op| r.c.ns_sh(0, &loss_rule(op, "INPUT", "0.0001"));
+        match probe("-A") {
+            Ok(()) => {
+                let _ = probe("-D");
+            }
+            Err(e) => {
+                println!("nemesis loss: UNAVAILABLE on this machine: {e}");
+                unavailable.push(("loss".into(), e));
+                nemeses.retain(|k| k != "loss");
+            }
+        }
+    }
     if !nap(Duration::from_secs(2)) {
         return Ok(130);
     }
@@ -1204,6 +1248,22 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
                 nap(p.hold);
                 let _ = r.c.ns_sh(i, &["tc", "qdisc", "del", "dev", "eth0", "root"]);
                 ("netem".to_string(), format!("node{i} ({})", role(i)))
+            }
+            "loss" => {
+                let i = p.target;
+                let rule = |op, chain| loss_rule(op, chain, LOSS_PROBABILITY);
+                r.c.ns_sh(i, &rule("-A", "INPUT"))?;
+                r.c.ns_sh(i, &rule("-A", "OUTPUT"))?;
+                nap(p.hold);
+                let _ = r.c.ns_sh(i, &rule("-D", "INPUT"));
+                let _ = r.c.ns_sh(i, &rule("-D", "OUTPUT"));
+                (
+                    "loss".to_string(),
+                    format!(
+                        "node{i} ({}) drops {LOSS_PROBABILITY} of its packets each way",
+                        role(i)
+                    ),
+                )
             }
             "roll-kill" => {
                 if !cluster_mode {
@@ -1570,4 +1630,36 @@ pub fn fault_counts(h: &History) -> BTreeMap<String, usize> {
         *m.entry(f.kind.clone()).or_default() += 1;
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{loss_rule, plan, NEMESES};
+    use std::time::Duration;
+
+    #[test]
+    fn the_loss_rule_drops_at_random_on_eth0_only_in_the_direction_of_its_chain() {
+        let input = loss_rule("-A", "INPUT", "0.2");
+        let output = loss_rule("-D", "OUTPUT", "0.2");
+        assert_eq!(&input[..5], &["iptables", "-A", "INPUT", "-i", "eth0"]);
+        assert_eq!(&output[..5], &["iptables", "-D", "OUTPUT", "-o", "eth0"]);
+        for r in [&input, &output] {
+            let s = r.join(" ");
+            assert!(
+                s.contains("-m statistic --mode random --probability 0.2"),
+                "{s}"
+            );
+            assert!(s.ends_with("-j DROP"), "{s}");
+        }
+    }
+
+    #[test]
+    fn loss_is_a_known_nemesis_and_is_scheduled_with_a_hold() {
+        assert!(NEMESES.contains(&"loss"));
+        let p = plan(7, &["loss".to_string()], 3, Duration::from_secs(120), 6);
+        assert!(!p.is_empty());
+        assert!(p
+            .iter()
+            .all(|f| f.kind == "loss" && f.hold >= Duration::from_secs(3)));
+    }
 }
