@@ -104,8 +104,9 @@ pub struct CatalogMetrics {
 /// One node of the cluster catalog: a Raft-replicated [`CatalogState`].
 ///
 /// The node's Raft id is `node_id(name, incarnation)`. The incarnation is chosen the first
-/// time a data directory is used (Unix milliseconds above 20 random bits, so a later
-/// directory gets a higher one) and stored in it (file `incarnation`). A node
+/// time a data directory is used (Unix milliseconds above 20 random bits, and above the
+/// highest incarnation of this name that the reachable peers record, so a later directory
+/// gets a higher one even if the clock went back) and stored in it (file `incarnation`). A node
 /// that lost its directory therefore comes back under a new Raft id and never claims
 /// the votes or log of its former self; it joins again as a new member (a newer
 /// [`Command::Join`] incarnation replaces the old member record).
@@ -161,7 +162,8 @@ impl Catalog {
         let incarnation = match read_atomic::<u64>(&inc_path)? {
             Some(i) => i,
             None if fresh => {
-                let i = new_incarnation()?;
+                let known = known_incarnation(&cfg).await;
+                let i = new_incarnation(known)?;
                 write_atomic(&inc_path, &i)?;
                 i
             }
@@ -359,18 +361,75 @@ impl Drop for Catalog {
     }
 }
 
-/// A new incarnation: Unix time in milliseconds in the high bits, 20 random bits below,
-/// so that a directory created later gets a higher incarnation (a `Join` with a lower one
-/// is rejected) unless the clock went backwards, and two directories created in the same
-/// millisecond still differ.
-fn new_incarnation() -> Result<u64, CatalogError> {
+/// How long a fresh node asks its peers for its former incarnation
+/// ([`known_incarnation`]) before it chooses one.
+const ASK_PEERS_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The highest incarnation that the peers' catalogs reachable within
+/// [`ASK_PEERS_FOR`] record for this node's name (0 if none answers or none
+/// knows it). Each is asked for its own copy of the catalog (a stale read is
+/// enough: a higher answer from any of them only raises the choice).
+///
+/// A node that lost its data directory comes back fresh and must join under a
+/// higher incarnation than its former self, or the catalog refuses its `Join`
+/// and still counts its lost copies. The wall clock alone does not promise
+/// that: the former directory may have been made while the clock was fast.
+async fn known_incarnation(cfg: &CatalogConfig) -> u64 {
+    let peers: Vec<(String, String)> = match &cfg.discovered {
+        Some(rx) => rx.borrow().members.clone(),
+        None => cfg.peers.clone(),
+    };
+    let mut asks = tokio::task::JoinSet::new();
+    for (name, addr) in peers.into_iter().filter(|(n, _)| *n != cfg.node_name) {
+        let dialer = cfg.dialer.clone();
+        let me = cfg.node_name.clone();
+        asks.spawn(async move {
+            let mut client = crate::network::PeerClient::with_dialer(addr, Some(name), dialer);
+            match client
+                .call(
+                    &RpcRequest::Read {
+                        linearizable: false,
+                    },
+                    ASK_PEERS_FOR,
+                )
+                .await
+            {
+                Ok(RpcReply::Read(Ok(state))) => {
+                    state.members.get(&me).map_or(0, |m| m.incarnation)
+                }
+                _ => 0,
+            }
+        });
+    }
+    let mut known = 0;
+    let deadline = tokio::time::Instant::now() + ASK_PEERS_FOR;
+    while let Ok(Some(answer)) = tokio::time::timeout_at(deadline, asks.join_next()).await {
+        known = known.max(answer.unwrap_or(0));
+    }
+    known
+}
+
+/// A new incarnation above `known` (the highest the peers record for this node): Unix
+/// time in milliseconds in the high bits, 20 random bits below, so that a directory
+/// created later gets a higher incarnation (a `Join` with a lower one is rejected) and
+/// two directories created in the same millisecond still differ. Where the clock is
+/// behind `known` (it was fast when the former directory was made, or it went back),
+/// the high bits are `known`'s plus one.
+fn new_incarnation(known: u64) -> Result<u64, CatalogError> {
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|e| CatalogError::Config(format!("clock before 1970: {e}")))?
         .as_millis() as u64;
     let random =
         getrandom::u64().map_err(|e| CatalogError::Config(format!("random incarnation: {e}")))?;
-    Ok((millis << 20) | (random & 0xf_ffff))
+    Ok(incarnation_above(millis, known, random))
+}
+
+/// The incarnation for a directory made at `millis` with `random` low bits, above
+/// `known`.
+fn incarnation_above(millis: u64, known: u64, random: u64) -> u64 {
+    let high = millis.max((known >> 20).saturating_add(1));
+    (high << 20) | (random & 0xf_ffff)
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, CatalogError> {
@@ -388,4 +447,21 @@ async fn bind(addr: &str) -> Result<TcpListener, CatalogError> {
     socket.set_reuseaddr(true).map_err(WireError::Io)?;
     socket.bind(sa).map_err(WireError::Io)?;
     Ok(socket.listen(1024).map_err(WireError::Io)?)
+}
+
+#[cfg(test)]
+mod incarnation_tests {
+    use super::incarnation_above;
+
+    #[test]
+    fn an_incarnation_is_above_the_known_one_even_when_the_clock_is_behind_it() {
+        let now = 1_800_000_000_000u64;
+        let fast = (now + 3_600_000) << 20 | 0xf_ffff;
+        for random in [0, 1, 0xf_ffff, u64::MAX] {
+            assert!(incarnation_above(now, fast, random) > fast);
+            assert!(incarnation_above(now, 0, random) >> 20 == now);
+            let slow = (now - 5) << 20 | 7;
+            assert_eq!(incarnation_above(now, slow, random) >> 20, now);
+        }
+    }
 }

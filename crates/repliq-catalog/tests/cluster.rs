@@ -379,3 +379,53 @@ async fn a_lost_directory_comes_back_under_a_new_identity() {
         n.shutdown().await.expect("shutdown");
     }
 }
+
+/// A node whose first directory was made while its clock was an hour fast
+/// (its incarnation from that clock), then lost that directory after the
+/// clock was put right: it must still come back under a higher incarnation,
+/// or the catalog refuses its `Join` and keeps counting its lost copies (the
+/// chaos harness's clock nemesis found this with a lost disk).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_directory_first_made_under_a_fast_clock_rejoins_under_a_higher_incarnation() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let cfgs = configs(root.path(), 1000);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64;
+    let fast = ((now_ms + 3_600_000) << 20) | 0x1234;
+    let c_dir = root.path().join("c");
+    std::fs::create_dir_all(&c_dir).expect("c's dir");
+    repliq_catalog::storage::file::write_atomic(
+        &c_dir.join(repliq_catalog::catalog::INCARNATION_FILE),
+        &fast,
+    )
+    .expect("c's first incarnation, from a fast clock");
+    let mut nodes = start_all(&cfgs).await;
+    assert_eq!(nodes[2].incarnation(), fast);
+    let refs: Vec<&Catalog> = nodes.iter().collect();
+    agreed_leader(&refs).await;
+    wait_for("c joined with its fast-clock incarnation", BOUND, || {
+        nodes[0].state().members.get("c").map(|m| m.incarnation) == Some(fast)
+    })
+    .await;
+    let r = nodes[0].propose(create("q1")).await.expect("propose");
+    assert!(matches!(r, Response::Queue(_)), "{r:?}");
+    let c = nodes.remove(2);
+    c.shutdown().await.expect("shutdown c");
+    std::fs::remove_dir_all(&c_dir).expect("lose c's dir");
+    let c = Catalog::start(cfgs[2].clone()).await.expect("restart c");
+    assert!(
+        c.incarnation() > fast,
+        "the new incarnation {} is not above the former {fast}: the catalog would refuse it",
+        c.incarnation()
+    );
+    wait_for("the catalog accepted c's new incarnation", BOUND, || {
+        nodes[0].state().members.get("c").map(|m| m.incarnation) == Some(c.incarnation())
+    })
+    .await;
+    nodes.push(c);
+    for n in nodes {
+        n.shutdown().await.expect("shutdown");
+    }
+}

@@ -174,6 +174,16 @@ async fn run_cluster(
         tokio::spawn(crate::peer_expiry::run(shared.clone())),
     ];
     tasks.extend(shared.tls.clone().map(|t| tokio::spawn(t.watch())));
+    // Accept at once: a peer's connection made while this node's catalog
+    // starts is closed cleanly after its handshake rather than left in the
+    // backlog until the peer gives up (a fresh catalog asks its peers for
+    // its former incarnation while they may be starting too).
+    let (catalog_tx, catalog_rx) = watch::channel(None);
+    tasks.push(tokio::spawn(accept_loop_with(
+        l,
+        shared.clone(),
+        Slot::Cluster(catalog_rx),
+    )));
     tokio::pin!(stop);
     let cluster = tokio::select! {
         c = crate::cluster::Cluster::start(shared.clone(), &c) => c?,
@@ -185,8 +195,7 @@ async fn run_cluster(
         }
     };
     shared.set_cluster(cluster.catalog.clone());
-    let ctx = cluster.catalog.server_context();
-    tasks.push(tokio::spawn(accept_loop_with(l, shared.clone(), Some(ctx))));
+    let _ = catalog_tx.send(Some(cluster.catalog.server_context()));
     stop.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
@@ -196,17 +205,23 @@ async fn run_cluster(
 }
 
 async fn accept_loop(l: tokio::net::TcpListener, shared: Arc<Shared>) {
-    accept_loop_with(l, shared, None).await
+    accept_loop_with(l, shared, Slot::Standalone).await
 }
 
-/// Accepts replication sessions and, with `catalog`, the catalog's own
+/// What serves catalog connections on the replication port.
+#[derive(Clone)]
+enum Slot {
+    /// Not in cluster mode: no catalog.
+    Standalone,
+    /// Cluster mode: `None` until the catalog has started. Until then every
+    /// connection is closed once accepted (after its TLS handshake).
+    Cluster(watch::Receiver<Option<Arc<repliq_catalog::ServerContext>>>),
+}
+
+/// Accepts replication sessions and, in cluster mode, the catalog's own
 /// connections (they start with `b"RQCL"`; a replication session starts
 /// with a frame length, at most 16 MiB, so the two never look alike).
-async fn accept_loop_with(
-    l: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-    catalog: Option<Arc<repliq_catalog::ServerContext>>,
-) {
+async fn accept_loop_with(l: tokio::net::TcpListener, shared: Arc<Shared>, slot: Slot) {
     let permits = Arc::new(tokio::sync::Semaphore::new(shared.cfg.max_connections));
     loop {
         let (stream, peer) = match l.accept().await {
@@ -228,11 +243,42 @@ async fn accept_loop_with(
             continue;
         };
         let shared = shared.clone();
-        let catalog = catalog.clone();
+        let catalog = match &slot {
+            Slot::Standalone => None,
+            Slot::Cluster(rx) => match rx.borrow().clone() {
+                Some(ctx) => Some(ctx),
+                None => {
+                    tokio::spawn(close_while_starting(stream, peer, shared, permit));
+                    continue;
+                }
+            },
+        };
         tokio::spawn(async move {
             let _permit = permit;
             serve_connection(stream, peer, shared, catalog).await;
         });
+    }
+}
+
+/// A connection accepted before the catalog started: its TLS handshake (when
+/// configured) is completed, then it is closed, so the peer sees a clean
+/// close at once (and no handshake is left half made).
+async fn close_while_starting(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    shared: Arc<Shared>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    tracing::debug!(%peer, "connection closed: the catalog is starting");
+    let Some(tls) = shared.tls.clone() else {
+        return;
+    };
+    let mut head = [0u8; 3];
+    let peeked = tokio::time::timeout(HELLO_TIMEOUT, peek_exact(&stream, &mut head)).await;
+    if matches!(peeked, Ok(Ok(()))) && is_tls_hello(&head) {
+        if let Ok(Ok((mut s, _))) = tokio::time::timeout(HELLO_TIMEOUT, tls.accept(stream)).await {
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut s).await;
+        }
     }
 }
 
