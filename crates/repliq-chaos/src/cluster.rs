@@ -16,13 +16,18 @@ pub const HTTP_PORT: u16 = 8080;
 
 /// Runs a command to completion; an error names the command and its stderr.
 pub fn sh(args: &[&str]) -> Result<(), String> {
+    sh_out(args).map(|_| ())
+}
+
+/// Runs `args` like [`sh`] and returns its stdout, trimmed.
+pub fn sh_out(args: &[&str]) -> Result<String, String> {
     let out = Command::new(args[0])
         .args(&args[1..])
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run `{}`: {e}", args.join(" ")))?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
         Err(format!(
             "`{}` failed ({}): {}",

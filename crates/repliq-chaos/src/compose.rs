@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cluster::sh;
+use crate::cluster::{sh, sh_out as out};
 
 /// Prefix of every compose project, container and network this tool makes:
 /// `rqchaos-<pid>`.
@@ -162,25 +162,6 @@ fn compose_cmd() -> Result<Vec<String>, String> {
         Ok(vec!["docker-compose".into()])
     } else {
         Err("neither `docker compose` nor `docker-compose` works".into())
-    }
-}
-
-/// Output of a command, stdout trimmed; an error names it and its stderr.
-fn out(args: &[&str]) -> Result<String, String> {
-    let o = Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run `{}`: {e}", args.join(" ")))?;
-    if o.status.success() {
-        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
-    } else {
-        Err(format!(
-            "`{}` failed ({}): {}",
-            args.join(" "),
-            o.status,
-            String::from_utf8_lossy(&o.stderr).trim()
-        ))
     }
 }
 

@@ -625,6 +625,16 @@ fn b_or_c_takes_appends_holding(
     leader
 }
 
+/// Kills `a`, removes its data directory (queues and catalog alike), lets
+/// `prepare` put something in the new one, and starts `a` again at once.
+fn lose_the_disk_of_a(c: &mut Cluster, prepare: impl FnOnce(&Path)) {
+    c.node("a").kill();
+    let data = c.node("a").data();
+    std::fs::remove_dir_all(&data).expect("lose a's data directory");
+    prepare(&data);
+    c.node("a").start();
+}
+
 #[test]
 fn a_leader_back_with_an_empty_data_directory_never_leads_and_every_record_survives() {
     let (mut c, written) = orders_with_50_records_on_a_b_and_c();
@@ -636,10 +646,7 @@ fn a_leader_back_with_an_empty_data_directory_never_leads_and_every_record_survi
 
     // a loses its disk (queue and catalog alike) and comes straight back,
     // before the failover timeout: the catalog still names it the leader.
-    c.node("a").kill();
-    let data = c.node("a").data();
-    std::fs::remove_dir_all(&data).expect("lose a's data directory");
-    c.node("a").start();
+    lose_the_disk_of_a(&mut c, |_| {});
 
     // Someone with the data leads, in a new epoch, and takes appends.
     let leader = b_or_c_takes_appends_holding(&c, &[&b, &cq], &written);
@@ -677,17 +684,15 @@ fn a_leader_back_empty_under_a_lower_incarnation_never_leads_and_every_record_su
         c.node("c").queue("orders"),
     );
 
-    c.node("a").kill();
-    let data = c.node("a").data();
-    std::fs::remove_dir_all(&data).expect("lose a's data directory");
-    let catalog = data.join(".repliq-catalog");
-    std::fs::create_dir_all(&catalog).expect("a's new catalog directory");
-    repliq_catalog::storage::file::write_atomic(
-        &catalog.join(repliq_catalog::catalog::INCARNATION_FILE),
-        &1u64,
-    )
-    .expect("an incarnation below the former one");
-    c.node("a").start();
+    lose_the_disk_of_a(&mut c, |data| {
+        let catalog = data.join(".repliq-catalog");
+        std::fs::create_dir_all(&catalog).expect("a's new catalog directory");
+        repliq_catalog::storage::file::write_atomic(
+            &catalog.join(repliq_catalog::catalog::INCARNATION_FILE),
+            &1u64,
+        )
+        .expect("an incarnation below the former one");
+    });
 
     let leader = b_or_c_takes_appends_holding(&c, &[&b, &cq], &written);
     let other = if leader == b { &cq } else { &b };

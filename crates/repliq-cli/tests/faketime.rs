@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::{free_port, http_get, KillOnDrop, PATIENCE};
+use support::{http_get, write_minimal_daemon_config, KillOnDrop, PATIENCE};
 
 mod support;
 
@@ -73,17 +73,7 @@ fn libfaketime_moves_the_daemons_wall_clock_but_not_its_monotonic_clock() {
     let clock = d.path().join("clock");
     std::fs::write(&clock, "+0\n").expect("clock file");
     let cfg = d.path().join("node.yaml");
-    let http = format!("127.0.0.1:{}", free_port());
-    std::fs::write(
-        &cfg,
-        format!(
-            "replication:\n  listen: 127.0.0.1:{}\nhttp:\n  listen: {http}\n\
-             queue:\n  persistence:\n    path: {}\n",
-            free_port(),
-            d.path().join("data").display()
-        ),
-    )
-    .expect("config");
+    let http = write_minimal_daemon_config(&cfg, &d.path().join("data"));
     let mut child = KillOnDrop(
         Command::new(BIN)
             .args(["daemon", "--config"])

@@ -9,7 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use repliq::store::{Store, StoreOptions};
-use support::{free_port, http_get_full as http_get, KillOnDrop, PATIENCE};
+use support::{
+    free_port, http_get_full as http_get, write_minimal_daemon_config, KillOnDrop, PATIENCE,
+};
 
 mod support;
 
@@ -656,17 +658,7 @@ fn telegraf_scrapes_the_daemons_default_http_port_and_path() {
     }
 
     // And that path, on a running daemon, is its Prometheus exposition.
-    let http = format!("127.0.0.1:{}", free_port());
-    std::fs::write(
-        &cfg,
-        format!(
-            "replication:\n  listen: 127.0.0.1:{}\nhttp:\n  listen: {http}\n\
-             queue:\n  persistence:\n    path: {}\n",
-            free_port(),
-            d.path().join("data").display()
-        ),
-    )
-    .unwrap();
+    let http = write_minimal_daemon_config(&cfg, &d.path().join("data"));
     let mut child = KillOnDrop(
         Command::new(BIN)
             .args(["daemon", "--config"])

@@ -19,6 +19,24 @@ mod ports;
 #[allow(unused_imports)]
 pub use ports::free_port;
 
+/// Writes to `cfg` the smallest standalone daemon config: free replication
+/// and HTTP ports on 127.0.0.1 and queues under `data`. Returns the HTTP
+/// address.
+pub fn write_minimal_daemon_config(cfg: &std::path::Path, data: &std::path::Path) -> String {
+    let http = format!("127.0.0.1:{}", free_port());
+    std::fs::write(
+        cfg,
+        format!(
+            "replication:\n  listen: 127.0.0.1:{}\nhttp:\n  listen: {http}\n\
+             queue:\n  persistence:\n    path: {}\n",
+            free_port(),
+            data.display()
+        ),
+    )
+    .expect("write the daemon config");
+    http
+}
+
 /// `GET path` over HTTP/1.1: status, lower-cased head and body; `None` if
 /// nothing answers or the answer is not HTTP.
 pub fn http_get_full(addr: &str, path: &str) -> Option<(u16, String, String)> {
