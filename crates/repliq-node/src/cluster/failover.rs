@@ -8,7 +8,9 @@
 //!    after `D` count: by then the old leader's lease (half the timeout,
 //!    counted from before its last report) has run out, so it acknowledges
 //!    nothing more, and every acknowledged record is on the replicas that
-//!    acknowledged it.
+//!    acknowledged it. A queue left with no leader (its leader came back
+//!    under a new incarnation) gets `D` a whole timeout after it was first
+//!    seen so, for the same reason ([`decision_time`]).
 //! 2. It waits for such fresh reports from `replicas - min_insync + 1`
 //!    replicas other than the old leader: any `min_insync` replicas holding
 //!    an acknowledged record meet that set.
@@ -134,10 +136,11 @@ async fn check(
         }
         return;
     }
-    let decided = *suspect.entry(name.to_string()).or_insert_with(|| {
+    let suspected = *suspect.entry(name.to_string()).or_insert_with(|| {
         tracing::warn!(queue = %name, leader = ?q.leader, epoch = q.epoch, "queue leader silent for the failover timeout");
         Instant::now()
     });
+    let decided = decision_time(q, suspected, watch.timeout);
     let Some(choice) = choose(state, seen, q, decided) else {
         return;
     };
@@ -210,6 +213,28 @@ async fn set_in_sync(catalog: &Catalog, q: &QueueEntry, change: in_sync::Change)
     }
 }
 
+/// The decision time `D` of step 1 for a queue first seen without a live
+/// leader at `suspected`.
+///
+/// A silent leader was already silent for the failover timeout: `D` is
+/// `suspected`. A queue with *no* leader lost it when the leader's member
+/// came back under a new incarnation (a lost directory): its former self
+/// may have renewed its lease just before it died, and writers on its host
+/// still append under that lease until it runs out (half the timeout,
+/// counted from before its last report, which came before the `Join` this
+/// node applied before `suspected`). `D` is then a whole timeout later, so
+/// no new leader accepts appends while the former one's lease holds. (The
+/// chaos harness's lost-disk-under-a-slower-clock found the overlap: a node
+/// back at once was replaced within 0.4 s while its old writer still
+/// appended.)
+fn decision_time(q: &QueueEntry, suspected: Instant, timeout: Duration) -> Instant {
+    if q.leader.is_some() {
+        suspected
+    } else {
+        suspected + timeout
+    }
+}
+
 /// The replica to elect, from reports that arrived after `decided`:
 /// `(node, last epoch, tail)`, or `None` while too few are fresh.
 fn choose(
@@ -252,6 +277,41 @@ mod tests {
     use repliq_catalog::Progress;
 
     use super::super::test_fixtures::entry;
+
+    #[test]
+    fn a_queue_without_a_leader_waits_a_whole_timeout_for_fresh_reports() {
+        let timeout = Duration::from_millis(300);
+        let suspected = Instant::now();
+        let mut q = entry();
+        assert_eq!(decision_time(&q, suspected, timeout), suspected);
+        q.leader = None;
+        let decided = decision_time(&q, suspected, timeout);
+        assert_eq!(decided, suspected + timeout);
+        // Reports from both followers right after the queue lost its leader
+        // do not elect; the same reports after the whole timeout do.
+        let mut state = CatalogState::default();
+        let mut p = std::collections::BTreeMap::new();
+        for (r, tail) in [("b", 500), ("c", 900)] {
+            let pr = Progress {
+                epoch: 1,
+                tail,
+                seq: 1,
+            };
+            p.insert(r.to_string(), pr);
+        }
+        state.progress.insert("q".into(), p);
+        let soon = suspected + Duration::from_millis(10);
+        let mut seen = HashMap::new();
+        for r in ["a", "b", "c"] {
+            seen.insert(r.to_string(), Seen { seq: 1, at: soon });
+        }
+        assert_eq!(choose(&state, &seen, &q, decided), None);
+        let after = decided + Duration::from_millis(1);
+        for r in ["a", "b", "c"] {
+            seen.insert(r.to_string(), Seen { seq: 1, at: after });
+        }
+        assert!(choose(&state, &seen, &q, decided).is_some());
+    }
 
     #[test]
     fn the_newest_freshly_reported_log_wins_and_stale_reports_do_not_count() {
