@@ -21,11 +21,15 @@ pub struct QueueView {
     pub in_sync: Vec<String>,
 }
 
-/// A node's view of the catalog: its queues.
+/// A node's view of the catalog: its queues and members.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CatalogView {
     /// Every queue the catalog holds.
     pub queues: Vec<QueueView>,
+    /// The answering node's own incarnation.
+    pub incarnation: u64,
+    /// Every member's name and the incarnation the catalog records for it.
+    pub members: Vec<(String, u64)>,
 }
 
 impl CatalogView {
@@ -39,10 +43,31 @@ impl CatalogView {
         self.queue(name)?.leader.as_deref()
     }
 
+    /// The incarnation the catalog records for member `name`.
+    pub fn member_incarnation(&self, name: &str) -> Option<u64> {
+        self.members.iter().find(|(n, _)| n == name).map(|m| m.1)
+    }
+
     /// Parses the body of `/api/v1/cluster`; `None` if it holds no catalog.
     pub fn parse(body: &str) -> Option<CatalogView> {
         let v: serde_json::Value = serde_json::from_str(body).ok()?;
-        let qs = v.get("catalog")?.get("queues")?.as_array()?;
+        let cat = v.get("catalog")?;
+        let qs = cat.get("queues")?.as_array()?;
+        let incarnation = cat.get("incarnation").and_then(|i| i.as_u64()).unwrap_or(0);
+        let members = cat
+            .get("members")
+            .and_then(|m| m.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| {
+                        Some((
+                            m.get("name")?.as_str()?.to_string(),
+                            m.get("incarnation")?.as_u64()?,
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         // `replicas` is a list of `{node, in_sync, ...}`.
         let replicas = |q: &serde_json::Value, only_in_sync: bool| -> Vec<String> {
             q.get("replicas")
@@ -74,7 +99,11 @@ impl CatalogView {
                 })
             })
             .collect();
-        Some(CatalogView { queues })
+        Some(CatalogView {
+            queues,
+            incarnation,
+            members,
+        })
     }
 }
 
@@ -173,6 +202,19 @@ mod tests {
         assert_eq!(c.leader("zz"), None);
         assert!(CatalogView::parse(r#"{"catalog":null}"#).is_none());
         assert!(CatalogView::parse("not json").is_none());
+    }
+
+    #[test]
+    fn parses_the_node_incarnation_and_the_members_incarnations_exactly() {
+        // Incarnations use all 64 bits: they must not pass through f64.
+        let body = r#"{"catalog":{"incarnation":1883322655713992700,"queues":[],
+            "members":[{"name":"node0","incarnation":18446744073709551615},
+                       {"name":"node1","incarnation":1883318900431105111}]}}"#;
+        let c = CatalogView::parse(body).expect("a catalog");
+        assert_eq!(c.incarnation, 1883322655713992700);
+        assert_eq!(c.member_incarnation("node0"), Some(u64::MAX));
+        assert_eq!(c.member_incarnation("node1"), Some(1883318900431105111));
+        assert_eq!(c.member_incarnation("node2"), None);
     }
 
     #[test]

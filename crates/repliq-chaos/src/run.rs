@@ -39,6 +39,10 @@ pub const NEMESES: &[&str] = &[
     "roll-kill",
 ];
 
+/// How long a node back from a lost disk may take to be recorded under its
+/// new incarnation by the others' catalogs.
+const REJOIN_WITHIN: Duration = Duration::from_secs(20);
+
 /// The `loss` nemesis: the share of a node's packets dropped, each way.
 const LOSS_PROBABILITY: &str = "0.2";
 
@@ -656,6 +660,33 @@ impl Run {
         std::fs::write(&f, format!("{offset}\n")).map_err(|e| format!("{}: {e}", f.display()))
     }
 
+    /// Kills node `i` and removes its data directory.
+    fn lose_disk(&mut self, i: usize) -> Result<(), String> {
+        self.c.kill(i)?;
+        let data = self.c.nodes[i].data.clone();
+        std::fs::remove_dir_all(&data).map_err(|e| format!("lost-disk: {}: {e}", data.display()))
+    }
+
+    /// Whether, within `within`, another node's catalog records node `i`
+    /// under the incarnation node `i` reports for itself (its `Join` was
+    /// taken).
+    fn rejoined(&self, i: usize, within: Duration) -> bool {
+        let name = format!("node{i}");
+        let until = Instant::now() + within;
+        loop {
+            let own = self.catalog(i).map(|v| v.incarnation).filter(|&x| x != 0);
+            let recorded = (0..self.c.nodes.len())
+                .filter(|&j| j != i)
+                .find_map(|j| self.catalog(j)?.member_incarnation(&name));
+            if own.is_some() && own == recorded {
+                return true;
+            }
+            if Instant::now() >= until || !nap(Duration::from_millis(250)) {
+                return false;
+            }
+        }
+    }
+
     /// Node `i`'s `time_unix` as its daemon reports it.
     fn daemon_time(&self, i: usize) -> Option<f64> {
         let o = self
@@ -1023,6 +1054,8 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
     let mut faults: Vec<Fault> = clock_check.into_iter().collect();
     let mut replica_writes = 0u64;
     let mut roll_kills: BTreeMap<String, usize> = BTreeMap::new();
+    // Lost disks whose node came back under a slower clock: (rejoined, refused).
+    let mut slow_rejoins = (0usize, 0usize);
     for p in &schedule {
         if !nap(p.gap.min(len.saturating_sub(started.elapsed()))) {
             break;
@@ -1144,13 +1177,38 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
             "lost-disk" => {
                 // A secondary: the primary's disk is where the writers are.
                 let i = 1 + p.target % (n - 1);
-                r.c.kill(i)?;
-                let data = r.c.nodes[i].data.clone();
-                std::fs::remove_dir_all(&data)
-                    .map_err(|e| format!("lost-disk: {}: {e}", data.display()))?;
+                let mut desc = format!("node{i} ({})", role(i));
+                // With clock faults on, in cluster mode, every other lost
+                // disk is first remade while the node's clock is an hour
+                // fast, then lost again with the clock right: the second
+                // directory's incarnation is behind the first's by the
+                // clock, and the node must still rejoin.
+                let slow_again = cluster_mode && r.c.faketime.is_some() && (p.pick >> 16) & 1 == 1;
+                if slow_again {
+                    r.lose_disk(i)?;
+                    r.set_clock(i, "+3600s")?;
+                    r.c.start(i)?;
+                    let first = r.rejoined(i, REJOIN_WITHIN);
+                    r.set_clock(i, "+0")?;
+                    desc.push_str(&format!(
+                        ", first remade at +3600s ({})",
+                        if first { "joined" } else { "join not seen" }
+                    ));
+                }
+                r.lose_disk(i)?;
                 nap(p.hold);
                 r.c.start(i)?;
-                ("lost-disk".to_string(), format!("node{i} ({})", role(i)))
+                if slow_again {
+                    if r.rejoined(i, REJOIN_WITHIN) {
+                        slow_rejoins.0 += 1;
+                        desc.push_str(", then at +0: rejoined");
+                    } else {
+                        slow_rejoins.1 += 1;
+                        desc.push_str(", then at +0: REJOIN REFUSED");
+                        println!("lost-disk: node{i} came back under a slower clock and was not taken back");
+                    }
+                }
+                ("lost-disk".to_string(), desc)
             }
             "writer-kill" => {
                 let w = &writers[(p.pick % writers.len() as u64) as usize];
@@ -1574,8 +1632,24 @@ fn run_inner(a: RunArgs) -> Result<i32, String> {
     println!("history: {}", hist_path.display());
     println!("plot:    {}", plot_path.display());
     print!("{}", report::summary(&h, &rep, &header));
+    if slow_rejoins != (0, 0) {
+        println!(
+            "lost disks under a slower clock: {} rejoined, {} refused{}",
+            slow_rejoins.0,
+            slow_rejoins.1,
+            if slow_rejoins.1 > 0 {
+                " (FAIL: a node was not taken back)"
+            } else {
+                ""
+            }
+        );
+    }
     drop(r);
-    Ok(if rep.pass() { 0 } else { 1 })
+    Ok(if rep.pass() && slow_rejoins.1 == 0 {
+        0
+    } else {
+        1
+    })
 }
 
 /// Waits for `ch` to end until 60 s after `since` (or an interrupt), then
