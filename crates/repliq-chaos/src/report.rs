@@ -39,7 +39,7 @@ fn hist(values: impl Iterator<Item = u64>) -> Option<Histogram<u64>> {
 }
 
 /// The one-screen summary, ending with the verdict line.
-pub fn summary(h: &History, r: &Report, header: &str) -> String {
+pub fn summary(h: &History, r: &Report, header: &str, harness_failures: &[String]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{header}");
     let _ = writeln!(s, "operations            ok     fail     info");
@@ -215,7 +215,11 @@ pub fn summary(h: &History, r: &Report, header: &str) -> String {
     for x in &r.unreadable {
         let _ = writeln!(s, "  UNREADABLE: {x}");
     }
-    let _ = writeln!(s, "VERDICT: {}", if r.pass() { "PASS" } else { "FAIL" });
+    for x in harness_failures {
+        let _ = writeln!(s, "  HARNESS: {x}");
+    }
+    let pass = r.pass() && harness_failures.is_empty();
+    let _ = writeln!(s, "VERDICT: {}", if pass { "PASS" } else { "FAIL" });
     s
 }
 
@@ -286,4 +290,23 @@ pub fn plot(h: &History, path: &Path) -> Result<(), String> {
     }
     root.present().map_err(|e| e.to_string())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_harness_failure_turns_a_clean_history_into_a_fail() {
+        let (h, r) = (History::default(), Report::default());
+        assert!(r.pass(), "an empty history has no anomaly");
+        let clean = summary(&h, &r, "t", &[]);
+        assert!(clean.ends_with("VERDICT: PASS\n"), "{clean}");
+        let failed = summary(&h, &r, "t", &["node2 was not taken back".to_string()]);
+        assert!(
+            failed.contains("  HARNESS: node2 was not taken back\n"),
+            "{failed}"
+        );
+        assert!(failed.ends_with("VERDICT: FAIL\n"), "{failed}");
+    }
 }
