@@ -144,7 +144,42 @@ fn tail_of(p: &Path) -> String {
     t.chars().rev().collect::<String>().replace('\n', " | ")
 }
 
-/// Writes the config of one node and starts `repliq daemon` on it.
+/// Makes a CA and a certificate for each of `names` with `repliq cert`,
+/// under `root/pki/<name>` (each directory holds tls.crt, tls.key, ca.crt).
+fn make_certs(bin: &str, root: &Path, names: &[&str]) -> Result<PathBuf, String> {
+    let pki = root.join("pki");
+    let ca = pki.join("ca");
+    let run = |args: Vec<std::ffi::OsString>| -> Result<(), String> {
+        let o = Command::new(bin)
+            .arg("cert")
+            .args(&args)
+            .output()
+            .map_err(|e| format!("cannot run {bin} cert: {e}"))?;
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{bin} cert {args:?} failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ))
+        }
+    };
+    run(vec!["ca".into(), "--out".into(), ca.clone().into()])?;
+    for n in names {
+        run(vec![
+            "node".into(),
+            (*n).into(),
+            "--ca".into(),
+            ca.clone().into(),
+            "--out".into(),
+            pki.join(n).into(),
+        ])?;
+    }
+    Ok(pki)
+}
+
+/// Writes the config of one node and starts `repliq daemon` on it; with
+/// `pki`, mutual TLS is required, with the certificate in `pki/<name>`.
 #[allow(clippy::too_many_arguments)]
 fn start_daemon(
     bin: &str,
@@ -154,14 +189,24 @@ fn start_daemon(
     rep_port: u16,
     http_port: u16,
     data: &Path,
+    pki: Option<&Path>,
 ) -> Result<Daemon, String> {
+    let tls = pki.map_or(String::new(), |p| {
+        let d = p.join(name);
+        format!(
+            "tls:\n  mode: required\n  cert: {}\n  key: {}\n  ca: {}\n",
+            d.join("tls.crt").display(),
+            d.join("tls.key").display(),
+            d.join("ca.crt").display()
+        )
+    });
     let yaml = format!(
         "node:\n  name: {name}\n\
          replication:\n  mode: {mode}\n  primary: bench-primary\n  listen: 127.0.0.1:{rep_port}\n  min_acks: 1\n  \
          discovery:\n    method: static\n    peers:\n      - {{ name: bench-primary, address: \"127.0.0.1:{rep_port}\" }}\n      \
          - {{ name: bench-secondary, address: \"127.0.0.1:{rep_port}\" }}\n\
          http:\n  listen: 127.0.0.1:{http_port}\n\
-         queue:\n  names: [{QUEUE}]\n  persistence:\n    path: {}\n",
+         queue:\n  names: [{QUEUE}]\n  persistence:\n    path: {}\n{tls}",
         data.display()
     );
     let cfg = root.join(format!("{name}.yaml"));
@@ -323,6 +368,16 @@ fn run_repliq(a: &Args, cfg: &Cfg, kind: Kind, timeout: Duration) -> Result<RunO
             .durability(dur),
     )
     .map_err(|e| format!("cannot create the primary's queue: {e}"))?;
+    let tls = a.str("tls", "false") == "true";
+    let pki = if tls {
+        Some(make_certs(
+            &bin,
+            &root,
+            &["bench-primary", "bench-secondary"],
+        )?)
+    } else {
+        None
+    };
     let rep = free_port()?;
     let mode = if kind == Kind::Sync { "sync" } else { "async" };
     let p = start_daemon(
@@ -333,6 +388,7 @@ fn run_repliq(a: &Args, cfg: &Cfg, kind: Kind, timeout: Duration) -> Result<RunO
         rep,
         free_port()?,
         &pdata,
+        pki.as_deref(),
     )?;
     let s = match start_daemon(
         &bin,
@@ -342,6 +398,7 @@ fn run_repliq(a: &Args, cfg: &Cfg, kind: Kind, timeout: Duration) -> Result<RunO
         rep,
         free_port()?,
         &sdata,
+        pki.as_deref(),
     ) {
         Ok(s) => s,
         Err(e) => {
@@ -384,15 +441,19 @@ fn run_repliq(a: &Args, cfg: &Cfg, kind: Kind, timeout: Duration) -> Result<RunO
     p.stop();
     s.stop();
     let ((w, r), cpu) = r?;
-    let variant = match dur {
-        Durability::None => "durability none",
-        Durability::Batch => "durability batch",
-        Durability::Always => "durability always",
-    };
+    let variant = format!(
+        "{}{}",
+        match dur {
+            Durability::None => "durability none",
+            Durability::Batch => "durability batch",
+            Durability::Always => "durability always",
+        },
+        if tls { ", mutual TLS" } else { "" }
+    );
     Ok((
         w,
         r,
-        json!({"variant": variant, "durability": durability,
+        json!({"variant": variant, "durability": durability, "tls": tls,
                "daemons": "repliq daemon x2 (primary, secondary), static discovery, min_acks 1",
                "servers_cpu_s": cpu}),
     ))

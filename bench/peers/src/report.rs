@@ -111,9 +111,13 @@ fn ratio(value: u64, floor: Option<u64>) -> String {
 /// The label of a replication run: the system, plus what differs.
 fn repl_label(v: &Value) -> String {
     let sys = s(v, "system");
-    match (sys.as_str(), s(v, "durability").as_str()) {
-        ("repliq", "batch") => "repliq (msync)".into(),
-        ("repliq", "always") => "repliq (msync each)".into(),
+    let tls = v.get("tls").and_then(Value::as_bool) == Some(true);
+    match (sys.as_str(), s(v, "durability").as_str(), tls) {
+        ("repliq", "batch", false) => "repliq (msync)".into(),
+        ("repliq", "always", false) => "repliq (msync each)".into(),
+        ("repliq", "batch", true) => "repliq (msync, TLS)".into(),
+        ("repliq", "always", true) => "repliq (msync each, TLS)".into(),
+        ("repliq", _, true) => "repliq (TLS)".into(),
         _ => sys,
     }
 }
@@ -132,6 +136,7 @@ fn color(s: &str) -> RGBColor {
         "redis" => RGBColor(140, 86, 75),
         "nats" => RGBColor(127, 127, 127),
         "repliq (msync)" => RGBColor(255, 152, 150),
+        "repliq (TLS)" => RGBColor(188, 189, 34),
         s if s.starts_with("repliq") => RGBColor(120, 20, 20),
         _ => RGBColor(0, 0, 0),
     }
