@@ -212,14 +212,26 @@ pub struct SplitBrain {
 }
 
 /// Acknowledged async values absent from the primary's final log.
+///
+/// An async leader acknowledges a value once it is in its own log; what it
+/// had acknowledged and not yet shipped when it lost leadership is lost. So
+/// losses are grouped by the epoch (of one queue) that acknowledged them, and
+/// the bound is per epoch: how many, and how long before that epoch's last
+/// acknowledgement the earliest of them was acknowledged.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct AsyncLoss {
     /// Async enqueues acknowledged.
     pub acknowledged: u64,
     /// Of those, absent from the primary's final log.
     pub lost: u64,
-    /// Bound: time from the first to the last lost acknowledgement (ns);
-    /// every loss happened inside this window.
+    /// Epochs (counted per queue) that lost at least one acknowledged value.
+    pub epochs: u64,
+    /// Bound: the most values lost from one epoch of one queue.
+    pub max_per_epoch: u64,
+    /// Bound: over the epochs that lost values, the longest time from the
+    /// earliest lost acknowledgement to the epoch's last acknowledgement
+    /// (ns): every lost value was acknowledged at most this long before its
+    /// leader's last.
     pub window_ns: u64,
 }
 
@@ -286,6 +298,25 @@ struct Enq {
     invoke_ns: u64,
     outcome: EventType,
     complete_ns: u64,
+    /// The epoch the completion returned, if any.
+    epoch: Option<u32>,
+}
+
+/// Async acknowledgements of one epoch of one queue.
+struct EpochLoss {
+    lost: u64,
+    first_lost_ns: u64,
+    last_ack_ns: u64,
+}
+
+impl Default for EpochLoss {
+    fn default() -> EpochLoss {
+        EpochLoss {
+            lost: 0,
+            first_lost_ns: u64::MAX,
+            last_ack_ns: 0,
+        }
+    }
 }
 
 /// Pairs invokes with completions; an invoke without one is `info`.
@@ -305,12 +336,14 @@ fn enqueues(h: &History) -> Vec<Enq> {
                     invoke_ns: e.time_ns,
                     outcome: EventType::Info,
                     complete_ns: u64::MAX,
+                    epoch: None,
                 });
             }
             k => {
                 if let Some(i) = open.remove(&(e.process, e.value)) {
                     out[i].outcome = k;
                     out[i].complete_ns = e.time_ns;
+                    out[i].epoch = e.epoch;
                 }
             }
         }
@@ -526,7 +559,7 @@ pub fn check_with(h: &History, opts: &CheckOptions) -> Report {
                     ));
                 }
             }
-            let mut async_lost: Vec<u64> = Vec::new();
+            let mut async_epochs: BTreeMap<Option<u32>, EpochLoss> = BTreeMap::new();
             for o in ops
                 .iter()
                 .filter(|o| o.queue == q && o.outcome == EventType::Ok)
@@ -548,15 +581,21 @@ pub fn check_with(h: &History, opts: &CheckOptions) -> Report {
                     }
                     Mode::Async => {
                         r.async_loss.acknowledged += 1;
+                        let e = async_epochs.entry(o.epoch).or_default();
+                        e.last_ack_ns = e.last_ack_ns.max(o.complete_ns);
                         if !judged[0].1.contains(&o.value) {
-                            async_lost.push(o.complete_ns);
+                            e.lost += 1;
+                            e.first_lost_ns = e.first_lost_ns.min(o.complete_ns);
                         }
                     }
                 }
             }
-            r.async_loss.lost += async_lost.len() as u64;
-            if let (Some(a), Some(b)) = (async_lost.iter().min(), async_lost.iter().max()) {
-                r.async_loss.window_ns = r.async_loss.window_ns.max(b - a);
+            for e in async_epochs.values().filter(|e| e.lost > 0) {
+                let a = &mut r.async_loss;
+                a.lost += e.lost;
+                a.epochs += 1;
+                a.max_per_epoch = a.max_per_epoch.max(e.lost);
+                a.window_ns = a.window_ns.max(e.last_ack_ns - e.first_lost_ns);
             }
 
             // Order: each client's acknowledged values in the primary's log.
@@ -1157,11 +1196,36 @@ mod tests {
         let r = check(&h);
         assert_eq!(r.async_loss.acknowledged, 4);
         assert_eq!(r.async_loss.lost, 2);
+        assert_eq!((r.async_loss.epochs, r.async_loss.max_per_epoch), (1, 2));
         assert_eq!(
-            r.async_loss.window_ns, 1_000,
-            "values 2 and 3 acked 1 µs apart"
+            r.async_loss.window_ns, 2_000,
+            "value 2 acked 2 µs before the epoch's last acknowledgement (value 4)"
         );
         assert!(r.lost.is_empty(), "async losses are not sync losses");
+        assert!(r.pass());
+    }
+
+    #[test]
+    fn the_async_bound_is_per_epoch_not_the_span_from_the_first_loss_to_the_last() {
+        // Epoch 1 loses its last two acknowledgements (1 µs before its
+        // last), epoch 2, a second later, its last one: the bound is 1 µs
+        // and 2 values per epoch, not the second between the losses.
+        let mut h = History::default();
+        let mut t = 0;
+        for (v, epoch) in [(1, 1), (2, 1), (3, 1), (4, 2), (5, 2)] {
+            t += if v == 4 { 1_000_000_000 } else { 1_000 };
+            h.events
+                .push(ev(EventType::Invoke, 1, "n0", "q", Mode::Async, v, t));
+            let mut ok = ev(EventType::Ok, 1, "n0", "q", Mode::Async, v, t + 500);
+            ok.epoch = Some(epoch);
+            h.events.push(ok);
+        }
+        h.logs = vec![log("n0", true, &[1, 4]), log("n1", false, &[1, 4])];
+        let r = check(&h);
+        assert_eq!(r.async_loss.lost, 3);
+        assert_eq!(r.async_loss.epochs, 2);
+        assert_eq!(r.async_loss.max_per_epoch, 2);
+        assert_eq!(r.async_loss.window_ns, 1_000);
         assert!(r.pass());
     }
 

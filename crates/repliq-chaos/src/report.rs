@@ -202,12 +202,15 @@ pub fn summary(h: &History, r: &Report, header: &str, harness_failures: &[String
         ms(r.redelivered.iter().map(|x| x.window_ns).max().unwrap_or(0)),
         ms(r.redelivery_window_ns)
     );
+    let a = &r.async_loss;
     let _ = writeln!(
         s,
-        "  async        {} of {} acknowledged absent from the primary (bound: within {:.0} ms); async promises no replication: not a pass",
-        r.async_loss.lost,
-        r.async_loss.acknowledged,
-        ms(r.async_loss.window_ns)
+        "  async        {} of {} acknowledged absent from the primary, from {} epochs (bound: at most {} from one epoch, acknowledged at most {:.0} ms before that epoch's last acknowledgement); async promises no replication: not a pass",
+        a.lost,
+        a.acknowledged,
+        a.epochs,
+        a.max_per_epoch,
+        ms(a.window_ns)
     );
     for x in r.lagging.iter().take(3) {
         let _ = writeln!(s, "  lagging replica: {x}");
