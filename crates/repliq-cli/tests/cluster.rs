@@ -576,8 +576,9 @@ fn a_stopped_leader_daemon_stops_local_appends_by_its_lease_and_never_leads_its_
 }
 
 /// A cluster whose member `a` created `orders` and appended 50 records,
-/// replicated to `b` and `c`; the records as `a` holds them.
-fn orders_with_50_records_on_a_b_and_c() -> (Cluster, Vec<(u64, u32, String)>) {
+/// replicated to `b` and `c`; the records as `a` holds them, and the queue's
+/// directory on `a`, `b` and `c`.
+fn orders_with_50_records_on_a_b_and_c() -> (Cluster, Vec<(u64, u32, String)>, [PathBuf; 3]) {
     let mut c = Cluster::start(3000);
     let a = c.node("a").queue("orders");
     assert!(repliq(&["create"], &a).status.success());
@@ -590,7 +591,7 @@ fn orders_with_50_records_on_a_b_and_c() -> (Cluster, Vec<(u64, u32, String)>) {
     c.wait("orders replicated to b and c", || {
         records(&b) == written && records(&cq) == written
     });
-    (c, written)
+    (c, written, [a, b, cq])
 }
 
 /// Waits until one of `others` takes an append, and checks that its log
@@ -637,12 +638,7 @@ fn lose_the_disk_of_a(c: &mut Cluster, prepare: impl FnOnce(&Path)) {
 
 #[test]
 fn a_leader_back_with_an_empty_data_directory_never_leads_and_every_record_survives() {
-    let (mut c, written) = orders_with_50_records_on_a_b_and_c();
-    let (a, b, cq) = (
-        c.node("a").queue("orders"),
-        c.node("b").queue("orders"),
-        c.node("c").queue("orders"),
-    );
+    let (mut c, written, [a, b, cq]) = orders_with_50_records_on_a_b_and_c();
 
     // a loses its disk (queue and catalog alike) and comes straight back,
     // before the failover timeout: the catalog still names it the leader.
@@ -677,12 +673,7 @@ fn a_leader_back_with_an_empty_data_directory_never_leads_and_every_record_survi
 /// elect a leader that holds every record.
 #[test]
 fn a_leader_back_empty_under_a_lower_incarnation_never_leads_and_every_record_survives() {
-    let (mut c, written) = orders_with_50_records_on_a_b_and_c();
-    let (a, b, cq) = (
-        c.node("a").queue("orders"),
-        c.node("b").queue("orders"),
-        c.node("c").queue("orders"),
-    );
+    let (mut c, written, [a, b, cq]) = orders_with_50_records_on_a_b_and_c();
 
     lose_the_disk_of_a(&mut c, |data| {
         let catalog = data.join(".repliq-catalog");

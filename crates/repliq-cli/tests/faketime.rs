@@ -9,14 +9,11 @@
 //! proves nothing (the nemesis itself refuses to run then).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::{http_get, write_minimal_daemon_config, KillOnDrop, PATIENCE};
+use support::{daemon_command, http_get, write_minimal_daemon_config, KillOnDrop, PATIENCE};
 
 mod support;
-
-const BIN: &str = env!("CARGO_BIN_EXE_repliq");
 
 /// Where Debian's `libfaketime` package puts the library.
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
@@ -75,17 +72,12 @@ fn libfaketime_moves_the_daemons_wall_clock_but_not_its_monotonic_clock() {
     let cfg = d.path().join("node.yaml");
     let http = write_minimal_daemon_config(&cfg, &d.path().join("data"));
     let mut child = KillOnDrop(
-        Command::new(BIN)
-            .args(["daemon", "--config"])
-            .arg(&cfg)
-            .env("NODE_NAME", "t")
+        daemon_command(&cfg)
             .env("LD_PRELOAD", LIBFAKETIME)
             .env("FAKETIME_TIMESTAMP_FILE", &clock)
             .env("FAKETIME_NO_CACHE", "1")
             .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
             .env("DONT_FAKE_MONOTONIC", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .expect("spawn the daemon"),
     );

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use repliq::store::{Store, StoreOptions};
 use support::{
-    free_port, http_get_full as http_get, write_minimal_daemon_config, KillOnDrop, PATIENCE,
+    daemon_command, free_port, http_get_full as http_get, write_minimal_daemon_config, KillOnDrop,
+    PATIENCE,
 };
 
 mod support;
@@ -659,16 +660,7 @@ fn telegraf_scrapes_the_daemons_default_http_port_and_path() {
 
     // And that path, on a running daemon, is its Prometheus exposition.
     let http = write_minimal_daemon_config(&cfg, &d.path().join("data"));
-    let mut child = KillOnDrop(
-        Command::new(BIN)
-            .args(["daemon", "--config"])
-            .arg(&cfg)
-            .env("NODE_NAME", "t")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = KillOnDrop(daemon_command(&cfg).spawn().unwrap());
     let deadline = Instant::now() + PATIENCE;
     let got = loop {
         if let Some(r) = http_get(&http, path.as_deref().unwrap()) {

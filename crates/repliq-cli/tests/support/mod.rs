@@ -37,6 +37,18 @@ pub fn write_minimal_daemon_config(cfg: &std::path::Path, data: &std::path::Path
     http
 }
 
+/// `repliq daemon --config cfg` as node `t`, its output discarded; the
+/// caller adds what else it needs and spawns it.
+pub fn daemon_command(cfg: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_repliq"));
+    c.args(["daemon", "--config"])
+        .arg(cfg)
+        .env("NODE_NAME", "t")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    c
+}
+
 /// `GET path` over HTTP/1.1: status, lower-cased head and body; `None` if
 /// nothing answers or the answer is not HTTP.
 pub fn http_get_full(addr: &str, path: &str) -> Option<(u16, String, String)> {
