@@ -70,12 +70,11 @@ mod tests;
 pub mod truncate;
 pub mod wait;
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::*;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -131,7 +130,7 @@ pub(crate) struct Inner {
     geo: Geometry,
     queue_id: u64,
     pid: u32,
-    segments: Mutex<HashMap<u64, Weak<Segment>>>,
+    segments: Mutex<segments::SegmentCache>,
     head: ArcSwap<Segment>,
     notifier: OnceLock<wait::AsyncNotifier>,
     recovery: RecoveryReport,
@@ -248,8 +247,7 @@ impl Store {
         let head = Segment::open(&dir, head_index, geo, queue_id)?
             .ok_or_else(|| StoreError::NotFound(segment::segment_path(&dir, head_index)))?;
         let head = Arc::new(head);
-        let mut segments = HashMap::new();
-        segments.insert(head_index, Arc::downgrade(&head));
+        let segments = segments::SegmentCache::with(&head);
         let mut inner = Inner {
             dir: dir.clone(),
             ctl,

@@ -88,7 +88,7 @@ impl Store {
             segment::sync_dir(&inner.dir).map_err(|e| StoreError::io(&inner.dir, e))?;
         }
         let mut map = inner.segments.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|&k, _| k >= target);
+        map.retain(|k| k >= target);
         Ok(removed)
     }
 

@@ -2,6 +2,7 @@
 //! process, creating the next one ahead of the writers (the prefetch
 //! thread), and dropping mappings a truncation replaced.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::*;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -9,6 +10,90 @@ use super::segment::{self, Segment};
 #[cfg(test)]
 use super::test_hooks;
 use super::{Durability, Result, Store, StoreError};
+
+/// Segments kept mapped by a store even while no reader holds them.
+///
+/// A process that reads or writes the log through [`Store::segment`] without
+/// holding the returned mapping (a replication sender batching frames, a
+/// follower writing received runs) would otherwise map the segment afresh
+/// on every call and fault in every page it touches again: at 100 MB/s that
+/// was an mmap, a statx, a munmap and a fault per page for each batch.
+const PINNED: usize = 2;
+
+/// This process's mappings of a queue's segments: every live one by index
+/// (weak, so a mapping ends with its last user), and the [`PINNED`] most
+/// recently looked up, held.
+#[derive(Default)]
+pub(super) struct SegmentCache {
+    weak: HashMap<u64, Weak<Segment>>,
+    /// Most recent first.
+    pinned: [Option<Arc<Segment>>; PINNED],
+}
+
+impl SegmentCache {
+    /// A cache holding `head`.
+    pub(super) fn with(head: &Arc<Segment>) -> SegmentCache {
+        let mut c = SegmentCache::default();
+        c.weak.insert(head.index(), Arc::downgrade(head));
+        c
+    }
+
+    /// The live mapping of segment `index`, if any, pinned as the most recent.
+    fn get(&mut self, index: u64) -> Option<Arc<Segment>> {
+        let s = self.weak.get(&index).and_then(Weak::upgrade)?;
+        self.pin(&s);
+        Some(s)
+    }
+
+    /// Records `seg` as the live mapping of its index, pinned as the most
+    /// recent; a live mapping already recorded wins and is returned instead.
+    fn insert(&mut self, seg: Arc<Segment>) -> Arc<Segment> {
+        if let Some(existing) = self.get(seg.index()) {
+            return existing;
+        }
+        if self.weak.len() >= 32 {
+            self.weak.retain(|_, w| w.strong_count() > 0);
+        }
+        self.weak.insert(seg.index(), Arc::downgrade(&seg));
+        self.pin(&seg);
+        seg
+    }
+
+    fn pin(&mut self, seg: &Arc<Segment>) {
+        if self.pinned[0].as_ref().is_some_and(|p| Arc::ptr_eq(p, seg)) {
+            return;
+        }
+        // Most recent first; the least recent falls out (a one-off munmap
+        // per segment the process moves past).
+        let keep = self
+            .pinned
+            .iter()
+            .position(|p| p.as_ref().is_some_and(|p| Arc::ptr_eq(p, seg)))
+            .unwrap_or(PINNED - 1);
+        self.pinned[..=keep].rotate_right(1);
+        self.pinned[0] = Some(seg.clone());
+    }
+
+    /// Lets go of the held mappings of segments below `low`.
+    fn release_below(&mut self, low: u64) {
+        for p in &mut self.pinned {
+            if p.as_ref().is_some_and(|s| s.index() < low) {
+                *p = None;
+            }
+        }
+    }
+
+    /// Forgets every mapping whose index fails `keep` (retention deleted
+    /// them, or a truncation replaced them).
+    pub(super) fn retain(&mut self, keep: impl Fn(u64) -> bool) {
+        self.weak.retain(|&k, _| keep(k));
+        for p in &mut self.pinned {
+            if p.as_ref().is_some_and(|s| !keep(s.index())) {
+                *p = None;
+            }
+        }
+    }
+}
 
 /// Work for the prefetch thread.
 pub(super) enum Prefetch {
@@ -122,10 +207,11 @@ impl Store {
             return Ok(());
         }
         self.ensure_segment(index)?;
-        let seg = {
-            let map = inner.segments.lock().unwrap_or_else(|p| p.into_inner());
-            map.get(&index).and_then(Weak::upgrade)
-        };
+        let seg = inner
+            .segments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(index);
         let seg = match seg {
             Some(s) => s,
             None => {
@@ -134,15 +220,11 @@ impl Store {
                 else {
                     return Ok(()); // deleted by retention meanwhile
                 };
-                let s = Arc::new(s);
-                let mut map = inner.segments.lock().unwrap_or_else(|p| p.into_inner());
-                match map.get(&index).and_then(Weak::upgrade) {
-                    Some(existing) => existing,
-                    None => {
-                        map.insert(index, Arc::downgrade(&s));
-                        s
-                    }
-                }
+                inner
+                    .segments
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(Arc::new(s))
             }
         };
         let old = inner
@@ -200,18 +282,16 @@ impl Store {
         self.refresh_after_truncation()?;
         let inner = &*self.inner;
         let mut map = inner.segments.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = map.get(&index).and_then(Weak::upgrade) {
+        // Retention (in any process) deleted the segments below the low
+        // mark: let go of a held mapping of one, so its space comes back.
+        map.release_below(inner.ctl.low_segment().load(Acquire));
+        if let Some(s) = map.get(index) {
             return Ok(Some(s));
         }
         let Some(seg) = Segment::open(&inner.dir, index, inner.geo, inner.queue_id)? else {
             return Ok(None);
         };
-        let seg = Arc::new(seg);
-        if map.len() >= 32 {
-            map.retain(|_, w| w.strong_count() > 0);
-        }
-        map.insert(index, Arc::downgrade(&seg));
-        Ok(Some(seg))
+        Ok(Some(map.insert(Arc::new(seg))))
     }
 
     /// Drops this process's mappings of segments a truncation replaced, once

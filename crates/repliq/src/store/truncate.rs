@@ -299,7 +299,7 @@ impl Store {
             .segments
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|&k, _| k < from);
+            .retain(|k| k < from);
         *inner.prepared.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let head_index = inner.geo.segment_of(inner.ctl.tail().load(Acquire));
         if inner.head.load().index() >= from {
