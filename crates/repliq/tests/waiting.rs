@@ -485,6 +485,50 @@ async fn fifty_waiting_tasks_complete_and_no_thread_spins_meanwhile_body() {
     assert_eq!(q.try_dequeue().unwrap(), None);
 }
 
+/// The async notifier thread stays on the futex for a while after waking its
+/// tasks, and parks on a condition variable after that: a task that waits
+/// again at once (the notifier still on the futex, so registering does not
+/// signal it), and one that waits again only after the notifier parked
+/// (registering must signal it), are both woken by the next append from
+/// another thread, many times over.
+#[test]
+fn a_task_waiting_again_at_once_or_after_the_notifier_parked_is_woken_by_the_next_append() {
+    let _g = serial();
+    runtime().block_on(async {
+        let d = tempfile::tempdir().unwrap();
+        let s = open(d.path());
+        let mut t = s.tailer();
+        // (pause before waiting again, pause before the append)
+        let pattern = [(0, 0), (0, 5), (0, 0), (150, 5), (0, 0), (150, 0), (0, 20)];
+        for round in 0..3u8 {
+            for (i, &(before, after)) in pattern.iter().enumerate() {
+                tokio::time::sleep(Duration::from_millis(before)).await;
+                let waiting = tokio::spawn(async move {
+                    let r = t.next_async().await.map(|r| r.payload);
+                    (t, r)
+                });
+                let s2 = s.clone();
+                let tag = [round, i as u8];
+                let writer = std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(after));
+                    s2.append(&tag).unwrap()
+                });
+                let (back, r) = tokio::time::timeout(PATIENCE, waiting)
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!(
+                            "round {round}, step {i}: the waiting task was not woken by the append"
+                        )
+                    })
+                    .unwrap();
+                assert_eq!(r.unwrap(), tag, "round {round}, step {i}");
+                writer.join().unwrap();
+                t = back;
+            }
+        }
+    });
+}
+
 #[test]
 fn idle_blocked_threads_do_not_spin() {
     let _g = serial();

@@ -89,9 +89,19 @@ pub fn block_until(
 
 /// Wakes tokio (or any executor's) tasks waiting on one queue.
 ///
-/// One parked thread per queue handle sleeps on the futex while at least one
-/// task waits; it holds `waiters` raised for as long as any waker is
-/// registered, so writers always signal it. No thread spins.
+/// One thread per queue handle sleeps on the futex while at least one task
+/// waits; it holds `waiters` raised for as long as any waker is registered,
+/// so writers always signal it. No thread spins.
+///
+/// After waking the tasks it stays on the futex for one more `MAX_SLEEP`
+/// (with `waiters` not raised, so writers do not signal it) before it parks
+/// on its condition variable: a task it just woke usually registers again
+/// within microseconds, and finds it already on the futex, so registering
+/// costs no second thread wake-up (a registration only signals the
+/// condition variable when the thread is parked there). The next commit
+/// after that registration raises `seq` and wakes it as usual; a commit
+/// between its last look and the registration is seen by the task's own
+/// re-check after registering (see `ReadyFuture`).
 ///
 /// Dropping it stops and joins the thread, so that the control mapping is
 /// not touched after the queue is closed (see `background`).
@@ -101,13 +111,21 @@ pub(crate) struct AsyncNotifier {
 }
 
 struct NotifierShared {
-    wakers: Mutex<Vec<Waker>>,
+    state: Mutex<Waiting>,
     cv: Condvar,
     seq: *const AtomicU32,
     waiters: *const AtomicU32,
     stop: std::sync::atomic::AtomicBool,
     // Keeps the control mapping alive for the raw pointers above.
     _keep: Arc<dyn Send + Sync>,
+}
+
+/// The tasks waiting, and whether the thread is parked on the condition
+/// variable (then, and only then, a registration must signal it).
+#[derive(Default)]
+struct Waiting {
+    wakers: Vec<Waker>,
+    parked: bool,
 }
 
 // SAFETY: the raw pointers point into a mapping kept alive by `_keep` and are
@@ -136,7 +154,7 @@ impl AsyncNotifier {
         keep: Arc<dyn Send + Sync>,
     ) -> std::io::Result<AsyncNotifier> {
         let shared = Arc::new(NotifierShared {
-            wakers: Mutex::new(Vec::new()),
+            state: Mutex::new(Waiting::default()),
             cv: Condvar::new(),
             seq,
             waiters,
@@ -155,15 +173,17 @@ impl AsyncNotifier {
 
     /// Registers `w` to be woken at the next commit (or within 50 ms).
     pub(crate) fn register(&self, w: &Waker) {
-        let mut v = self.shared.wakers.lock().unwrap_or_else(|p| p.into_inner());
-        if v.is_empty() {
+        let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.wakers.is_empty() {
             self.shared.waiters().fetch_add(1, SeqCst);
-            self.shared.cv.notify_one();
+            if st.parked {
+                self.shared.cv.notify_one();
+            }
         }
-        if !v.iter().any(|x| x.will_wake(w)) {
-            v.push(w.clone());
+        if !st.wakers.iter().any(|x| x.will_wake(w)) {
+            st.wakers.push(w.clone());
         }
-        drop(v);
+        drop(st);
         fence(SeqCst);
     }
 }
@@ -171,6 +191,9 @@ impl AsyncNotifier {
 impl Drop for AsyncNotifier {
     fn drop(&mut self) {
         self.shared.stop.store(true, SeqCst);
+        // Taken and released: the thread is now either before its look at
+        // `stop` (and sees it) or waiting on the condition variable.
+        drop(self.shared.state.lock().unwrap_or_else(|p| p.into_inner()));
         self.shared.cv.notify_one();
         // Wake the futex wait at once (a spurious wake for any other waiter
         // on the word, which re-checks), then wait for the thread to end.
@@ -185,16 +208,22 @@ impl Drop for AsyncNotifier {
 
 fn run(s: &NotifierShared) {
     let mut last = s.seq().load(SeqCst);
+    // True once a whole futex wait ended with no task to wake: park then.
+    let mut idle = false;
     loop {
         {
-            let mut v = s.wakers.lock().unwrap_or_else(|p| p.into_inner());
-            while v.is_empty() && !s.stop.load(SeqCst) {
-                v = s.cv.wait(v).unwrap_or_else(|p| p.into_inner());
+            let mut st = s.state.lock().unwrap_or_else(|p| p.into_inner());
+            if idle && st.wakers.is_empty() {
+                st.parked = true;
+                while st.wakers.is_empty() && !s.stop.load(SeqCst) {
+                    st = s.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+                st.parked = false;
             }
             if s.stop.load(SeqCst) {
-                if !v.is_empty() {
+                if !st.wakers.is_empty() {
                     s.waiters().fetch_sub(1, SeqCst);
-                    v.drain(..).for_each(Waker::wake);
+                    st.wakers.drain(..).for_each(Waker::wake);
                 }
                 return;
             }
@@ -209,12 +238,13 @@ fn run(s: &NotifierShared) {
         }
         last = s.seq().load(SeqCst);
         let drained: Vec<Waker> = {
-            let mut v = s.wakers.lock().unwrap_or_else(|p| p.into_inner());
-            if !v.is_empty() {
+            let mut st = s.state.lock().unwrap_or_else(|p| p.into_inner());
+            if !st.wakers.is_empty() {
                 s.waiters().fetch_sub(1, SeqCst);
             }
-            std::mem::take(&mut *v)
+            std::mem::take(&mut st.wakers)
         };
+        idle = drained.is_empty();
         drained.into_iter().for_each(Waker::wake);
     }
 }
