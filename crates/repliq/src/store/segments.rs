@@ -76,17 +76,18 @@ impl SegmentCache {
 
     /// Lets go of the held mappings of segments below `low`.
     fn release_below(&mut self, low: u64) {
-        for p in &mut self.pinned {
-            if p.as_ref().is_some_and(|s| s.index() < low) {
-                *p = None;
-            }
-        }
+        self.unpin(|i| i >= low);
     }
 
     /// Forgets every mapping whose index fails `keep` (retention deleted
     /// them, or a truncation replaced them).
     pub(super) fn retain(&mut self, keep: impl Fn(u64) -> bool) {
         self.weak.retain(|&k, _| keep(k));
+        self.unpin(keep);
+    }
+
+    /// Lets go of the held mappings whose index fails `keep`.
+    fn unpin(&mut self, keep: impl Fn(u64) -> bool) {
         for p in &mut self.pinned {
             if p.as_ref().is_some_and(|s| !keep(s.index())) {
                 *p = None;
