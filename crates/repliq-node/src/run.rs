@@ -262,7 +262,8 @@ async fn accept_loop_with(l: tokio::net::TcpListener, shared: Arc<Shared>, slot:
 
 /// A connection accepted before the catalog started: its TLS handshake (when
 /// configured) is completed, then it is closed, so the peer sees a clean
-/// close at once (and no handshake is left half made).
+/// close at once (and no handshake is left half made). A failed handshake is
+/// a refusal like any other (counted, and logged).
 async fn close_while_starting(
     stream: TcpStream,
     peer: std::net::SocketAddr,
@@ -276,8 +277,36 @@ async fn close_while_starting(
     let mut head = [0u8; 3];
     let peeked = tokio::time::timeout(HELLO_TIMEOUT, peek_exact(&stream, &mut head)).await;
     if matches!(peeked, Ok(Ok(()))) && is_tls_hello(&head) {
-        if let Ok(Ok((mut s, _))) = tokio::time::timeout(HELLO_TIMEOUT, tls.accept(stream)).await {
+        if let Some((mut s, _)) = handshake(&tls, stream, peer, &shared).await {
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut s).await;
+        }
+    }
+}
+
+/// The server side of the TLS handshake of an accepted connection, within
+/// [`HELLO_TIMEOUT`]. A failure or a timeout is counted as a refusal (and
+/// logged while that stays readable); `None` then.
+async fn handshake(
+    tls: &crate::tls::Tls,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    shared: &Shared,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Alpn)> {
+    match tokio::time::timeout(HELLO_TIMEOUT, tls.accept(stream)).await {
+        Ok(Ok(x)) => Some(x),
+        Ok(Err(e)) => {
+            let n = shared.refusals.note(Reason::TlsHandshake);
+            if worth_logging(n) {
+                tracing::warn!(%peer, refused = n, "TLS handshake refused: {e}");
+            }
+            None
+        }
+        Err(_) => {
+            let n = shared.refusals.note(Reason::TlsTimeout);
+            if worth_logging(n) {
+                tracing::warn!(%peer, refused = n, "TLS handshake timed out");
+            }
+            None
         }
     }
 }
@@ -298,22 +327,8 @@ async fn serve_connection(
             return;
         }
         if is_tls_hello(&head) {
-            let (s, alpn) = match tokio::time::timeout(HELLO_TIMEOUT, tls.accept(stream)).await {
-                Ok(Ok(x)) => x,
-                Ok(Err(e)) => {
-                    let n = shared.refusals.note(Reason::TlsHandshake);
-                    if worth_logging(n) {
-                        tracing::warn!(%peer, refused = n, "TLS handshake refused: {e}");
-                    }
-                    return;
-                }
-                Err(_) => {
-                    let n = shared.refusals.note(Reason::TlsTimeout);
-                    if worth_logging(n) {
-                        tracing::warn!(%peer, refused = n, "TLS handshake timed out");
-                    }
-                    return;
-                }
+            let Some((s, alpn)) = handshake(&tls, stream, peer, &shared).await else {
+                return;
             };
             let certs: Vec<CertificateDer<'static>> = s
                 .get_ref()
@@ -512,5 +527,92 @@ async fn peek_exact(stream: &tokio::net::TcpStream, buf: &mut [u8]) -> std::io::
         }
         stream.readable().await?;
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::tests::write_node;
+    use crate::tls::{generate_ca, Tls};
+
+    /// A node with TLS required, its catalog not started yet: connections
+    /// are closed after their handshake, and a failed handshake is counted
+    /// as a refusal as it is once the node has started.
+    #[tokio::test]
+    async fn a_handshake_refused_while_the_catalog_starts_is_counted_and_a_good_one_is_closed_cleanly(
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = generate_ca("t").expect("ca");
+        let yaml = format!(
+            "node:\n  name: a\nqueue:\n  persistence:\n    path: {}\n",
+            dir.path().join("data").display()
+        );
+        let mut cfg = crate::config::parse(&yaml, "test").expect("config");
+        cfg.tls = write_node(dir.path(), "a", &ca);
+        let shared = Arc::new(Shared::open(cfg).expect("shared"));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        let permits = Arc::new(tokio::sync::Semaphore::new(8));
+        let srv = shared.clone();
+        tokio::spawn(async move {
+            while let Ok((c, peer)) = l.accept().await {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                tokio::spawn(close_while_starting(c, peer, srv.clone(), permit));
+            }
+        });
+        let handshake_refusals = || {
+            shared
+                .refusals
+                .counts()
+                .into_iter()
+                .find(|(l, _)| *l == "tls_handshake")
+                .map(|(_, n)| n)
+        };
+        // A certificate from another CA: the server refuses the handshake.
+        let stranger = Tls::from_settings(&write_node(
+            dir.path(),
+            "c",
+            &generate_ca("other").expect("ca"),
+        ))
+        .expect("load")
+        .expect("enabled");
+        if let Ok(mut s) = stranger.dial(&addr, None, Alpn::Replication).await {
+            // TLS 1.3: the client may finish before the server's verdict.
+            let mut b = [0u8; 1];
+            let r = tokio::io::AsyncReadExt::read(&mut s, &mut b).await;
+            assert!(!matches!(r, Ok(1)), "a stranger got a byte: {r:?}");
+        }
+        let t0 = std::time::Instant::now();
+        while handshake_refusals() != Some(1) && t0.elapsed() < Duration::from_secs(20) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            handshake_refusals(),
+            Some(1),
+            "the refused handshake is counted"
+        );
+        // A member's certificate: the handshake completes, then a clean close.
+        let member = Tls::from_settings(&write_node(dir.path(), "b", &ca))
+            .expect("load")
+            .expect("enabled");
+        let mut s = member
+            .dial(&addr, Some("a"), Alpn::Catalog)
+            .await
+            .expect("a member's handshake completes");
+        let mut b = [0u8; 1];
+        let n = tokio::io::AsyncReadExt::read(&mut s, &mut b)
+            .await
+            .expect("a clean close, not an error");
+        assert_eq!(n, 0, "closed at once while the catalog starts");
+        assert_eq!(
+            handshake_refusals(),
+            Some(1),
+            "a good handshake is no refusal"
+        );
     }
 }
