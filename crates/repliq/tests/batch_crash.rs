@@ -46,6 +46,15 @@ fn opts() -> StoreOptions {
         .recovery_timeout(Duration::from_secs(1))
 }
 
+/// The two scenarios run one at a time: a child forked by one holds
+/// inherited descriptors, the other's queue lock among them, until it execs,
+/// and would keep the other's open from taking the queue exclusively.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn env(k: &str) -> String {
     std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"))
 }
@@ -200,6 +209,7 @@ fn batch_writers_killed_mid_batch_leave_whole_batches_with_dense_ids() {
     if mp_support::role().is_some() {
         return;
     }
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("q");
     drop(Store::open(&dir, &opts()).unwrap());
@@ -294,4 +304,55 @@ fn batch_writers_killed_mid_batch_leave_whole_batches_with_dense_ids() {
         "{} records, {} batch writers killed ({stuck_kills} mid-batch while stuck), {recoveries} recoveries",
         check.seqs.total, ITERATIONS
     );
+}
+
+/// A batch writer killed while its span is claimed in the first segment,
+/// another writer moving the write position two segments on, then the last
+/// process closing the queue cleanly: the next open takes the full walk (no
+/// crash of this boot is on record), which covers only the write position's
+/// segment on, so the dead span is left for the depth recount, which walks
+/// from the default group's cursor. It must turn the span into padding and
+/// count every record after it (it used to stop there and report a depth of
+/// one: the flake in the test above, when the reader child was the last to
+/// close and the parent's handle closed cleanly).
+#[test]
+fn a_dead_span_in_an_earlier_segment_is_padded_by_the_recovery_recount_and_the_depth_is_exact() {
+    if mp_support::role().is_some() {
+        return;
+    }
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("q");
+    let store = Store::open(&dir, &opts()).unwrap();
+    let mut procs = Procs {
+        dir: dir.clone(),
+        stop: tmp.path().join("stop"),
+        next_id: 1,
+    };
+    // Stuck inside record 5 of its first batch: the span is claimed at the
+    // start of segment 0, nothing of it committed.
+    let (mut victim, _) = procs.spawn("batch", "stuck:5");
+    victim.expect_line("STUCK", PATIENCE);
+    let mut appended = 0u64;
+    while store.geometry().segment_of(store.tail_position()) < 2 {
+        store.append(&[7u8; 100]).unwrap();
+        appended += 1;
+    }
+    victim.kill9();
+    drop(store); // the last handle: a clean close
+    let s = Store::open(&dir, &StoreOptions::open()).unwrap();
+    let rep = s.recovery_report().clone();
+    assert!(
+        rep.ran && !rep.fast,
+        "the premise: a full recovery after a clean close, got {rep:?}"
+    );
+    assert_eq!(rep.pending_padded, 1, "the dead span is padded: {rep:?}");
+    assert_eq!(s.depth(), appended, "the depth after recovery: {rep:?}");
+    let mut t = s.tailer();
+    let mut read = 0u64;
+    while let Some(len) = t.next_with(|r| r.payload.len()).unwrap() {
+        assert_eq!(len, 100, "only the parent's records are in the log");
+        read += 1;
+    }
+    assert_eq!(read, appended);
 }

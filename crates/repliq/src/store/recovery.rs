@@ -20,7 +20,9 @@
 //!   middle of the log: kept and reported; with nothing valid after it, it is
 //!   a torn tail and cut;
 //! * the write position, the committed position and the depth counters are
-//!   recomputed from what is on disk.
+//!   recomputed from what is on disk. The depth recount walks from the
+//!   default group's cursor, and a pending frame it meets there (a writer
+//!   that died in an earlier segment) becomes padding too.
 //!
 //! # After a crash: the walk since the last recovery
 //!
@@ -405,7 +407,7 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryReport> {
     let g0_pos = g0.position().load(Acquire);
     let (depth, exact) = match depth {
         Some(d) => (d, true),
-        None => recount(inner, g0_pos, pos),
+        None => recount(inner, g0_pos, pos, &mut rep),
     };
     rep.depth = depth;
     ctl.reserved()
@@ -456,7 +458,14 @@ pub(crate) fn recover(inner: &Inner) -> Result<RecoveryReport> {
 /// Counts the default group's depth, the messages in `[g0_pos, end)`, and
 /// whether the count is exact (it stops at a damaged frame or segment,
 /// counting it as one).
-fn recount(inner: &Inner, g0_pos: u64, end: u64) -> (u64, bool) {
+///
+/// A pending frame met on the way is a dead writer's (recovery runs alone)
+/// and becomes padding, as in the walks. The full walk only covers the
+/// segment of the write position onward, so a writer that died holding a
+/// frame in an earlier segment, after which the last process closed the
+/// queue cleanly, leaves its frame for this count to find; it used to stop
+/// there and count everything after it as one message.
+fn recount(inner: &Inner, g0_pos: u64, end: u64, rep: &mut RecoveryReport) -> (u64, bool) {
     let geo = inner.geo;
     let mut p = g0_pos;
     let mut depth = 0u64;
@@ -478,7 +487,8 @@ fn recount(inner: &Inner, g0_pos: u64, end: u64) -> (u64, bool) {
         let Some(s) = cur.as_ref() else {
             return (depth, false);
         };
-        match frame_ops::view(s, geo, geo.offset_of(p)) {
+        let off = geo.offset_of(p);
+        match frame_ops::view(s, geo, off) {
             FrameView::Data { len, flags, .. } => {
                 if flags & FLAG_METADATA == 0 {
                     depth += 1;
@@ -486,6 +496,11 @@ fn recount(inner: &Inner, g0_pos: u64, end: u64) -> (u64, bool) {
                 p = geo.advance(p, align_frame(u64::from(len)));
             }
             FrameView::Padding { aligned } => p = geo.advance(p, aligned),
+            FrameView::Pending { word0, .. } => {
+                frame_ops::unblock(s, off, word0);
+                rep.pending_padded += 1;
+                p = geo.advance(p, align_frame(u64::from(word0 as u32)));
+            }
             // A corrupt frame in the middle: count it, readers will stop there.
             _ => return (depth + 1, false),
         }
