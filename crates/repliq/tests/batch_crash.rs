@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mp_support::{
-    check_payload, child_exit, fill_payload, payload_len, run_reader, say, ChildProc, Rng,
+    check_payload, child_exit, fill_payload, payload_len, run_reader, say, serial, ChildProc, Rng,
     SeqTracker, PATIENCE,
 };
 use repliq::store::layout::{align_frame, FRAME_HEADER_LEN};
@@ -44,15 +44,6 @@ fn opts() -> StoreOptions {
         .capacity(100_000_000)
         .durability(Durability::None)
         .recovery_timeout(Duration::from_secs(1))
-}
-
-/// The two scenarios run one at a time: a child forked by one holds
-/// inherited descriptors, the other's queue lock among them, until it execs,
-/// and would keep the other's open from taking the queue exclusively.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn env(k: &str) -> String {
@@ -313,8 +304,8 @@ fn batch_writers_killed_mid_batch_leave_whole_batches_with_dense_ids() {
 /// segment on, so the dead span is left for the depth recount, which walks
 /// from the default group's cursor. It must turn the span into padding and
 /// count every record after it (it used to stop there and report a depth of
-/// one: the flake in the test above, when the reader child was the last to
-/// close and the parent's handle closed cleanly).
+/// one: the flake in the test above, whose parent, the last process with
+/// the queue open once its children were killed, closes it cleanly).
 #[test]
 fn a_dead_span_in_an_earlier_segment_is_padded_by_the_recovery_recount_and_the_depth_is_exact() {
     if mp_support::role().is_some() {

@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mp_support::{child_exit, say, ChildProc, PATIENCE};
+use mp_support::{child_exit, say, serial, ChildProc, PATIENCE};
 use repliq::store::layout::{CONTROL_FILE, CTL_LIVE_BOOT_OFF};
 use repliq::store::{Durability, Store, StoreOptions};
 
@@ -71,15 +71,6 @@ fn fast_open_child_entry() {
         }
     })();
     child_exit(r)
-}
-
-/// The tests of this file run one at a time: a child spawned by one would
-/// inherit, between its fork and its exec, the descriptor holding the other's
-/// `flock`, and make the other's exclusive open fail.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn spawn(dir: &Path, role: &str) -> ChildProc {

@@ -11,19 +11,13 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use mp_support::{ChildProc, PATIENCE};
+use mp_support::{serial, ChildProc, PATIENCE};
 use repliq::store::{Durability, IdleStrategy, Store, StoreOptions};
 use repliq::RepliqQueue;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn opts() -> StoreOptions {
     StoreOptions::create()

@@ -375,6 +375,15 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Serialises the multi-process tests of one test binary: a child spawned
+/// by one test inherits, between its fork and its exec, every descriptor of
+/// the parent, another test's queue `flock` among them, and would make that
+/// test's exclusive open (recovery) fail.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A reader child of the crash tests: follows the log from the start,
 /// checking every payload and each writer's sequence, until the stop file
 /// names a position it has reached; a torn record is an error.
